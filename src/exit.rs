@@ -1,0 +1,12 @@
+//! Process exit codes. The README's table mirrors this file.
+
+/// Every row finished `ok` (or there was nothing to do).
+pub const OK: u8 = 0;
+/// The run finished but at least one row is `failed`.
+pub const SOME_FAILED: u8 = 1;
+/// A usage or configuration error, or a rejected API key: nothing (more) was attempted.
+pub const USAGE: u8 = 2;
+/// Another dashbatch process holds the lock on the results file.
+pub const LOCKED: u8 = 3;
+/// Interrupted by SIGINT/SIGTERM after a graceful drain.
+pub const INTERRUPTED: u8 = 130;

@@ -1,0 +1,31 @@
+//! dashbatch runs multimodal model jobs in bulk on Alibaba Cloud Model Studio (DashScope).
+//!
+//! A CSV manifest of `(model, file, prompt)` rows goes in. For each row dashbatch gets an
+//! upload credential, uploads the file to DashScope's temporary storage (an `oss://` URL that
+//! lives 48 h), calls the model with that URL and writes one results line.
+//!
+//! # Layout
+//! - [`cli`]: argument parsing and the only place that wires the client to the emulator
+//!   (`run --emulator`). Turns errors into [`exit`] codes.
+//! - [`config`]: the validated, typed settings of a run, built from flags before any I/O.
+//! - [`manifest`]: streams manifest rows; a bad row is data, not an error.
+//! - [`dashscope`]: the client of the remote service: API key handling, upload credentials
+//!   (rate limit, policy cache), the OSS form upload, model calls, error classification and
+//!   retries. Written from the documentation alone.
+//! - [`pipeline`]: orchestration. Rows flow through a bounded stream of workers; each worker
+//!   sends one event per finished row.
+//! - [`output`]: the single task that owns the results file, the statistics and the progress
+//!   bar.
+//! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
+//!   APIs. Also written from the documentation alone: it never imports [`dashscope`], and
+//!   [`dashscope`] never imports it, so a misreading in one is caught by the other.
+//! - [`exit`]: the process exit codes, in one place.
+
+pub mod cli;
+pub mod config;
+pub mod dashscope;
+pub mod emulator;
+pub mod exit;
+pub mod manifest;
+pub mod output;
+pub mod pipeline;
