@@ -1,1 +1,336 @@
-//! placeholder
+//! Reading the manifest: a CSV with a header naming at least `model`, `file` and `prompt`,
+//! optionally `id` and `system`; every other column passes through to the results.
+//!
+//! The manifest is read as a stream, one record at a time, so a ten-million-row manifest costs
+//! no more memory than a ten-row one. A problem with the file as a whole (cannot open it, no
+//! header, a required column missing) is a [`ManifestError`] and stops the run before any
+//! work. A problem with one record is an [`Entry::Bad`]: it fails that row only.
+//!
+//! This module does not look at the files rows point to; the pipeline does that per row.
+
+mod row;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use row::{BadRow, Entry, Row, Source, classify_source, derived_id};
+
+/// Columns every manifest must have.
+pub const REQUIRED: [&str; 3] = ["model", "file", "prompt"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot open manifest {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the header of manifest {path}: {source}")]
+    Header { path: PathBuf, source: csv::Error },
+    #[error(
+        "manifest {path} is empty: it needs a header line naming the columns model,file,prompt"
+    )]
+    NoHeader { path: PathBuf },
+    #[error(
+        "manifest {path}, line 1: missing required column(s) {missing} (found: {found}); \
+         the header must name model, file and prompt (id and system are optional)"
+    )]
+    MissingColumns {
+        path: PathBuf,
+        missing: String,
+        found: String,
+    },
+    #[error("manifest {path}, line 1: column {column:?} appears more than once")]
+    DuplicateColumn { path: PathBuf, column: String },
+    #[error("manifest {path}, line 1: the header is not valid UTF-8")]
+    HeaderEncoding { path: PathBuf },
+}
+
+/// Where each known column sits in a record.
+#[derive(Debug, Clone)]
+struct Columns {
+    model: usize,
+    file: usize,
+    prompt: usize,
+    id: Option<usize>,
+    system: Option<usize>,
+    /// (index, name) of pass-through columns, in header order.
+    extra: Vec<(usize, String)>,
+    width: usize,
+}
+
+/// A streaming manifest reader. Iterate it for [`Entry`] items.
+pub struct Manifest<R = File> {
+    path: PathBuf,
+    base_dir: PathBuf,
+    reader: csv::Reader<R>,
+    columns: Columns,
+    record: csv::ByteRecord,
+    done: bool,
+}
+
+impl Manifest<File> {
+    /// Opens `path` and reads its header. Relative `file` values resolve against the
+    /// manifest's own folder, so a manifest and its media move together.
+    pub fn open(path: &Path) -> Result<Self, ManifestError> {
+        let file = File::open(path).map_err(|source| ManifestError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        // An existing folder opens fine on Linux and fails on the first read; say so plainly.
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(ManifestError::Open {
+                path: path.to_owned(),
+                source: std::io::Error::other("it is a folder, not a CSV file"),
+            });
+        }
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_reader(file, path, base_dir)
+    }
+}
+
+impl<R: Read> Manifest<R> {
+    /// Reads a manifest from any reader; `path` is used in messages only.
+    pub fn from_reader(reader: R, path: &Path, base_dir: PathBuf) -> Result<Self, ManifestError> {
+        let mut reader = csv::ReaderBuilder::new()
+            // Rows with the wrong number of fields are reported per row, not as a stream error.
+            .flexible(true)
+            .has_headers(true)
+            .from_reader(reader);
+        let header = reader
+            .byte_headers()
+            .map_err(|source| ManifestError::Header {
+                path: path.to_owned(),
+                source,
+            })?
+            .clone();
+        if header.is_empty() {
+            return Err(ManifestError::NoHeader {
+                path: path.to_owned(),
+            });
+        }
+        let columns = parse_header(&header, path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            base_dir,
+            reader,
+            columns,
+            record: csv::ByteRecord::new(),
+            done: false,
+        })
+    }
+
+    /// Names of the pass-through columns, in header order.
+    pub fn extra_columns(&self) -> Vec<String> {
+        self.columns.extra.iter().map(|(_, n)| n.clone()).collect()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn entry(&self, line: u64) -> Entry {
+        let cols = &self.columns;
+        let rec = &self.record;
+        let text = |i: usize| -> Result<&str, usize> {
+            std::str::from_utf8(rec.get(i).unwrap_or_default()).map_err(|_| i)
+        };
+        // Whatever can be read is kept for the failed line, so the user can find the row.
+        let lossy = |i: Option<usize>| -> String {
+            i.and_then(|i| rec.get(i))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let extra: Vec<String> = cols.extra.iter().map(|(i, _)| lossy(Some(*i))).collect();
+        let bad = |code: &'static str, message: String| {
+            let model = lossy(Some(cols.model));
+            let file = lossy(Some(cols.file));
+            let prompt = lossy(Some(cols.prompt));
+            let system = cols.system.map(|i| lossy(Some(i)));
+            let id = match cols.id.map(|i| lossy(Some(i))).filter(|s| !s.is_empty()) {
+                Some(id) => id,
+                None => derived_id(&model, &file, &prompt, system.as_deref()),
+            };
+            Entry::Bad(BadRow {
+                line,
+                id,
+                model,
+                file,
+                prompt,
+                extra: extra.clone(),
+                code,
+                message: format!("{}, line {line}: {message}", self.path.display()),
+            })
+        };
+
+        if rec.len() != cols.width {
+            return bad(
+                "bad_row",
+                format!(
+                    "expected {} fields as in the header, found {}; quote fields that contain commas",
+                    cols.width,
+                    rec.len()
+                ),
+            );
+        }
+        let mut fields = [cols.model, cols.file, cols.prompt]
+            .into_iter()
+            .chain(cols.id)
+            .chain(cols.system)
+            .map(text);
+        if let Some(Err(i)) = fields.find(Result::is_err) {
+            return bad(
+                "bad_encoding",
+                format!(
+                    "column {} is not valid UTF-8; save the manifest as UTF-8",
+                    self.column_name(i)
+                ),
+            );
+        }
+        let get = |i: usize| text(i).unwrap_or_default().to_owned();
+        let model = get(cols.model).trim().to_owned();
+        let file = get(cols.file);
+        let prompt = get(cols.prompt);
+        let system = cols.system.map(get).filter(|s| !s.trim().is_empty());
+        let id = match cols.id.map(get).filter(|s| !s.trim().is_empty()) {
+            Some(id) => id.trim().to_owned(),
+            None => derived_id(&model, &file, &prompt, system.as_deref()),
+        };
+
+        let problem = if model.is_empty() {
+            Some("the model column is empty; name the model, e.g. qwen-vl-plus")
+        } else if file.trim().is_empty() {
+            Some("the file column is empty; give a path relative to the manifest, or a URL")
+        } else if file.contains('\0') {
+            Some("the file column contains a NUL byte, which no path can hold")
+        } else if prompt.trim().is_empty() {
+            Some("the prompt column is empty; every row needs a prompt")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return bad("bad_row", problem.to_owned());
+        }
+
+        let source = classify_source(&file, &self.base_dir);
+        Entry::Row(Row {
+            line,
+            id,
+            model,
+            file,
+            source,
+            prompt,
+            system,
+            extra,
+        })
+    }
+
+    fn column_name(&self, index: usize) -> &'static str {
+        let c = &self.columns;
+        match index {
+            i if i == c.model => "model",
+            i if i == c.file => "file",
+            i if i == c.prompt => "prompt",
+            i if Some(i) == c.id => "id",
+            _ => "system",
+        }
+    }
+}
+
+impl<R: Read> Iterator for Manifest<R> {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        if self.done {
+            return None;
+        }
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(true) => {
+                let line = self.record.position().map_or(0, |p| p.line());
+                Some(self.entry(line))
+            }
+            Ok(false) => {
+                self.done = true;
+                None
+            }
+            Err(err) => {
+                // The csv reader resynchronises after a bad record, but an I/O error means the
+                // rest of the file cannot be trusted: report it on the row and stop.
+                let line = err.position().map_or(0, |p| p.line());
+                if matches!(err.kind(), csv::ErrorKind::Io(_)) {
+                    self.done = true;
+                }
+                Some(Entry::Bad(BadRow {
+                    line,
+                    id: format!("line-{line}"),
+                    model: String::new(),
+                    file: String::new(),
+                    prompt: String::new(),
+                    extra: vec![String::new(); self.columns.extra.len()],
+                    code: "bad_row",
+                    message: format!(
+                        "{}, line {line}: cannot parse the record: {err}",
+                        self.path.display()
+                    ),
+                }))
+            }
+        }
+    }
+}
+
+fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, ManifestError> {
+    let names: Vec<String> = header
+        .iter()
+        .map(|raw| {
+            std::str::from_utf8(raw)
+                .map(|s| s.trim().trim_start_matches('\u{feff}').to_owned())
+                .map_err(|_| ManifestError::HeaderEncoding {
+                    path: path.to_owned(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return Err(ManifestError::DuplicateColumn {
+                path: path.to_owned(),
+                column: name.clone(),
+            });
+        }
+    }
+    let find = |want: &str| names.iter().position(|n| n.eq_ignore_ascii_case(want));
+    let missing: Vec<&str> = REQUIRED.into_iter().filter(|c| find(c).is_none()).collect();
+    let (Some(model), Some(file), Some(prompt)) = (find("model"), find("file"), find("prompt"))
+    else {
+        return Err(ManifestError::MissingColumns {
+            path: path.to_owned(),
+            missing: missing.join(", "),
+            found: names.join(","),
+        });
+    };
+    let id = find("id");
+    let system = find("system");
+    let known = [Some(model), Some(file), Some(prompt), id, system];
+    let extra = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !known.contains(&Some(*i)))
+        .map(|(i, n)| (i, n.clone()))
+        .collect();
+    Ok(Columns {
+        model,
+        file,
+        prompt,
+        id,
+        system,
+        extra,
+        width: names.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
