@@ -1,0 +1,257 @@
+//! The reporter: the one task that owns the results file, the statistics and the progress
+//! display. Workers never touch those; they send an [`Event`] per finished row. Keeping all
+//! three in one place means a results line, its count in the summary and the progress bar can
+//! never disagree, and no lock is held around file I/O.
+
+use std::io::{self, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+
+use super::results::{ResultsWriter, RowResult, Status};
+use super::stats::Stats;
+
+/// What workers tell the reporter.
+#[derive(Debug)]
+pub enum Event {
+    /// A row finished, `ok` or `failed`. Boxed: the channel holds many of these.
+    Row(Box<RowResult>),
+    /// The number of manifest rows, once a counting pass has found it.
+    Total(u64),
+}
+
+/// A sink whose written data can be forced to stable storage.
+pub trait Durable: Write {
+    fn sync(&self) -> io::Result<()>;
+}
+
+impl Durable for std::fs::File {
+    fn sync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl Durable for Vec<u8> {
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How progress is shown.
+pub enum Progress {
+    /// An indicatif bar on stderr, for a person at a terminal.
+    Bar(ProgressBar),
+    /// A tracing info line every ten seconds, for cron logs.
+    Log,
+    /// Nothing (tests, `-qq`).
+    Hidden,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, log lines otherwise.
+    pub fn detect(quiet: bool) -> Self {
+        if quiet {
+            Progress::Hidden
+        } else if io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows  {msg}  \
+                     {per_sec}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            Progress::Bar(bar)
+        } else {
+            Progress::Log
+        }
+    }
+}
+
+pub struct Reporter<W: Durable> {
+    writer: ResultsWriter<W>,
+    stats: Stats,
+    progress: Progress,
+    started: Instant,
+}
+
+impl<W: Durable> Reporter<W> {
+    pub fn new(writer: ResultsWriter<W>, stats: Stats, progress: Progress) -> Self {
+        Self {
+            writer,
+            stats,
+            progress,
+            started: Instant::now(),
+        }
+    }
+
+    /// Applies one event. A plain function, so its effects are unit-testable.
+    pub fn handle(&mut self, event: Event) -> csv::Result<()> {
+        match event {
+            Event::Total(total) => {
+                self.stats.rows_total = total;
+                if let Progress::Bar(bar) = &self.progress {
+                    bar.set_length(total.saturating_sub(self.stats.rows_skipped));
+                }
+            }
+            Event::Row(result) => {
+                self.writer.write(&result)?;
+                // Flushed per row: a crash loses at most the rows still in flight.
+                self.writer.flush()?;
+                self.stats.record(&result);
+                if let Progress::Bar(bar) = &self.progress {
+                    bar.inc(1);
+                    bar.set_message(format!(
+                        "ok {} failed {}",
+                        self.stats.rows_ok, self.stats.rows_failed
+                    ));
+                }
+                if result.status == Status::Failed {
+                    tracing::debug!(line = result.line, id = %result.id, code = %result.error_code,
+                        "row failed: {}", result.error_message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.writer.sync()
+    }
+
+    fn log_progress(&self) {
+        let done = self.stats.rows_done();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            done as f64 / elapsed
+        } else {
+            0.0
+        };
+        let todo = self
+            .stats
+            .rows_total
+            .saturating_sub(self.stats.rows_skipped);
+        tracing::info!(
+            "progress: {done}/{todo} rows, {} ok, {} failed, {rate:.1} rows/s",
+            self.stats.rows_ok,
+            self.stats.rows_failed
+        );
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Receives events until every sender is gone, syncing the file at least every second.
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<Self, ReportError> {
+        let mut sync = tokio::time::interval(Duration::from_secs(1));
+        let mut log = tokio::time::interval(Duration::from_secs(10));
+        log.tick().await;
+        let logging = matches!(self.progress, Progress::Log);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event).map_err(ReportError::Write)?,
+                    None => break,
+                },
+                _ = sync.tick() => self.sync().map_err(ReportError::Sync)?,
+                _ = log.tick(), if logging => self.log_progress(),
+            }
+        }
+        self.sync().map_err(ReportError::Sync)?;
+        if let Progress::Bar(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+        Ok(self)
+    }
+
+    /// Ends the run: returns the final statistics and the flushed sink.
+    pub fn finish(mut self) -> io::Result<(Stats, W)> {
+        self.stats.finish(self.started.elapsed());
+        Ok((self.stats, self.writer.into_inner()?))
+    }
+
+    /// Mutable statistics, for figures only the caller knows (credential calls, skips).
+    pub fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write the results file: {0}")]
+    Write(csv::Error),
+    #[error("cannot sync the results file to disk: {0}")]
+    Sync(io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::results::{Tokens, UploadOutcome};
+
+    fn row(id: &str, status: Status, retries: Vec<&'static str>) -> Box<RowResult> {
+        Box::new(RowResult {
+            id: id.into(),
+            line: 2,
+            model: "m".into(),
+            file: "a.png".into(),
+            prompt: "p".into(),
+            status,
+            response: String::new(),
+            finish_reason: String::new(),
+            tokens: (status == Status::Ok).then_some(Tokens {
+                prompt: 5,
+                completion: 2,
+                total: 7,
+            }),
+            oss_url: String::new(),
+            upload: UploadOutcome::New,
+            attempts: 1,
+            error_code: if status == Status::Ok {
+                String::new()
+            } else {
+                "throttled".into()
+            },
+            error_message: String::new(),
+            request_id: String::new(),
+            latency_ms: 1,
+            finished_at: chrono::Utc::now(),
+            extra: vec![],
+            retries,
+        })
+    }
+
+    #[tokio::test]
+    async fn events_become_lines_and_counts() {
+        let writer = ResultsWriter::new(Vec::new(), &[], true).unwrap();
+        let mut reporter = Reporter::new(writer, Stats::default(), Progress::Hidden);
+        reporter.handle(Event::Total(2)).unwrap();
+        reporter
+            .handle(Event::Row(row(
+                "a",
+                Status::Ok,
+                vec!["throttled", "server"],
+            )))
+            .unwrap();
+        reporter
+            .handle(Event::Row(row("b", Status::Failed, vec!["throttled"])))
+            .unwrap();
+        let (stats, sink) = reporter.finish().unwrap();
+        assert_eq!(
+            (stats.rows_ok, stats.rows_failed, stats.rows_total),
+            (1, 1, 2)
+        );
+        assert_eq!(stats.uploads_new, 2);
+        assert_eq!(stats.retries.get("throttled"), Some(&2));
+        assert_eq!(
+            stats.throttled_seen, 3,
+            "two retried 429s and one final 429"
+        );
+        assert_eq!(stats.prompt_tokens, 5);
+        let text = String::from_utf8(sink).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Run statistics: the figures of the summary line, `--summary-json` and the metrics file.
+//! Updated only by the reporter task, so it needs no locking.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::results::{RowResult, Status, UploadOutcome};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub rows_total: u64,
+    pub rows_ok: u64,
+    pub rows_failed: u64,
+    /// Rows already `ok` in an earlier run's results, not attempted again.
+    pub rows_skipped: u64,
+    pub uploads_new: u64,
+    pub uploads_reused: u64,
+    pub uploads_cached: u64,
+    pub credential_calls: u64,
+    /// Retries waited for, by cause (`throttled`, `server`, `network`, `policy_expired`, ...).
+    pub retries: BTreeMap<&'static str, u64>,
+    /// HTTP 429 answers seen, retried or not.
+    pub throttled_seen: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Failed rows by error code.
+    pub failures: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    pub rows_per_s: f64,
+}
+
+impl Stats {
+    pub fn record(&mut self, r: &RowResult) {
+        match r.status {
+            Status::Ok => self.rows_ok += 1,
+            Status::Failed => {
+                self.rows_failed += 1;
+                *self.failures.entry(r.error_code.clone()).or_default() += 1;
+                if r.error_code == "throttled" {
+                    self.throttled_seen += 1;
+                }
+            }
+        }
+        match r.upload {
+            UploadOutcome::New => self.uploads_new += 1,
+            UploadOutcome::Reused => self.uploads_reused += 1,
+            UploadOutcome::Cached => self.uploads_cached += 1,
+            UploadOutcome::None => {}
+        }
+        for cause in &r.retries {
+            *self.retries.entry(cause).or_default() += 1;
+            if *cause == "throttled" {
+                self.throttled_seen += 1;
+            }
+        }
+        if let Some(t) = r.tokens {
+            self.prompt_tokens += t.prompt;
+            self.completion_tokens += t.completion;
+        }
+    }
+
+    /// Rows finished in this run (skipped rows are not work done).
+    pub fn rows_done(&self) -> u64 {
+        self.rows_ok + self.rows_failed
+    }
+
+    pub fn finish(&mut self, elapsed: Duration) {
+        self.elapsed_s = elapsed.as_secs_f64();
+        self.rows_per_s = if self.elapsed_s > 0.0 {
+            self.rows_done() as f64 / self.elapsed_s
+        } else {
+            0.0
+        };
+    }
+
+    /// The one-line human summary printed at the end of a run.
+    pub fn summary_line(&self) -> String {
+        let retries: u64 = self.retries.values().sum();
+        let by_cause = if self.retries.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = self
+                .retries
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            format!(" ({})", parts.join(", "))
+        };
+        format!(
+            "{ok} ok, {failed} failed, {skipped} skipped of {total} rows; \
+             uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
+             {retries} retries{by_cause}; {throttled} 429s; tokens {tin} in / {tout} out; \
+             {elapsed:.1}s, {rate:.1} rows/s",
+            ok = self.rows_ok,
+            failed = self.rows_failed,
+            skipped = self.rows_skipped,
+            total = self.rows_total,
+            new = self.uploads_new,
+            reused = self.uploads_reused,
+            cached = self.uploads_cached,
+            cred = self.credential_calls,
+            throttled = self.throttled_seen,
+            tin = self.prompt_tokens,
+            tout = self.completion_tokens,
+            elapsed = self.elapsed_s,
+            rate = self.rows_per_s,
+        )
+    }
+}
