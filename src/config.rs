@@ -1,1 +1,49 @@
-//! placeholder
+//! The typed settings of a run, validated before any I/O starts. The CLI (and, later, job
+//! files) build a [`RunConfig`]; the pipeline only ever sees this.
+
+use std::path::PathBuf;
+
+use crate::dashscope::{Api, CredentialOptions, RetryPolicy};
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub manifest: PathBuf,
+    pub output: PathBuf,
+    pub api: Api,
+    /// Rows in flight at once.
+    pub concurrency: usize,
+    /// Uploads in flight at once. Separate from `concurrency` because uploads are bounded
+    /// by bandwidth and the storage service, model calls by the model's latency.
+    pub upload_concurrency: usize,
+    /// Retries of uploads and model calls (credential fetches use `credentials.retry`).
+    pub retry: RetryPolicy,
+    pub credentials: CredentialOptions,
+    /// No progress bar or progress log lines.
+    pub quiet: bool,
+}
+
+/// `<manifest stem>.results.csv` beside the manifest.
+pub fn default_output(manifest: &std::path::Path) -> PathBuf {
+    let stem = manifest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "manifest".to_owned());
+    manifest.with_file_name(format!("{stem}.results.csv"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_defaults_beside_the_manifest() {
+        assert_eq!(
+            default_output(std::path::Path::new("jobs/example/manifest.csv")),
+            PathBuf::from("jobs/example/manifest.results.csv")
+        );
+        assert_eq!(
+            default_output(std::path::Path::new("m.csv")),
+            PathBuf::from("m.results.csv")
+        );
+    }
+}

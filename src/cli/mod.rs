@@ -61,9 +61,10 @@ pub fn main(cli: Cli) -> u8 {
             return exit::USAGE;
         }
     };
+    let quiet = cli.quiet > 0;
     runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(args, quiet).await,
             Command::Emulator(args) => match emulator::run(args).await {
                 Ok(()) => exit::OK,
                 Err(err) => {

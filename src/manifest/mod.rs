@@ -334,3 +334,18 @@ fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, Manife
 
 #[cfg(test)]
 mod tests;
+
+/// Counts data records without parsing them into rows: cheap enough to run beside the real
+/// pass, for the progress bar's total.
+pub fn count_rows(path: &Path) -> Result<u64, csv::Error> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_path(path)?;
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    while reader.read_byte_record(&mut record)? {
+        n += 1;
+    }
+    Ok(n)
+}

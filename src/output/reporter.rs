@@ -220,6 +220,8 @@ mod tests {
             latency_ms: 1,
             finished_at: chrono::Utc::now(),
             extra: vec![],
+            saw_429: retries.iter().filter(|c| **c == "throttled").count() as u32
+                + u32::from(status == Status::Failed),
             retries,
         })
     }

@@ -90,6 +90,8 @@ pub struct RowResult {
     pub extra: Vec<String>,
     /// One cause per retry this row waited for (for the summary, not the CSV).
     pub retries: Vec<&'static str>,
+    /// HTTP 429 answers this row saw, retried or final.
+    pub saw_429: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -217,6 +219,7 @@ mod tests {
             finished_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             extra: vec!["x".into()],
             retries: vec![],
+            saw_429: 0,
         }
     }
 

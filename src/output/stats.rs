@@ -38,9 +38,6 @@ impl Stats {
             Status::Failed => {
                 self.rows_failed += 1;
                 *self.failures.entry(r.error_code.clone()).or_default() += 1;
-                if r.error_code == "throttled" {
-                    self.throttled_seen += 1;
-                }
             }
         }
         match r.upload {
@@ -51,10 +48,8 @@ impl Stats {
         }
         for cause in &r.retries {
             *self.retries.entry(cause).or_default() += 1;
-            if *cause == "throttled" {
-                self.throttled_seen += 1;
-            }
         }
+        self.throttled_seen += u64::from(r.saw_429);
         if let Some(t) = r.tokens {
             self.prompt_tokens += t.prompt;
             self.completion_tokens += t.completion;
