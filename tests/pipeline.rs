@@ -29,7 +29,12 @@ async fn every_answer_matches_its_own_row_under_concurrency_256() {
     let outcome = pipeline::run(&config, client(&em, "sk-acme"), CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(outcome.stats.rows_ok, 600, "{}", outcome.stats.summary_line());
+    assert_eq!(
+        outcome.stats.rows_ok,
+        600,
+        "{}",
+        outcome.stats.summary_line()
+    );
     let rows = by_id(&results(&config.output));
     assert_eq!(rows.len(), 600);
     for (id, sha, prompt) in expected {
@@ -125,19 +130,35 @@ async fn a_policy_that_expires_mid_run_is_replaced_and_the_file_reuploaded() {
     // client's cached policy is now expired at the service but not by the client's clock.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while stats(&em).await["uploads"].as_u64().unwrap() < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "uploads never started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "uploads never started"
+        );
         tokio::task::yield_now().await;
     }
     advance_clock(&em, 121).await;
     let outcome = run.await.unwrap().unwrap();
-    assert_eq!(outcome.stats.rows_ok, 60, "{}", outcome.stats.summary_line());
+    assert_eq!(
+        outcome.stats.rows_ok,
+        60,
+        "{}",
+        outcome.stats.summary_line()
+    );
     let s = stats(&em).await;
     assert!(
         s["upload_errors"]["AccessDenied"].as_u64().unwrap_or(0) >= 1,
         "{s}"
     );
     assert!(s["credential_calls"].as_u64().unwrap() >= 2, "{s}");
-    assert!(outcome.stats.retries.get("policy_expired").copied().unwrap_or(0) >= 1);
+    assert!(
+        outcome
+            .stats
+            .retries
+            .get("policy_expired")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,5 +307,8 @@ async fn the_credential_limiter_stays_under_100_per_second() {
     let s = stats(&em).await;
     assert_eq!(s["credential_calls"], 1000);
     assert_eq!(s["credential_throttled"], 0, "{s}");
-    assert!(s["credential_max_in_window"].as_u64().unwrap() <= 100, "{s}");
+    assert!(
+        s["credential_max_in_window"].as_u64().unwrap() <= 100,
+        "{s}"
+    );
 }

@@ -3,5 +3,12 @@
 #[derive(Default)]
 pub struct EmulatorConfig;
 pub struct Running;
-impl Running { pub fn base_url(&self) -> String { todo!() } pub async fn shutdown(self) {} }
-pub async fn spawn(config: EmulatorConfig) -> std::io::Result<Running> { todo!() }
+impl Running {
+    pub fn base_url(&self) -> String {
+        todo!()
+    }
+    pub async fn shutdown(self) {}
+}
+pub async fn spawn(config: EmulatorConfig) -> std::io::Result<Running> {
+    todo!()
+}

@@ -8,3 +8,6 @@ pub mod stats;
 pub use reporter::{Event, Progress, Reporter};
 pub use results::{COLUMNS, ResultsWriter, RowResult, Status, Tokens, UploadOutcome};
 pub use stats::Stats;
+pub mod lock;
+pub mod resume;
+pub mod state;

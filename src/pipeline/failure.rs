@@ -25,7 +25,10 @@ impl Failure {
 
     /// A failure the service answered. `stage` says which request it was.
     pub fn api(stage: &str, err: ApiError) -> Self {
-        let status = err.status.map(|s| format!("HTTP {s}, ")).unwrap_or_default();
+        let status = err
+            .status
+            .map(|s| format!("HTTP {s}, "))
+            .unwrap_or_default();
         Self {
             message: format!("{stage}: {status}{}", err.message),
             code: err.code,

@@ -71,8 +71,8 @@ pub async fn run(
         source,
     };
     let file = File::create(&config.output).map_err(out_err)?;
-    let writer = ResultsWriter::new(file, &extra, true)
-        .map_err(|e| out_err(std::io::Error::other(e)))?;
+    let writer =
+        ResultsWriter::new(file, &extra, true).map_err(|e| out_err(std::io::Error::other(e)))?;
 
     // Capacity: enough to keep the reporter busy while workers finish rows in bursts; each
     // event is one boxed row, so memory stays at a few hundred rows.

@@ -1,0 +1,287 @@
+//! Resuming from an earlier run's results file, and compacting it at the end.
+//!
+//! During a run, result lines are only ever appended, so a crash can at worst cut the last
+//! line short. On start the file is read once: the ids of `ok` lines are remembered (as 64-bit
+//! hashes, to keep memory small on huge manifests) and a cut-off tail is trimmed. At the end,
+//! the file is rewritten in manifest order with exactly one line per manifest row, through a
+//! temp file in the same folder that is fsynced and renamed over the old one, so a crash
+//! during compaction leaves either the old file or the new one, never a mix.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::results::{COLUMNS, ResultsWriter};
+
+/// A stable-within-this-process hash of a row id. A collision between two ids of one
+/// manifest (odds about 1 in 10^7 at ten million rows) would at worst skip or mis-file one
+/// row, which the row count check at compaction reports.
+pub fn id_key(id: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+}
+
+/// What an earlier results file holds.
+#[derive(Debug, Default)]
+pub struct Previous {
+    /// Ids with an `ok` line.
+    pub ok: HashSet<u64>,
+    /// Complete lines read (all statuses).
+    pub lines: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("cannot read results file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse results file {path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+    #[error(
+        "results file {path} has different columns than this manifest would write \
+         (found {found:?}); pass --fresh to start it over, or -o to write elsewhere"
+    )]
+    Header { path: PathBuf, found: String },
+}
+
+fn expected_header(extra: &[String]) -> Vec<String> {
+    COLUMNS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
+/// Opens `out` for appending this run's lines, creating it (with a header) when absent or
+/// when `fresh`. Returns what the earlier file held. A cut-off last line is trimmed first.
+pub fn open_for_append(
+    out: &Path,
+    extra: &[String],
+    fresh: bool,
+) -> Result<(ResultsWriter<File>, Previous), ResumeError> {
+    let io = |source| ResumeError::Io {
+        path: out.to_owned(),
+        source,
+    };
+    let exists = std::fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false);
+    if fresh || !exists {
+        let file = File::create(out).map_err(io)?;
+        let writer = ResultsWriter::new(file, extra, true).map_err(|source| ResumeError::Csv {
+            path: out.to_owned(),
+            source,
+        })?;
+        return Ok((writer, Previous::default()));
+    }
+    let (previous, valid_len) = scan(out, extra)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(out)
+        .map_err(io)?;
+    file.set_len(valid_len).map_err(io)?;
+    file.seek(SeekFrom::End(0)).map_err(io)?;
+    let writer = ResultsWriter::new(file, extra, false).map_err(|source| ResumeError::Csv {
+        path: out.to_owned(),
+        source,
+    })?;
+    Ok((writer, previous))
+}
+
+/// Reads ok ids and finds where the last complete line ends.
+fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError> {
+    let csv_err = |source| ResumeError::Csv {
+        path: out.to_owned(),
+        source,
+    };
+    let bytes_len = std::fs::metadata(out)
+        .map_err(|source| ResumeError::Io {
+            path: out.to_owned(),
+            source,
+        })?
+        .len();
+    let ends_with_newline = last_byte(out).map_err(|source| ResumeError::Io {
+        path: out.to_owned(),
+        source,
+    })? == Some(b'\n');
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_path(out)
+        .map_err(csv_err)?;
+    let mut record = csv::ByteRecord::new();
+    let want = expected_header(extra);
+    if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+        return Ok((Previous::default(), 0));
+    }
+    let found: Vec<String> = record
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    if found != want {
+        return Err(ResumeError::Header {
+            path: out.to_owned(),
+            found: found.join(","),
+        });
+    }
+    let mut previous = Previous::default();
+    let mut valid_len = bytes_len;
+    let mut pending: Option<(u64, bool, u64)> = None; // (start, is_ok, key) of the last record
+    loop {
+        let start = reader.position().byte();
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {
+                if let Some((_, ok, key)) = pending.take() {
+                    commit(&mut previous, ok, key);
+                }
+                if record.len() != want.len() {
+                    // Only the last line can be cut short; anything after it is not ours.
+                    valid_len = start;
+                    break;
+                }
+                let id = std::str::from_utf8(&record[0]).unwrap_or_default();
+                pending = Some((start, &record[5] == b"ok", id_key(id)));
+            }
+            Ok(false) => break,
+            Err(_) => {
+                valid_len = start;
+                pending = None;
+                break;
+            }
+        }
+    }
+    if let Some((start, ok, key)) = pending {
+        if ends_with_newline {
+            commit(&mut previous, ok, key);
+        } else {
+            valid_len = start; // written partly when the process died
+        }
+    }
+    Ok((previous, valid_len))
+}
+
+fn commit(previous: &mut Previous, ok: bool, key: u64) {
+    previous.lines += 1;
+    if ok {
+        previous.ok.insert(key);
+    }
+}
+
+fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut b = [0u8];
+    f.read_exact(&mut b)?;
+    Ok(Some(b[0]))
+}
+
+/// Where the line that best represents each id sits: an `ok` line beats a failed one, and a
+/// later line beats an earlier one of the same status. The top bit of the value marks `ok`.
+pub fn index_lines(out: &Path) -> Result<HashMap<u64, u64>, ResumeError> {
+    const OK: u64 = 1 << 63;
+    let csv_err = |source| ResumeError::Csv {
+        path: out.to_owned(),
+        source,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_path(out)
+        .map_err(csv_err)?;
+    let mut record = csv::ByteRecord::new();
+    let mut index = HashMap::new();
+    loop {
+        let start = reader.position().byte();
+        if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+            break;
+        }
+        if record.len() < COLUMNS.len() || &record[14] == b"duplicate_id" {
+            continue;
+        }
+        let ok = &record[5] == b"ok";
+        let key = id_key(std::str::from_utf8(&record[0]).unwrap_or_default());
+        let value = start | if ok { OK } else { 0 };
+        index
+            .entry(key)
+            .and_modify(|v: &mut u64| {
+                if ok || *v & OK == 0 {
+                    *v = value;
+                }
+            })
+            .or_insert(value);
+    }
+    Ok(index)
+}
+
+/// Reads the line starting at `offset` and returns it, its `line` column set to `line`.
+pub struct LineReader {
+    reader: csv::Reader<File>,
+    record: csv::ByteRecord,
+}
+
+impl LineReader {
+    pub fn open(out: &Path) -> Result<Self, ResumeError> {
+        let reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(false)
+            .from_path(out)
+            .map_err(|source| ResumeError::Csv {
+                path: out.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            reader,
+            record: csv::ByteRecord::new(),
+        })
+    }
+
+    pub fn read_at(&mut self, offset: u64, line: u64) -> csv::Result<Option<csv::ByteRecord>> {
+        const OFFSET_MASK: u64 = !(1 << 63);
+        let mut pos = csv::Position::new();
+        pos.set_byte(offset & OFFSET_MASK);
+        self.reader.seek(pos)?;
+        if !self.reader.read_byte_record(&mut self.record)? {
+            return Ok(None);
+        }
+        let mut out = csv::ByteRecord::new();
+        for (i, field) in self.record.iter().enumerate() {
+            if i == 1 {
+                out.push_field(itoa::Buffer::new().format(line).as_bytes());
+            } else {
+                out.push_field(field);
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Replaces `out` with `write`'s output atomically: temp file in the same folder, fsync,
+/// rename, fsync the folder.
+pub fn atomic_rewrite(
+    out: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dashbatch-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    write(tmp.as_file_mut())?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(out).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+use super::*;
+use crate::output::results::{RowResult, Status, UploadOutcome};
+
+fn row(id: &str, status: Status) -> RowResult {
+    RowResult {
+        id: id.into(),
+        line: 2,
+        model: "m".into(),
+        file: "f.png".into(),
+        prompt: "multi\nline, \"quoted\"".into(),
+        status,
+        response: "r".into(),
+        finish_reason: String::new(),
+        tokens: None,
+        oss_url: String::new(),
+        upload: UploadOutcome::None,
+        attempts: 1,
+        error_code: String::new(),
+        error_message: String::new(),
+        request_id: String::new(),
+        latency_ms: 1,
+        finished_at: chrono::Utc::now(),
+        extra: vec![],
+        retries: vec![],
+        saw_429: 0,
+    }
+}
+
+fn write(out: &Path, rows: &[RowResult]) {
+    let (mut w, _) = open_for_append(out, &[], false).unwrap();
+    for r in rows {
+        w.write(r).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+#[test]
+fn ok_ids_are_remembered_and_a_cut_off_tail_is_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    write(&out, &[row("a", Status::Ok), row("b", Status::Failed)]);
+    let good_len = std::fs::metadata(&out).unwrap().len();
+    write(&out, &[row("c", Status::Ok)]);
+    // A crash in the middle of writing c's line.
+    let full = std::fs::read(&out).unwrap();
+    std::fs::write(&out, &full[..full.len() - 5]).unwrap();
+
+    let (_, previous) = open_for_append(&out, &[], false).unwrap();
+    assert_eq!(previous.lines, 2);
+    assert!(previous.ok.contains(&id_key("a")));
+    assert!(!previous.ok.contains(&id_key("b")));
+    assert!(
+        !previous.ok.contains(&id_key("c")),
+        "a cut-off line is not done"
+    );
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), good_len);
+}
+
+#[test]
+fn a_results_file_with_other_columns_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    write(&out, &[row("a", Status::Ok)]);
+    let Err(err) = open_for_append(&out, &["extra".into()], false) else {
+        panic!("accepted a file with other columns")
+    };
+    assert!(err.to_string().contains("--fresh"), "{err}");
+}
+
+#[test]
+fn fresh_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    write(&out, &[row("a", Status::Ok)]);
+    let (_, previous) = open_for_append(&out, &[], true).unwrap();
+    assert!(previous.ok.is_empty());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn the_index_prefers_ok_lines_then_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    let mut ok_a = row("a", Status::Ok);
+    ok_a.response = "the ok one".into();
+    let mut late_b = row("b", Status::Failed);
+    late_b.error_message = "later".into();
+    write(
+        &out,
+        &[
+            row("a", Status::Failed),
+            ok_a,
+            row("a", Status::Failed),
+            row("b", Status::Failed),
+            late_b,
+        ],
+    );
+    let index = index_lines(&out).unwrap();
+    let mut lines = LineReader::open(&out).unwrap();
+    let a = lines.read_at(index[&id_key("a")], 7).unwrap().unwrap();
+    assert_eq!(&a[6], b"the ok one");
+    assert_eq!(&a[1], b"7", "line column is rewritten");
+    let b = lines.read_at(index[&id_key("b")], 3).unwrap().unwrap();
+    assert_eq!(&b[15], b"later");
+}
+
+#[test]
+fn atomic_rewrite_replaces_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    std::fs::write(&out, "old").unwrap();
+    atomic_rewrite(&out, |f| f.write_all(b"new")).unwrap();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "new");
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 1, "no temp file left behind");
+}
