@@ -1,78 +1,123 @@
-//! `dashbatch run`: flags → [`RunConfig`], the API key, the service root (or an in-process
-//! emulator), then the pipeline; its outcome → an exit code.
+//! `dashbatch run`: flags (over a job file) → [`RunConfig`], the API key, the service root
+//! (or an in-process emulator), signal handling, then the pipeline; its outcome → reports and
+//! an exit code.
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RunConfig, default_output};
+use crate::config::job::{JobFile, is_job_file};
+use crate::config::{RunConfig, default_output, default_state_dir};
 use crate::dashscope::{Api, ApiKey, Client, ClientConfig, CredentialOptions, RetryPolicy};
 use crate::exit;
-use crate::pipeline::{self, PipelineError};
+use crate::output::report::{RunReport, write_metrics, write_summary_json};
+use crate::pipeline::{self, Outcome, PipelineError};
 
 /// The real service's root, used unless `--base-url` or `DASHSCOPE_HTTP_BASE_URL` says otherwise.
 const DEFAULT_BASE_URL: &str = "https://dashscope.aliyuncs.com";
-/// The key `--emulator` uses when `DASHSCOPE_API_KEY` is not set: the emulator accepts any
-/// `sk-<account>` key, and this one can never be a real key.
+/// The key `--emulator` uses when no key is given: the emulator accepts any `sk-<account>`
+/// key, and this one can never be a real key.
 const DEMO_KEY: &str = "sk-demo";
 
-#[derive(Debug, clap::Args)]
+/// Flags are optional here so that a job file can supply them; the documented defaults
+/// apply when neither does.
+#[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
-    /// The manifest CSV. Columns: model, file, prompt (required), id, system (optional);
-    /// any other column is copied to the results. `file` is a path relative to the manifest's
-    /// folder, an oss:// URL or an http(s):// URL.
-    pub manifest: PathBuf,
+    /// The manifest CSV, or a job file (`.toml`) that names the manifest and any settings.
+    /// Manifest columns: model, file, prompt (required), id, system (optional); any other
+    /// column is copied to the results. `file` is a path relative to the manifest's folder,
+    /// an oss:// URL or an http(s):// URL.
+    #[arg(value_name = "MANIFEST|JOB")]
+    pub input: PathBuf,
 
     /// The results CSV [default: <manifest stem>.results.csv beside the manifest].
     #[arg(short, long, value_name = "OUT")]
     pub output: Option<PathBuf>,
 
-    /// Which model API to call: OpenAI-compatible mode or DashScope's native API.
-    #[arg(long, value_enum, default_value_t = ApiFlag::Compatible)]
-    pub api: ApiFlag,
+    /// Ignore rows an earlier run finished and start the results file over.
+    #[arg(long)]
+    pub fresh: bool,
 
-    /// The service root. Defaults to DASHSCOPE_HTTP_BASE_URL (the official SDK's variable,
-    /// ending in /api/v1) if set, else https://dashscope.aliyuncs.com.
+    /// Which model API to call [default: compatible].
+    #[arg(long, value_enum)]
+    pub api: Option<ApiFlag>,
+
+    /// The service root [default: $DASHSCOPE_HTTP_BASE_URL (the official SDK's variable,
+    /// ending in /api/v1), else https://dashscope.aliyuncs.com].
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
 
-    /// Start an emulator of DashScope in this process and run against it (no network, no
-    /// real key needed: a demo key is used when DASHSCOPE_API_KEY is unset).
+    /// Start an emulator of DashScope in this process and run against it (no network; a
+    /// demo key is used when no key is given).
     #[arg(long, conflicts_with = "base_url")]
     pub emulator: bool,
 
-    /// Rows in flight at once.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub concurrency: u32,
+    /// Read the API key from this file instead of DASHSCOPE_API_KEY.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
 
-    /// Uploads in flight at once (a separate limit: uploads are bound by bandwidth).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub upload_concurrency: u32,
+    /// Rows in flight at once [default: 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: Option<u32>,
 
-    /// Attempts per request before its row fails (1 = no retries). Applies to credential
-    /// fetches, uploads and model calls, each on its own.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub max_attempts: u32,
+    /// Uploads in flight at once, a separate limit since uploads are bound by bandwidth
+    /// [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub upload_concurrency: Option<u32>,
+
+    /// Attempts per request before its row fails, 1 = no retries. Credential fetches,
+    /// uploads and model calls each retry on their own [default: 6].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: Option<u32>,
 
     /// Upload-credential requests per second, per model. The service allows 100 per account
-    /// per model; the default leaves room for other clients and clock jitter.
-    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub credential_qps: u32,
+    /// per model; the default leaves room for clock jitter and other clients [default: 80].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub credential_qps: Option<u32>,
 
-    /// Timeout of one model call, in seconds.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
-    pub request_timeout_s: u64,
+    /// Timeout of one model call, in seconds [default: 300].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_s: Option<u64>,
+
+    /// After SIGINT/SIGTERM, how long rows in flight may take to finish, in seconds
+    /// [default: 30]. A second signal stops at once.
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
+
+    /// Folder of the upload cache kept across runs [default: .dashbatch/ beside OUT].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Also write the run's figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+
+    /// Also write the run's figures in the Prometheus text format (for node_exporter's
+    /// textfile collector), including the end time and success of the run.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApiFlag {
     /// POST /compatible-mode/v1/chat/completions (OpenAI shape).
     Compatible,
     /// POST /api/v1/services/aigc/multimodal-generation/generation (DashScope shape).
     Native,
+}
+
+/// Everything a run needs that is not the pipeline's own config.
+struct Plan {
+    config: RunConfig,
+    emulator: bool,
+    base_url: Option<String>,
+    api_key_file: Option<PathBuf>,
+    request_timeout: Duration,
+    summary_json: Option<PathBuf>,
+    metrics_textfile: Option<PathBuf>,
 }
 
 pub async fn run(args: RunArgs, quiet: bool) -> u8 {
@@ -86,12 +131,12 @@ pub async fn run(args: RunArgs, quiet: bool) -> u8 {
 }
 
 async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
-    let config = run_config(&args, quiet);
-    let key = api_key(args.emulator)?;
+    let plan = plan(args, quiet)?;
+    let key = api_key(plan.api_key_file.as_deref(), plan.emulator)?;
 
     // Kept alive until the run ends: dropping it stops the emulator.
     let mut emulator = None;
-    let base_url = if args.emulator {
+    let base_url = if plan.emulator {
         let running = crate::emulator::spawn(crate::emulator::EmulatorConfig::default())
             .await
             .context("cannot start the in-process emulator")?;
@@ -100,86 +145,222 @@ async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
         emulator = Some(running);
         url
     } else {
-        base_url(args.base_url.as_deref())
+        base_url(plan.base_url.as_deref())
     };
     let client = Client::new(
         key,
         ClientConfig {
             base_url,
-            request_timeout: Duration::from_secs(args.request_timeout_s),
+            request_timeout: plan.request_timeout,
             ..ClientConfig::default()
         },
     )
     .context("cannot build the HTTP client")?;
 
     let shutdown = CancellationToken::new();
-    let outcome = match pipeline::run(&config, client, shutdown).await {
+    watch_signals(shutdown.clone(), plan.config.drain_timeout);
+    let result = pipeline::run(&plan.config, client, shutdown).await;
+    if let Some(running) = emulator {
+        let _ = running.shutdown().await;
+    }
+    let outcome = match result {
         Ok(outcome) => outcome,
-        Err(err @ (PipelineError::Manifest(_) | PipelineError::Output { .. })) => {
+        Err(err @ PipelineError::Locked(_)) => {
+            eprintln!("error: {err}");
+            return Ok(exit::LOCKED);
+        }
+        Err(err @ (PipelineError::Manifest(_) | PipelineError::Resume(_))) => {
             eprintln!("error: {err}");
             return Ok(exit::USAGE);
         }
         Err(err) => return Err(err.into()),
     };
-    if let Some(running) = emulator {
-        running.shutdown().await;
-    }
+    let code = exit_code(&outcome);
+    report(&plan, &outcome, code);
+    Ok(code)
+}
 
-    let stats = &outcome.stats;
-    if stats.rows_total == 0 && stats.rows_done() == 0 {
-        eprintln!("nothing to do: {} has no rows", config.manifest.display());
-        return Ok(exit::OK);
-    }
-    eprintln!("{}", stats.summary_line());
-    eprintln!("results: {}", config.output.display());
-    if let Some(reason) = &outcome.stopped {
-        eprintln!("error: stopped early: {reason}");
-        return Ok(exit::USAGE);
-    }
-    Ok(if stats.rows_failed > 0 {
+fn exit_code(outcome: &Outcome) -> u8 {
+    if outcome.interrupted {
+        exit::INTERRUPTED
+    } else if outcome.stopped.is_some() {
+        exit::USAGE
+    } else if outcome.stats.rows_failed > 0 {
         exit::SOME_FAILED
     } else {
         exit::OK
-    })
+    }
 }
 
-fn run_config(args: &RunArgs, quiet: bool) -> RunConfig {
+fn report(plan: &Plan, outcome: &Outcome, code: u8) {
+    let stats = &outcome.stats;
+    let config = &plan.config;
+    if stats.rows_total == 0 {
+        eprintln!("nothing to do: {} has no rows", config.manifest.display());
+    } else {
+        eprintln!("{}", stats.summary_line());
+        eprintln!("results: {}", config.output.display());
+    }
+    if let Some(reason) = &outcome.stopped {
+        eprintln!("stopped early: {reason}");
+    }
+    let report = RunReport {
+        manifest: &config.manifest,
+        output: &config.output,
+        success: code == exit::OK,
+        exit_code: code,
+        finished_at: chrono::Utc::now().timestamp(),
+        stats,
+    };
+    if let Some(path) = &plan.summary_json
+        && let Err(err) = write_summary_json(path, &report)
+    {
+        eprintln!(
+            "warning: cannot write summary JSON {}: {err}",
+            path.display()
+        );
+    }
+    if let Some(path) = &plan.metrics_textfile
+        && let Err(err) = write_metrics(path, &report)
+    {
+        eprintln!(
+            "warning: cannot write metrics file {}: {err}",
+            path.display()
+        );
+    }
+}
+
+/// Merges flags over the job file (if the input is one) over the defaults.
+fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
+    let job = if is_job_file(&args.input) {
+        JobFile::load(&args.input)?
+    } else {
+        JobFile {
+            manifest: Some(args.input.clone()),
+            ..JobFile::default()
+        }
+    };
+    let manifest = job.manifest.clone().unwrap_or_else(|| args.input.clone());
+    let api = match (args.api, job.api.as_deref()) {
+        (Some(flag), _) => flag,
+        (None, None) => ApiFlag::Compatible,
+        (None, Some(name)) => <ApiFlag as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+            anyhow::anyhow!(
+                "job file {}: api = {name:?} is not an API; use \"compatible\" or \"native\"",
+                args.input.display()
+            )
+        })?,
+    };
+    let output = args
+        .output
+        .or(job.output)
+        .unwrap_or_else(|| default_output(&manifest));
+    let max_attempts = pick(
+        args.max_attempts,
+        job.max_attempts,
+        6,
+        "max_attempts",
+        1..=100,
+    )?;
     let retry = RetryPolicy {
-        max_attempts: args.max_attempts,
+        max_attempts,
         ..RetryPolicy::default()
     };
-    RunConfig {
-        output: args
-            .output
-            .clone()
-            .unwrap_or_else(|| default_output(&args.manifest)),
-        manifest: args.manifest.clone(),
-        api: match args.api {
+    let qps = pick(
+        args.credential_qps,
+        job.credential_qps,
+        80,
+        "credential_qps",
+        1..=100,
+    )?;
+    let config = RunConfig {
+        state_dir: args
+            .state_dir
+            .or(job.state_dir)
+            .unwrap_or_else(|| default_state_dir(&output)),
+        fresh: args.fresh,
+        drain_timeout: Duration::from_secs(
+            args.drain_timeout.or(job.drain_timeout_s).unwrap_or(30),
+        ),
+        api: match api {
             ApiFlag::Compatible => Api::Compatible,
             ApiFlag::Native => Api::Native,
         },
-        concurrency: args.concurrency as usize,
-        upload_concurrency: args.upload_concurrency as usize,
+        concurrency: pick(
+            args.concurrency,
+            job.concurrency,
+            32,
+            "concurrency",
+            1..=100_000,
+        )? as usize,
+        upload_concurrency: pick(
+            args.upload_concurrency,
+            job.upload_concurrency,
+            16,
+            "upload_concurrency",
+            1..=10_000,
+        )? as usize,
         credentials: CredentialOptions {
-            qps: NonZeroU32::new(args.credential_qps).unwrap_or(NonZeroU32::MIN),
+            qps: NonZeroU32::new(qps).unwrap_or(NonZeroU32::MIN),
             retry: retry.clone(),
             ..CredentialOptions::default()
         },
         retry,
         quiet,
-    }
+        manifest,
+        output,
+    };
+    Ok(Plan {
+        config,
+        emulator: args.emulator || job.emulator.unwrap_or(false),
+        base_url: args.base_url.or(job.base_url),
+        api_key_file: args.api_key_file.or(job.api_key_file),
+        request_timeout: Duration::from_secs(
+            args.request_timeout_s
+                .or(job.request_timeout_s)
+                .unwrap_or(300)
+                .max(1),
+        ),
+        summary_json: args.summary_json.or(job.summary_json),
+        metrics_textfile: args.metrics_textfile.or(job.metrics_textfile),
+    })
 }
 
-/// The key from `DASHSCOPE_API_KEY`; with `--emulator` a demo key when it is unset.
-fn api_key(emulator: bool) -> anyhow::Result<ApiKey> {
+/// A flag's value, else the job file's (range-checked: clap checks only flags), else the default.
+fn pick(
+    flag: Option<u32>,
+    job: Option<u32>,
+    default: u32,
+    name: &str,
+    range: std::ops::RangeInclusive<u32>,
+) -> anyhow::Result<u32> {
+    let value = flag.or(job).unwrap_or(default);
+    if !range.contains(&value) {
+        bail!(
+            "{name} = {value} is out of range; use {}..={}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(value)
+}
+
+/// The key from `--api-key-file`, else `DASHSCOPE_API_KEY`, else (with `--emulator`) a demo key.
+fn api_key(file: Option<&Path>, emulator: bool) -> anyhow::Result<ApiKey> {
+    if let Some(path) = file {
+        let raw = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API key file {}", path.display()))?;
+        return ApiKey::new(raw.trim().to_owned())
+            .with_context(|| format!("the API key file {} holds no usable key", path.display()));
+    }
     match std::env::var("DASHSCOPE_API_KEY") {
         Ok(raw) if !raw.trim().is_empty() => {
             ApiKey::new(raw).context("DASHSCOPE_API_KEY is not a usable API key")
         }
         _ if emulator => Ok(ApiKey::new(DEMO_KEY)?),
         _ => bail!(
-            "no API key: set DASHSCOPE_API_KEY to a Model Studio key (China (Beijing) region), \
-             or pass --emulator to try the manifest offline"
+            "no API key: set DASHSCOPE_API_KEY to a Model Studio key (China (Beijing) region) \
+             or pass --api-key-file, or pass --emulator to try the manifest offline"
         ),
     }
 }
@@ -192,4 +373,35 @@ fn base_url(flag: Option<&str>) -> String {
         Ok(sdk) if !sdk.trim().is_empty() => ClientConfig::root_from_sdk_base(sdk.trim()),
         _ => DEFAULT_BASE_URL.to_owned(),
     }
+}
+
+/// First SIGINT/SIGTERM: stop dispatching and drain. Second: exit at once. That is safe
+/// because every finished row is already flushed, and the next run resumes from it.
+fn watch_signals(shutdown: CancellationToken, drain: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; Ctrl-C will stop at once");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!(
+            "stopping: no new rows; finishing rows in flight (up to {}s). \
+             Signal again to stop at once.",
+            drain.as_secs()
+        );
+        shutdown.cancel();
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("aborted: rows in flight are lost; the next run resumes");
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    });
 }

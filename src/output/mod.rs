@@ -9,5 +9,6 @@ pub use reporter::{Event, Progress, Reporter};
 pub use results::{COLUMNS, ResultsWriter, RowResult, Status, Tokens, UploadOutcome};
 pub use stats::Stats;
 pub mod lock;
+pub mod report;
 pub mod resume;
 pub mod state;

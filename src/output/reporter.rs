@@ -19,6 +19,8 @@ pub enum Event {
     Row(Box<RowResult>),
     /// The number of manifest rows, once a counting pass has found it.
     Total(u64),
+    /// Rows an earlier run finished `ok`, not attempted again.
+    Skipped(u64),
 }
 
 /// A sink whose written data can be forced to stable storage.
@@ -94,6 +96,12 @@ impl<W: Durable> Reporter<W> {
                 self.stats.rows_total = total;
                 if let Progress::Bar(bar) = &self.progress {
                     bar.set_length(total.saturating_sub(self.stats.rows_skipped));
+                }
+            }
+            Event::Skipped(skipped) => {
+                self.stats.rows_skipped = skipped;
+                if let Progress::Bar(bar) = &self.progress {
+                    bar.set_length(self.stats.rows_total.saturating_sub(skipped));
                 }
             }
             Event::Row(result) => {

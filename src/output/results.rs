@@ -167,6 +167,11 @@ impl<W: Write> ResultsWriter<W> {
         c.write_record(None::<&[u8]>)
     }
 
+    /// Writes a line copied from an earlier results file.
+    pub fn write_raw(&mut self, record: &csv::ByteRecord) -> csv::Result<()> {
+        self.csv.write_byte_record(record)
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.csv.flush()
     }

@@ -15,6 +15,8 @@ pub struct Stats {
     pub rows_failed: u64,
     /// Rows already `ok` in an earlier run's results, not attempted again.
     pub rows_skipped: u64,
+    /// Rows the run stopped before reaching (written as `not_attempted`).
+    pub rows_not_attempted: u64,
     pub uploads_new: u64,
     pub uploads_reused: u64,
     pub uploads_cached: u64,
@@ -84,13 +86,18 @@ impl Stats {
             format!(" ({})", parts.join(", "))
         };
         format!(
-            "{ok} ok, {failed} failed, {skipped} skipped of {total} rows; \
+            "{ok} ok, {failed} failed, {skipped} skipped{not_attempted} of {total} rows; \
              uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
              {retries} retries{by_cause}; {throttled} 429s; tokens {tin} in / {tout} out; \
              {elapsed:.1}s, {rate:.1} rows/s",
             ok = self.rows_ok,
             failed = self.rows_failed,
             skipped = self.rows_skipped,
+            not_attempted = if self.rows_not_attempted > 0 {
+                format!(", {} not attempted", self.rows_not_attempted)
+            } else {
+                String::new()
+            },
             total = self.rows_total,
             new = self.uploads_new,
             reused = self.uploads_reused,

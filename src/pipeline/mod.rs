@@ -3,22 +3,24 @@
 //!
 //! ```text
 //! manifest reader ──(bounded channel)──> buffer_unordered(concurrency) ──> reporter task
-//!  (blocking thread)                      workers: upload, model call        results, stats,
-//!                                                                            progress
+//!  (blocking thread; skips rows          workers: upload, model call        results, stats,
+//!   already ok, flags duplicate ids)                                        progress
 //! ```
 //!
-//! Memory is bounded by the channel capacities and the number of rows in flight, never by the
-//! manifest's size. Pacing lives in the client (credential limiter) and in the upload slots;
-//! this module only decides what runs when and when to stop.
+//! Memory is bounded by the channel capacities and the rows in flight, plus 8 bytes per
+//! manifest row for the id sets that resume and duplicate detection need. Pacing lives in the
+//! client (credential limiter) and in the upload slots; this module decides what runs when,
+//! when to stop, and leaves the results file complete at the end (see [`compact`]).
 
+mod compact;
 mod failure;
+mod reader;
 mod uploads;
 mod worker;
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -27,9 +29,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RunConfig;
 use crate::dashscope::{Client, Credentials};
 use crate::manifest::{self, Entry, Manifest, ManifestError};
+use crate::output::lock::{LockError, RunLock};
 use crate::output::reporter::ReportError;
-use crate::output::{Event, Progress, Reporter, ResultsWriter, RowResult, Stats, Status};
+use crate::output::resume::{self, ResumeError};
+use crate::output::state::{UploadCache, unix_now};
+use crate::output::{Event, Progress, Reporter, RowResult, Stats, Status};
 
+pub use compact::CompactError;
 pub use failure::Failure;
 use uploads::Uploads;
 use worker::Worker;
@@ -40,63 +46,71 @@ pub struct Outcome {
     pub stats: Stats,
     /// Why dispatching stopped early, if it did (a rejected key, a signal).
     pub stopped: Option<String>,
+    /// True when the stop came from `shutdown` (a signal), not from the service.
+    pub interrupted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("cannot create results file {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     #[error("results file {path}: {source}")]
     Report { path: PathBuf, source: ReportError },
-    #[error("the reporter task stopped unexpectedly: {0}")]
-    Reporter(String),
+    #[error("results file {path}: {source}")]
+    Compact { path: PathBuf, source: CompactError },
+    #[error("an internal task stopped unexpectedly: {0}")]
+    Task(String),
 }
 
 /// Runs the manifest in `config` with `client`. Cancelling `shutdown` stops dispatching;
-/// rows in flight finish and rows never started are written as `not_attempted`.
+/// rows in flight get `config.drain_timeout` to finish. Either way the results file ends with
+/// one line per manifest row.
 pub async fn run(
     config: &RunConfig,
     client: Client,
     shutdown: CancellationToken,
 ) -> Result<Outcome, PipelineError> {
+    // Taken before the results file is touched, held until the function returns.
+    let _lock = RunLock::acquire(&config.output)?;
     let manifest = Manifest::open(&config.manifest)?;
     let extra = manifest.extra_columns();
-    let out_err = |source| PipelineError::Output {
-        path: config.output.clone(),
-        source,
-    };
-    let file = File::create(&config.output).map_err(out_err)?;
-    let writer =
-        ResultsWriter::new(file, &extra, true).map_err(|e| out_err(std::io::Error::other(e)))?;
+    let (writer, previous) = resume::open_for_append(&config.output, &extra, config.fresh)?;
+    if previous.lines > 0 {
+        tracing::info!(
+            "resuming: {} of the earlier run's rows are ok and will be skipped",
+            previous.ok.len()
+        );
+    }
 
     // Capacity: enough to keep the reporter busy while workers finish rows in bursts; each
     // event is one boxed row, so memory stays at a few hundred rows.
     let (events, events_rx) = mpsc::channel(config.concurrency.clamp(64, 1024));
     let reporter = Reporter::new(writer, Stats::default(), Progress::detect(config.quiet));
     let reporter_task = tokio::spawn(reporter.run(events_rx));
-
     spawn_row_count(config.manifest.clone(), events.clone());
-    // The reader runs ahead of the workers by at most one channel's worth of rows.
+
     let (rows_tx, mut rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
-    tokio::task::spawn_blocking(move || {
-        for entry in manifest {
-            if rows_tx.blocking_send(entry).is_err() {
-                break; // the run stopped; the remaining rows are not needed
-            }
-        }
+    let reader_events = events.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        reader::read(manifest, previous.ok, rows_tx, reader_events)
     });
 
+    let cache = Arc::new(UploadCache::open(
+        &config.state_dir,
+        &client.key_fingerprint(),
+        unix_now(),
+    ));
     let credentials = Credentials::new(client.clone(), config.credentials.clone());
     let worker = Arc::new(Worker {
         client: client.clone(),
         uploads: Uploads::new(
             client,
             credentials.clone(),
+            Arc::clone(&cache),
             config.retry.clone(),
             config.upload_concurrency,
         ),
@@ -106,24 +120,18 @@ pub async fn run(
         stop_reason: Mutex::new(None),
     });
 
-    let reporter_alive = dispatch(&mut rows, &worker, config.concurrency, &events).await;
-
-    let stopped = worker
-        .stop_reason
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .or_else(|| shutdown.is_cancelled().then(|| "interrupted".to_owned()));
-    if let (Some(reason), true) = (&stopped, reporter_alive) {
-        // Nothing is lost: every row not started still gets its line, and a rerun retries it.
-        while let Some(entry) = rows.recv().await {
-            let result = not_attempted(entry, reason);
-            if events.send(Event::Row(Box::new(result))).await.is_err() {
-                break;
-            }
-        }
-    }
+    dispatch(
+        &mut rows,
+        &worker,
+        config.concurrency,
+        &events,
+        &shutdown,
+        config.drain_timeout,
+    )
+    .await;
+    // Closing the channel releases the reader if it is blocked on a full channel.
     drop(rows);
+    let _ = reader.await;
     drop(events);
 
     let report_err = |source| PipelineError::Report {
@@ -132,23 +140,57 @@ pub async fn run(
     };
     let mut reporter = reporter_task
         .await
-        .map_err(|e| PipelineError::Reporter(e.to_string()))?
+        .map_err(|e| PipelineError::Task(e.to_string()))?
         .map_err(report_err)?;
     reporter.stats_mut().credential_calls = credentials.fetches();
-    let (stats, _file) = reporter
+    let (mut stats, file) = reporter
         .finish()
         .map_err(|e| report_err(ReportError::Sync(e)))?;
-    Ok(Outcome { stats, stopped })
+    drop(file);
+
+    let interrupted = shutdown.is_cancelled();
+    let stopped = worker
+        .stop_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .or_else(|| interrupted.then(|| "the run was interrupted".to_owned()));
+    let reason = stopped
+        .clone()
+        .unwrap_or_else(|| "the run ended".to_owned());
+    let (manifest_path, output) = (config.manifest.clone(), config.output.clone());
+    let compacted = tokio::task::spawn_blocking(move || {
+        compact::compact(&manifest_path, &output, &extra, &reason)
+    })
+    .await
+    .map_err(|e| PipelineError::Task(e.to_string()))?
+    .map_err(|source| PipelineError::Compact {
+        path: config.output.clone(),
+        source,
+    })?;
+    stats.rows_total = compacted.rows;
+    stats.rows_not_attempted = compacted.not_attempted;
+    if let Err(err) = cache.compact(unix_now()) {
+        tracing::warn!("cannot tidy the upload cache: {err}");
+    }
+    Ok(Outcome {
+        stats,
+        stopped,
+        interrupted,
+    })
 }
 
 /// Feeds rows to at most `concurrency` workers until the manifest ends or the run stops.
-/// Returns false when the reporter is gone (it failed to write), so nothing more can be saved.
+/// After `shutdown`, rows in flight get `drain` to finish; rows still running then are
+/// abandoned (compaction writes them as `not_attempted`).
 async fn dispatch(
     rows: &mut mpsc::Receiver<Entry>,
     worker: &Arc<Worker>,
     concurrency: usize,
     events: &mpsc::Sender<Event>,
-) -> bool {
+    shutdown: &CancellationToken,
+    drain: Duration,
+) {
     let incoming = futures::stream::poll_fn(|cx| rows.poll_recv(cx));
     let results = incoming
         .take_until(worker.stop.clone().cancelled_owned())
@@ -158,13 +200,33 @@ async fn dispatch(
         })
         .buffer_unordered(concurrency.max(1));
     futures::pin_mut!(results);
-    while let Some(result) = results.next().await {
-        if events.send(Event::Row(Box::new(result))).await.is_err() {
-            worker.stop.cancel();
-            return false;
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tracing::warn!(
+            "stopping: no new rows; waiting up to {}s for rows in flight",
+            drain.as_secs()
+        );
+        tokio::time::sleep(drain).await;
+    };
+    futures::pin_mut!(drain_deadline);
+    loop {
+        tokio::select! {
+            result = results.next() => match result {
+                Some(result) => {
+                    if events.send(Event::Row(Box::new(result))).await.is_err() {
+                        // The reporter failed to write; nothing more can be saved.
+                        worker.stop.cancel();
+                        return;
+                    }
+                }
+                None => return,
+            },
+            () = &mut drain_deadline => {
+                tracing::warn!("drain timeout: abandoning the rows still in flight");
+                return;
+            }
         }
     }
-    true
 }
 
 /// Counts the manifest's records in the background so the progress bar can show a total
@@ -177,24 +239,22 @@ fn spawn_row_count(path: PathBuf, events: mpsc::Sender<Event>) {
     });
 }
 
+/// The line of a row that never ran.
 fn not_attempted(entry: Entry, reason: &str) -> RowResult {
-    let mut result = worker::bad_row_result(
-        match entry {
-            Entry::Bad(bad) => return worker::bad_row_result(bad, Instant::now()),
-            Entry::Row(row) => manifest::BadRow {
-                line: row.line,
-                id: row.id,
-                model: row.model,
-                file: row.file,
-                prompt: row.prompt,
-                extra: row.extra,
-                code: "not_attempted",
-                message: String::new(),
-            },
+    let bad = match entry {
+        Entry::Bad(bad) => return worker::bad_row_result(bad, std::time::Instant::now()),
+        Entry::Row(row) => manifest::BadRow {
+            line: row.line,
+            id: row.id,
+            model: row.model,
+            file: row.file,
+            prompt: row.prompt,
+            extra: row.extra,
+            code: "not_attempted",
+            message: format!("not attempted: {reason}; the next run will process it"),
         },
-        Instant::now(),
-    );
+    };
+    let mut result = worker::bad_row_result(bad, std::time::Instant::now());
     result.status = Status::Failed;
-    result.error_message = format!("not attempted: {reason}; the next run will process it");
     result
 }

@@ -16,6 +16,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::failure::Failure;
 use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, RetryPolicy};
 use crate::output::UploadOutcome;
+use crate::output::state::{UploadCache, unix_now};
 
 /// How many fresh policies one upload may go through after "Policy expired" answers.
 /// One expiry is normal (the policy ran out in flight); three in a row means the clocks or the
@@ -27,6 +28,8 @@ type Key = (Arc<str>, [u8; 32]);
 pub struct Uploads {
     client: Client,
     credentials: Credentials,
+    /// Uploads of earlier runs, still young enough to use.
+    cache: Arc<UploadCache>,
     retry: RetryPolicy,
     /// Bounds uploads in flight separately from rows in flight.
     slots: Semaphore,
@@ -62,12 +65,14 @@ impl Uploads {
     pub fn new(
         client: Client,
         credentials: Credentials,
+        cache: Arc<UploadCache>,
         retry: RetryPolicy,
         upload_slots: usize,
     ) -> Self {
         Self {
             client,
             credentials,
+            cache,
             retry,
             slots: Semaphore::new(upload_slots.max(1)),
             cells: Mutex::new(HashMap::new()),
@@ -97,20 +102,26 @@ impl Uploads {
             }
             Arc::clone(entry)
         };
-        let mut uploaded_here = false;
+        if let Some(stale) = replace {
+            self.cache.forget(model, &sha256, stale);
+        }
+        // Set by whichever row initialises the cell; rows that find it set reuse its URL.
+        let mut outcome = UploadOutcome::Reused;
         let url = cell
-            .get_or_try_init(|| {
-                uploaded_here = true;
-                self.upload(model, path, size, &sha256, log)
+            .get_or_try_init(|| async {
+                if let Some(url) = self.cache.lookup(model, &sha256, unix_now()) {
+                    outcome = UploadOutcome::Cached;
+                    return Ok(url);
+                }
+                outcome = UploadOutcome::New;
+                let url = self.upload(model, path, size, &sha256, log).await?;
+                self.cache.record(model, &sha256, &url, unix_now());
+                Ok(url)
             })
             .await?;
         Ok(Uploaded {
             url: url.clone(),
-            outcome: if uploaded_here {
-                UploadOutcome::New
-            } else {
-                UploadOutcome::Reused
-            },
+            outcome,
         })
     }
 

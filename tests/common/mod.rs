@@ -76,6 +76,9 @@ impl Job {
             },
             retry,
             quiet: true,
+            fresh: false,
+            state_dir: self.dir.path().join(".dashbatch"),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

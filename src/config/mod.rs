@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod job;
+
 use crate::dashscope::{Api, CredentialOptions, RetryPolicy};
 
 #[derive(Debug, Clone)]
@@ -20,6 +22,17 @@ pub struct RunConfig {
     pub credentials: CredentialOptions,
     /// No progress bar or progress log lines.
     pub quiet: bool,
+    /// Ignore an existing results file and start over.
+    pub fresh: bool,
+    /// Where the upload cache lives (default `.dashbatch/` beside the results file).
+    pub state_dir: PathBuf,
+    /// After a stop signal, how long rows in flight may take to finish.
+    pub drain_timeout: std::time::Duration,
+}
+
+/// `.dashbatch/` beside the results file.
+pub fn default_state_dir(output: &std::path::Path) -> PathBuf {
+    output.with_file_name(".dashbatch")
 }
 
 /// `<manifest stem>.results.csv` beside the manifest.

@@ -1,0 +1,177 @@
+//! Machine-readable reports of a finished run: `--summary-json` and `--metrics-textfile`
+//! (the Prometheus text format read by node_exporter's textfile collector). Both are written
+//! atomically, so a collector never reads half a file.
+//!
+//! The Prometheus text format for a dozen gauges is a few lines of `format!`; a metrics
+//! crate would bring a registry and global state for no gain here.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::resume::atomic_rewrite;
+use super::stats::Stats;
+
+/// What both reports say about a run.
+#[derive(Debug, Serialize)]
+pub struct RunReport<'a> {
+    pub manifest: &'a Path,
+    pub output: &'a Path,
+    /// Every row ok and the run not stopped early.
+    pub success: bool,
+    pub exit_code: u8,
+    /// Unix seconds.
+    pub finished_at: i64,
+    #[serde(flatten)]
+    pub stats: &'a Stats,
+}
+
+pub fn write_summary_json(path: &Path, report: &RunReport<'_>) -> std::io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    atomic_rewrite(path, |f| f.write_all(&json))
+}
+
+pub fn write_metrics(path: &Path, report: &RunReport<'_>) -> std::io::Result<()> {
+    let text = metrics_text(report);
+    atomic_rewrite(path, |f| f.write_all(text.as_bytes()))
+}
+
+/// The Prometheus exposition text. Every series carries a `manifest` label so several jobs
+/// can share one textfile folder.
+pub fn metrics_text(r: &RunReport<'_>) -> String {
+    let s = r.stats;
+    let label = escape(&r.manifest.display().to_string());
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, series: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP dashbatch_{name} {help}");
+        let _ = writeln!(out, "# TYPE dashbatch_{name} gauge");
+        for (labels, value) in series {
+            let extra = if labels.is_empty() {
+                String::new()
+            } else {
+                format!(",{labels}")
+            };
+            let _ = writeln!(
+                out,
+                "dashbatch_{name}{{manifest=\"{label}\"{extra}}} {value}"
+            );
+        }
+    };
+    gauge(
+        "last_run_success",
+        "1 if the last run finished with every row ok, else 0.",
+        &[("", f64::from(u8::from(r.success)))],
+    );
+    gauge(
+        "last_run_end_timestamp_seconds",
+        "When the last run ended, in Unix seconds.",
+        &[("", r.finished_at as f64)],
+    );
+    gauge(
+        "last_run_exit_code",
+        "The exit code of the last run.",
+        &[("", f64::from(r.exit_code))],
+    );
+    gauge(
+        "last_run_rows",
+        "Manifest rows of the last run, by outcome.",
+        &[
+            ("status=\"ok\"", s.rows_ok as f64),
+            ("status=\"failed\"", s.rows_failed as f64),
+            ("status=\"skipped\"", s.rows_skipped as f64),
+            ("status=\"not_attempted\"", s.rows_not_attempted as f64),
+        ],
+    );
+    gauge(
+        "last_run_uploads",
+        "Files the last run's rows used, by how they got their URL.",
+        &[
+            ("kind=\"new\"", s.uploads_new as f64),
+            ("kind=\"reused\"", s.uploads_reused as f64),
+            ("kind=\"cached\"", s.uploads_cached as f64),
+        ],
+    );
+    gauge(
+        "last_run_credential_calls",
+        "Upload-credential requests the last run sent.",
+        &[("", s.credential_calls as f64)],
+    );
+    let retries: Vec<(String, f64)> = s
+        .retries
+        .iter()
+        .map(|(cause, n)| (format!("cause=\"{}\"", escape(cause)), *n as f64))
+        .collect();
+    let retries: Vec<(&str, f64)> = retries.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    gauge(
+        "last_run_retries",
+        "Retries of the last run, by cause.",
+        &retries,
+    );
+    gauge(
+        "last_run_throttled",
+        "HTTP 429 answers the last run saw.",
+        &[("", s.throttled_seen as f64)],
+    );
+    gauge(
+        "last_run_tokens",
+        "Tokens the last run used, as the models reported them.",
+        &[
+            ("direction=\"in\"", s.prompt_tokens as f64),
+            ("direction=\"out\"", s.completion_tokens as f64),
+        ],
+    );
+    gauge(
+        "last_run_duration_seconds",
+        "Wall time of the last run.",
+        &[("", s.elapsed_s)],
+    );
+    gauge(
+        "last_run_rows_per_second",
+        "Rows finished per second in the last run.",
+        &[("", s.rows_per_s)],
+    );
+    out
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prometheus_text_with_the_cron_figures() {
+        let mut stats = Stats {
+            rows_ok: 3,
+            rows_failed: 1,
+            ..Stats::default()
+        };
+        stats.retries.insert("throttled", 2);
+        let report = RunReport {
+            manifest: Path::new("jobs/a \"b\".csv"),
+            output: Path::new("o.csv"),
+            success: false,
+            exit_code: 1,
+            finished_at: 1_800_000_000,
+            stats: &stats,
+        };
+        let text = metrics_text(&report);
+        assert!(text.contains("dashbatch_last_run_success{manifest=\"jobs/a \\\"b\\\".csv\"} 0\n"));
+        assert!(text.contains("dashbatch_last_run_end_timestamp_seconds{manifest="));
+        assert!(text.contains("status=\"ok\"} 3\n"));
+        assert!(text.contains("cause=\"throttled\"} 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            value.parse::<f64>().expect("every sample ends in a number");
+        }
+    }
+}
