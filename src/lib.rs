@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`cli`]: argument parsing and the only place that wires the client to the emulator
 //!   (`run --emulator`). Turns errors into [`exit`] codes.
-//! - [`config`]: the validated, typed settings of a run, built from flags before any I/O.
+//! - [`config`]: the validated, typed settings of a run, built from flags and job files
+//!   before any I/O.
 //! - [`manifest`]: streams manifest rows; a bad row is data, not an error.
 //! - [`dashscope`]: the client of the remote service: API key handling, upload credentials
 //!   (rate limit, policy cache), the OSS form upload, model calls, error classification and
@@ -15,10 +16,12 @@
 //! - [`pipeline`]: orchestration. Rows flow through a bounded stream of workers; each worker
 //!   sends one event per finished row.
 //! - [`output`]: the single task that owns the results file, the statistics and the progress
-//!   bar.
+//!   bar; resume and compaction of the results file, the run lock, the upload cache kept
+//!   across runs, and the JSON and Prometheus reports.
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
 //!   APIs. Also written from the documentation alone: it never imports [`dashscope`], and
 //!   [`dashscope`] never imports it, so a misreading in one is caught by the other.
+//! - [`validate`]: `dashbatch validate`, the offline check of a manifest.
 //! - [`exit`]: the process exit codes, in one place.
 
 pub mod cli;
@@ -29,3 +32,4 @@ pub mod exit;
 pub mod manifest;
 pub mod output;
 pub mod pipeline;
+pub mod validate;

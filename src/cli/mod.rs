@@ -4,6 +4,7 @@
 
 mod emulator;
 mod run;
+mod validate;
 
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a manifest: upload each row's file, call its model, write a results CSV.
     Run(run::RunArgs),
+    /// Check a manifest (or job) without the network and print what a run would do.
+    Validate(validate::ValidateArgs),
     /// Serve a local emulator of DashScope temporary storage and the model APIs.
     Emulator(emulator::EmulatorArgs),
 }
@@ -65,6 +68,7 @@ pub fn main(cli: Cli) -> u8 {
     runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args, quiet).await,
+            Command::Validate(args) => validate::run(args),
             Command::Emulator(args) => match emulator::run(args).await {
                 Ok(()) => exit::OK,
                 Err(err) => {

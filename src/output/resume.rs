@@ -90,8 +90,8 @@ pub fn open_for_append(
     Ok((writer, previous))
 }
 
-/// Reads ok ids and finds where the last complete line ends.
-fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError> {
+/// Reads ok ids and finds where the last complete line ends, without changing the file.
+pub fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError> {
     let csv_err = |source| ResumeError::Csv {
         path: out.to_owned(),
         source,

@@ -1,0 +1,84 @@
+//! `dashbatch validate MANIFEST|JOB`: check without the network, print the plan.
+
+use std::path::PathBuf;
+
+use crate::config::default_output;
+use crate::config::job::{JobFile, is_job_file};
+use crate::exit;
+use crate::validate::validate;
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The manifest CSV, or a job file (`.toml`) naming it.
+    #[arg(value_name = "MANIFEST|JOB")]
+    pub input: PathBuf,
+
+    /// The results file whose finished rows a run would skip
+    /// [default: the job's output, else <manifest stem>.results.csv].
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// The largest file the target models accept, in MB. The service allows 1024; some
+    /// models allow less.
+    #[arg(long, default_value_t = 1024)]
+    pub max_file_size_mb: u64,
+}
+
+pub fn run(args: ValidateArgs) -> u8 {
+    let (manifest, job_output) = if is_job_file(&args.input) {
+        match JobFile::load(&args.input) {
+            Ok(job) => (job.manifest.unwrap_or_default(), job.output),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return exit::USAGE;
+            }
+        }
+    } else {
+        (args.input.clone(), None)
+    };
+    let output = args
+        .output
+        .or(job_output)
+        .unwrap_or_else(|| default_output(&manifest));
+    let plan = match validate(&manifest, &output, args.max_file_size_mb) {
+        Ok(plan) => plan,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit::USAGE;
+        }
+    };
+    for problem in &plan.problems {
+        println!("problem: {problem}");
+    }
+    if plan.invalid as usize > plan.problems.len() {
+        println!(
+            "... and {} more problems",
+            plan.invalid as usize - plan.problems.len()
+        );
+    }
+    let models: Vec<String> = plan
+        .models
+        .iter()
+        .map(|(m, n)| format!("{m} ({n})"))
+        .collect();
+    println!("manifest: {}", manifest.display());
+    println!(
+        "rows: {} ({} invalid, {} already done in {})",
+        plan.rows,
+        plan.invalid,
+        plan.done,
+        output.display()
+    );
+    println!(
+        "files: {} distinct, {} bytes; {} rows use URLs",
+        plan.distinct_files, plan.bytes, plan.urls
+    );
+    println!("models: {}", models.join(", "));
+    if plan.is_valid() {
+        println!("valid");
+        exit::OK
+    } else {
+        println!("invalid: fix the problems above (rows with problems would fail)");
+        exit::SOME_FAILED
+    }
+}
