@@ -13,6 +13,7 @@ use crate::config::job::{JobFile, is_job_file};
 use crate::config::{RunConfig, default_output, default_state_dir};
 use crate::dashscope::{Api, ApiKey, Client, ClientConfig, CredentialOptions, RetryPolicy};
 use crate::exit;
+use crate::manifest::ManifestError;
 use crate::output::report::{RunReport, write_metrics, write_summary_json};
 use crate::pipeline::{self, Outcome, PipelineError};
 
@@ -165,6 +166,10 @@ async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
     }
     let outcome = match result {
         Ok(outcome) => outcome,
+        Err(PipelineError::Manifest(ManifestError::NoHeader { path })) => {
+            eprintln!("nothing to do: {} is empty", path.display());
+            return Ok(exit::OK);
+        }
         Err(err @ PipelineError::Locked(_)) => {
             eprintln!("error: {err}");
             return Ok(exit::LOCKED);

@@ -1,0 +1,271 @@
+//! The binary's behaviour on bad input and with secrets, in a sealed environment.
+
+mod common;
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use common::*;
+use dashbatch::emulator::EmulatorConfig;
+use predicates::prelude::*;
+
+fn dashbatch() -> Command {
+    let mut cmd = Command::cargo_bin("dashbatch").unwrap();
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
+#[test]
+fn a_missing_manifest_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.csv");
+    dashbatch()
+        .args(["run", "--emulator"])
+        .arg(&missing)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("nope.csv"));
+}
+
+#[test]
+fn a_manifest_missing_a_column_exits_2_before_any_work() {
+    let mut job = Job::with_header("model,path,prompt");
+    job.row("qwen-vl-plus,a.png,p");
+    dashbatch()
+        .args(["run", "--emulator"])
+        .arg(job.manifest())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing required column(s) file"));
+    assert!(!job.output().exists(), "no results file for a refused manifest");
+}
+
+#[test]
+fn an_empty_manifest_has_nothing_to_do() {
+    for text in ["", "model,file,prompt\n"] {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(&manifest, text).unwrap();
+        dashbatch()
+            .args(["run", "--emulator"])
+            .arg(&manifest)
+            .assert()
+            .code(0)
+            .stderr(predicate::str::contains("nothing to do"));
+    }
+}
+
+#[test]
+fn no_key_without_the_emulator_is_a_usage_error() {
+    let mut job = Job::new();
+    job.row("a,qwen-vl-plus,a.png,p");
+    dashbatch()
+        .arg("run")
+        .arg(job.manifest())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("DASHSCOPE_API_KEY"));
+}
+
+#[test]
+fn each_bad_row_fails_alone_with_its_line_and_the_rest_run() {
+    let mut job = Job::new();
+    let ok = job.file("ok.png", b"fine");
+    let locked = job.file("locked.png", b"secret");
+    std::fs::create_dir_all(job.dir.path().join("dir.png")).unwrap();
+    job.file("notes.txt", b"text");
+    job.row(&format!("ok,qwen-vl-plus,{ok},p")); // line 2
+    job.row("unparseable,qwen-vl-plus"); // 3
+    job.row(&format!("empty-prompt,qwen-vl-plus,{ok},")); // 4
+    job.row("missing,qwen-vl-plus,gone.png,p"); // 5
+    job.row("folder,qwen-vl-plus,dir.png,p"); // 6
+    job.row(&format!("unreadable,qwen-vl-plus,{locked},p")); // 7
+    job.row("unknown-ext,qwen-vl-plus,notes.txt,p"); // 8
+    job.row("nul,qwen-vl-plus,\"a\0b.png\",p"); // 9
+    job.row(&format!("ok,qwen-vl-plus,{ok},again")); // 10: duplicate id
+    job.row(&format!("ok2,qwen-vl-plus,{ok},fine")); // 11
+    let manifest = job.manifest();
+    // Line 12: not UTF-8.
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes.extend_from_slice(b"latin1,qwen-vl-plus,ok.png,caf\xe9\n");
+    std::fs::write(&manifest, bytes).unwrap();
+    let locked_path = job.dir.path().join(&locked);
+    set_mode(&locked_path, 0o000);
+    // Root reads any file; then "unreadable" cannot be staged and that row simply succeeds.
+    let can_stage_unreadable = std::fs::File::open(&locked_path).is_err();
+
+    dashbatch()
+        .args(["run", "--emulator"])
+        .arg(&manifest)
+        .assert()
+        .code(1);
+    let rows = results(&job.output());
+    assert_eq!(rows.len(), 11, "one line per manifest row");
+    let at = |line: u32| rows.iter().find(|r| r["line"] == line.to_string()).unwrap();
+    assert_eq!(at(2)["status"], "ok");
+    assert_eq!(at(11)["status"], "ok");
+    for (line, code) in [
+        (3, "bad_row"),
+        (4, "bad_row"),
+        (5, "file_not_found"),
+        (6, "not_a_file"),
+        (8, "unsupported_media"),
+        (9, "bad_row"),
+        (10, "duplicate_id"),
+        (12, "bad_encoding"),
+    ] {
+        let r = at(line);
+        assert_eq!(r["status"], "failed", "line {line}: {r:?}");
+        assert_eq!(r["error_code"], code, "line {line}: {r:?}");
+        assert!(!r["error_message"].is_empty());
+    }
+    for line in [3, 4, 9, 10, 12] {
+        let msg = &at(line)["error_message"];
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+    }
+    if can_stage_unreadable {
+        assert_eq!(at(7)["error_code"], "unreadable_file");
+    }
+    set_mode(&locked_path, 0o644);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn validate_prints_a_plan_and_fails_on_problems() {
+    let mut job = Job::new();
+    let a = job.file("a/x.png", b"one");
+    let b = job.file("b/x.png", b"two!");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    job.row(&format!("2,qwen-vl-max,{b},p"));
+    job.row(&format!("3,qwen-vl-max,{a},q"));
+    dashbatch()
+        .arg("validate")
+        .arg(job.manifest())
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("rows: 3 (0 invalid"))
+        .stdout(predicate::str::contains("files: 2 distinct, 7 bytes"))
+        .stdout(predicate::str::contains("qwen-vl-max (2)"));
+    job.row("3,qwen-vl-plus,missing.png,p");
+    dashbatch()
+        .arg("validate")
+        .arg(job.manifest())
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("line 5"))
+        .stdout(predicate::str::contains("already used"));
+}
+
+#[test]
+fn a_job_file_names_the_manifest_and_flags_override_it() {
+    let mut job = Job::new();
+    let a = job.file("x.png", b"one");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    job.manifest();
+    let toml = job.dir.path().join("nightly.toml");
+    std::fs::write(
+        &toml,
+        "manifest = \"manifest.csv\"\noutput = \"from-job.csv\"\nemulator = true\napi = \"native\"\n",
+    )
+    .unwrap();
+    dashbatch().arg("run").arg(&toml).assert().code(0);
+    assert_eq!(results(&job.dir.path().join("from-job.csv")).len(), 1);
+    let flag_out = job.dir.path().join("from-flag.csv");
+    dashbatch()
+        .arg("run")
+        .arg(&toml)
+        .arg("-o")
+        .arg(&flag_out)
+        .assert()
+        .code(0);
+    assert_eq!(results(&flag_out)[0]["status"], "ok");
+}
+
+/// The key must not appear in any output or any file dashbatch writes, at trace level, on
+/// success and on failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_never_leaks() {
+    const CANARY: &str = "CANARY7f3a9c";
+    let em = start(EmulatorConfig::default()).await;
+    let mut job = Job::with_header("id,model,file,prompt");
+    let a = job.file("a.png", b"img");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    job.row("2,qwen-vl-plus,missing.png,p");
+    let manifest = job.manifest();
+    let key_file = job.dir.path().join("key.txt");
+    std::fs::write(&key_file, format!("sk-acct.{CANARY}\n")).unwrap();
+    let mut outputs = Vec::new();
+    let base = em.base_url();
+    let cases: Vec<(Vec<String>, Option<String>)> = vec![
+        // Success (and one failed row) through the in-process emulator.
+        (vec!["--emulator".into()], Some(format!("sk-acct.{CANARY}"))),
+        // Key from a file, against an external emulator.
+        (
+            vec!["--base-url".into(), base.clone(), "--api-key-file".into(), key_file.display().to_string(), "--fresh".into()],
+            None,
+        ),
+        // A key the service rejects: 401 path.
+        (vec!["--base-url".into(), base.clone(), "--fresh".into()], Some(format!("sk-.{CANARY}"))),
+    ];
+    for (args, key) in cases {
+        let manifest = manifest.clone();
+        let summary = job.dir.path().join("summary.json");
+        let metrics = job.dir.path().join("metrics.prom");
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = dashbatch();
+            cmd.args(["-vvv", "run"])
+                .arg(&manifest)
+                .args(&args)
+                .arg("--summary-json")
+                .arg(&summary)
+                .arg("--metrics-textfile")
+                .arg(&metrics)
+                .env("RUST_LOG", "trace");
+            if let Some(key) = key {
+                cmd.env("DASHSCOPE_API_KEY", key);
+            }
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap();
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    assert!(
+        outputs[5].contains("API key") || outputs[5].contains("InvalidApiKey"),
+        "the 401 run explains itself: {}",
+        outputs[5]
+    );
+    for text in &outputs {
+        assert!(!text.contains(CANARY), "leaked in output: {text}");
+    }
+    for entry in walk(job.dir.path()) {
+        if entry == key_file {
+            continue;
+        }
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(CANARY),
+            "leaked in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
