@@ -1,1 +1,38 @@
-//! placeholder
+//! The DashScope client: everything that talks to Alibaba Cloud Model Studio.
+//!
+//! Written from the service's documentation (`shared/reference/`) alone. It never imports the
+//! emulator, and the emulator never imports it, so a misreading in one shows up as a failure
+//! against the other.
+//!
+//! # Layout
+//! - [`auth`]: the API key ([`ApiKey`]): validation, redaction, a non-reversible fingerprint.
+//! - [`client`]: [`ClientConfig`] and [`Client`], the shared HTTP plumbing (one attempt per
+//!   call, every non-2xx turned into an [`ApiError`]).
+//! - [`policy`]: the upload credential (`getPolicy`) and content-addressed object keys.
+//! - [`upload`]: the streamed OSS PostObject form.
+//! - [`model`]: request and reply shapes of the compatible-mode and native model APIs.
+//! - [`media`]: which file extensions are images, videos or audio, and their MIME types.
+//! - [`error`]: [`ApiError`], [`ErrorKind`] and the classification of all three error shapes.
+//! - [`credentials`]: the per-model policy cache, its single-flight refresh and rate limiter.
+//! - [`retry`]: exponential backoff with full jitter on top of `backon`.
+//!
+//! What this module deliberately does not do: decide what a failure means for a manifest row,
+//! dedupe uploads across rows, or count statistics. Those belong to the pipeline; the client
+//! only reports precise, classified errors and makes single attempts (except [`Credentials`],
+//! which owns getPolicy end to end and so also owns its retries).
+
+pub mod auth;
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod media;
+pub mod model;
+pub mod policy;
+pub mod retry;
+pub mod upload;
+
+pub use auth::{ApiKey, InvalidApiKey};
+
+pub use error::{ApiError, ErrorKind};
+
+pub use retry::{RetryPolicy, retry};
