@@ -269,6 +269,7 @@ mod tests {
 
     async fn handler(
         State(fake): State<Fake>,
+        headers: axum::http::HeaderMap,
         Query(q): Query<HashMap<String, String>>,
     ) -> Response {
         let n = fake.hits.fetch_add(1, Ordering::SeqCst);
@@ -278,6 +279,9 @@ mod tests {
         }
         if q.get("action").map(String::as_str) != Some("getPolicy") {
             return StatusCode::BAD_REQUEST.into_response();
+        }
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer sk-test") {
+            return StatusCode::UNAUTHORIZED.into_response();
         }
         let failure = {
             let mut f = fake.failures.lock().unwrap();

@@ -31,6 +31,9 @@ pub mod policy;
 pub mod retry;
 pub mod upload;
 
+#[cfg(test)]
+mod testing;
+
 pub use auth::{ApiKey, InvalidApiKey};
 pub use client::{Client, ClientConfig, ClientError};
 pub use credentials::{CredentialOptions, Credentials};
