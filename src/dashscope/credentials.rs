@@ -150,12 +150,18 @@ impl Credentials {
                 if let Some(policy) = self.usable(slot) {
                     return Ok(policy);
                 }
-                // A fetch finished while we queued and left no usable policy: it failed.
-                // Its error is ours too; a caller arriving later starts a fresh attempt.
-                if slot.generation != seen
-                    && let Some(err) = &slot.last_error
-                {
-                    return Err(err.clone());
+                // A fetch finished while we queued: its outcome is ours too, policy or
+                // error. The policy is taken even if it is already inside the margin (a
+                // lifetime shorter than the margin): it is as fresh as any we could fetch,
+                // and fetching again would serialise one request per caller. A caller that
+                // arrives after the fetch finished starts a new attempt instead.
+                if slot.generation != seen {
+                    if let Some(err) = &slot.last_error {
+                        return Err(err.clone());
+                    }
+                    if let Some(policy) = &slot.current {
+                        return Ok(policy.clone());
+                    }
                 }
             }
         }
@@ -386,7 +392,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_policy_inside_the_margin_is_not_reused() {
-        // 30 s lifetime, 60 s margin: never handed out twice.
+        // 30 s lifetime, 60 s margin: never handed out twice to callers that come one
+        // after the other.
         let (fake, base, _rx) = start("30", vec![], false).await;
         let creds = credentials(&base, true);
         let a = creds.get("m").await.unwrap();
@@ -430,6 +437,28 @@ mod tests {
         }
         assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
         assert!(policies.iter().all(|p| Arc::ptr_eq(p, &policies[0])));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_refresh_does_not_strand_its_waiters() {
+        let (fake, base, mut arrived) = start("300", vec![], true).await;
+        let creds = credentials(&base, true);
+        let first = tokio::spawn({
+            let creds = creds.clone();
+            async move { creds.get("m").await }
+        });
+        // The first fetch is at the server and will never be answered.
+        arrived.recv().await.unwrap();
+        let second = tokio::spawn({
+            let creds = creds.clone();
+            async move { creds.get("m").await }
+        });
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        // The waiter (queued or not yet) makes its own request and gets a policy.
+        let policy = second.await.unwrap().unwrap();
+        assert_eq!(policy.request_id, "req-1");
+        assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -59,10 +59,16 @@ impl Client {
         }
 
         let form = build_form(policy, object_key, content_type, handle, len)?;
+        // The documented value is a full URL; a bare host name gets the https it implies.
+        let host = if policy.upload_host.contains("://") {
+            policy.upload_host.clone()
+        } else {
+            format!("https://{}", policy.upload_host)
+        };
         let request = self
             .inner
             .http
-            .post(&policy.upload_host)
+            .post(host)
             .multipart(form)
             .timeout(self.inner.config.upload_timeout);
         // Any 2xx: we ask for 200, and 204 (OSS's default) also means the object is stored.
