@@ -1,7 +1,7 @@
 //! The DashScope API key.
 //!
 //! Owns validation and redaction of the key. The raw key leaves this type in exactly one place:
-//! [`ApiKey::expose`], used by the client to build its (sensitive-marked) `Authorization`
+//! `ApiKey::expose`, used by the client to build its (sensitive-marked) `Authorization`
 //! header. It is never logged, never in an error message and never in `Debug`/`Display`.
 //! Where the key came from (environment, flag) is the CLI's business, not this module's.
 

@@ -3,7 +3,7 @@
 //!
 //! Each public call (`get_policy` in [`super::policy`], `upload` in [`super::upload`],
 //! `call_model` in [`super::model`]) makes exactly one attempt. Retrying is the caller's
-//! job (see [`super::retry`]), so that there is one retry layer, never two multiplying.
+//! job (see [`super::retry()`]), so that there is one retry layer, never two multiplying.
 //!
 //! Deliberately not here: rate limiting and caching ([`super::credentials`]).
 

@@ -14,7 +14,7 @@
 //! - [`media`]: which file extensions are images, videos or audio, and their MIME types.
 //! - [`error`]: [`ApiError`], [`ErrorKind`] and the classification of all three error shapes.
 //! - [`credentials`]: the per-model policy cache, its single-flight refresh and rate limiter.
-//! - [`retry`]: exponential backoff with full jitter on top of `backon`.
+//! - [`retry`](mod@retry): exponential backoff with full jitter on top of `backon`.
 //!
 //! What this module deliberately does not do: decide what a failure means for a manifest row,
 //! dedupe uploads across rows, or count statistics. Those belong to the pipeline; the client

@@ -52,7 +52,7 @@ impl Policy {
     /// `<upload_dir>/<first 16 hex of sha256>_<sanitized basename>`.
     ///
     /// The basename keeps only `[A-Za-z0-9._-]` (anything else becomes `_`), is capped at
-    /// [`MAX_NAME_LEN`] characters with the extension kept (the model service may look at
+    /// 96 characters with the extension kept (the model service may look at
     /// it), and is never empty.
     pub fn object_key(&self, sha256_hex: &str, file_name: &str) -> String {
         let hash: String = sha256_hex

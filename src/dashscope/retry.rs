@@ -88,7 +88,7 @@ impl Iterator for FullJitter {
 
 /// Runs `op` until it succeeds, fails with a non-retryable error, or `max_attempts` is reached.
 ///
-/// Each wait is drawn by [`FullJitter`]; a `Retry-After` on the error is a minimum wait,
+/// Each wait is drawn with full jitter; a `Retry-After` on the error is a minimum wait,
 /// clamped to `retry_after_ceiling`. `on_retry(&err, wait)` is called before each wait.
 /// Returns the last result and the number of attempts made.
 pub async fn retry<T, F, Fut>(
