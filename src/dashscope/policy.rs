@@ -355,4 +355,22 @@ pub(crate) mod tests {
         );
         assert_eq!(p.reusable_until(Duration::from_secs(900)), p.fetched_at);
     }
+
+    proptest::proptest! {
+        /// Whatever the name, the key is `<dir>/<hash>_<segment>` with a safe, bounded,
+        /// non-empty segment, and different hashes never give the same key.
+        #[test]
+        fn object_key_is_always_safe(name in "\\PC{0,300}", h1 in "[0-9a-f]{64}", h2 in "[0-9a-f]{64}") {
+            let p = sample_policy();
+            let key = p.object_key(&h1, &name);
+            let prefix = format!("{}/{}_", p.upload_dir, &h1[..16]);
+            proptest::prop_assert!(key.starts_with(&prefix));
+            let segment = &key[prefix.len()..];
+            proptest::prop_assert!(!segment.is_empty() && segment.len() <= MAX_NAME_LEN);
+            proptest::prop_assert!(segment.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+            if h1[..16] != h2[..16] {
+                proptest::prop_assert_ne!(key, p.object_key(&h2, &name));
+            }
+        }
+    }
 }
