@@ -1,0 +1,234 @@
+//! The HTTP plumbing shared by every call: configuration, the `reqwest::Client`, the
+//! `Authorization` header, and turning a response into bytes or a classified [`ApiError`].
+//!
+//! Each public call (`get_policy` in [`super::policy`], `upload` in [`super::upload`],
+//! `call_model` in [`super::model`]) makes exactly one attempt. Retrying is the caller's
+//! job (see [`super::retry()`]), so that there is one retry layer, never two multiplying.
+//!
+//! Deliberately not here: rate limiting and caching ([`super::credentials`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue};
+
+use super::auth::ApiKey;
+use super::error::ApiError;
+
+/// Where the service is and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The service root, e.g. `https://dashscope.aliyuncs.com`, without `/api/v1`.
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    /// Whole-request limit for getPolicy and model calls (headers and body).
+    pub request_timeout: Duration,
+    /// Whole-request limit for one upload; files can be up to 1 GB.
+    pub upload_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            base_url: "https://dashscope.aliyuncs.com".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            // Video understanding can take a minute or more before the first byte.
+            request_timeout: Duration::from_secs(180),
+            // 1 GB at ~2 MB/s, the slow end of an uplink, is ~9 minutes.
+            upload_timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Accepts `DASHSCOPE_HTTP_BASE_URL`'s form (`…/api/v1`, with or without a trailing
+    /// slash) and strips it to the service root. A root passes through unchanged (minus
+    /// trailing slashes). Compatible mode's `…/compatible-mode/v1` is stripped too, since
+    /// users paste that one from the OpenAI-style examples.
+    pub fn root_from_sdk_base(url: &str) -> String {
+        let url = url.trim().trim_end_matches('/');
+        let root = url
+            .strip_suffix("/api/v1")
+            .or_else(|| url.strip_suffix("/compatible-mode/v1"))
+            .unwrap_or(url);
+        root.trim_end_matches('/').to_owned()
+    }
+}
+
+/// A client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "invalid base URL {url:?}: {reason} (hint: use the service root, e.g. https://dashscope.aliyuncs.com)"
+    )]
+    InvalidBaseUrl { url: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// One API key, one account. Cheap to clone: everything lives behind one `Arc`, and
+/// `reqwest::Client` shares its connection pool across clones.
+#[derive(Clone)]
+pub struct Client {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) http: reqwest::Client,
+    /// Without a trailing slash.
+    pub(super) root: String,
+    /// `Bearer <key>`, marked sensitive so hyper/reqwest debug output shows `Sensitive`.
+    pub(super) auth: HeaderValue,
+    pub(super) key: ApiKey,
+    pub(super) fingerprint: String,
+    pub(super) config: ClientConfig,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("root", &self.inner.root)
+            .field("key", &self.inner.key)
+            .field("fingerprint", &self.inner.fingerprint)
+            .finish()
+    }
+}
+
+impl Client {
+    pub fn new(key: ApiKey, config: ClientConfig) -> Result<Client, ClientError> {
+        let root = ClientConfig::root_from_sdk_base(&config.base_url);
+        let parsed = reqwest::Url::parse(&root).map_err(|e| ClientError::InvalidBaseUrl {
+            url: config.base_url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::InvalidBaseUrl {
+                url: config.base_url.clone(),
+                reason: "the scheme must be http or https".to_owned(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            // No redirects: none of these endpoints redirects, and following one would be the
+            // only way the Authorization header could travel somewhere we did not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("dashbatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let auth = bearer(&key)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                root,
+                auth,
+                fingerprint: key.fingerprint(),
+                key,
+                config,
+            }),
+        })
+    }
+
+    /// The key's fingerprint ([`ApiKey::fingerprint`]): identifies the account in caches.
+    pub fn key_fingerprint(&self) -> String {
+        self.inner.fingerprint.clone()
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// `{root}{path}`; `path` starts with `/`.
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.root, path)
+    }
+
+    /// Sends one request and returns the 2xx status, headers and whole body, or the
+    /// classified error (network trouble included). The key is scrubbed from any error text.
+    pub(super) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, HeaderMap, Bytes), ApiError> {
+        let secret = self.inner.key.expose();
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ApiError::from_transport(&e).redact(secret))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        // A body cut short surfaces here as a transport (body) error: Network, retryable.
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::from_transport(&e).redact(secret))?;
+        if (200..300).contains(&status) {
+            Ok((status, headers, body))
+        } else {
+            Err(ApiError::from_response(status, &headers, &body, SystemTime::now()).redact(secret))
+        }
+    }
+}
+
+fn bearer(key: &ApiKey) -> Result<HeaderValue, ClientError> {
+    // ApiKey only admits visible ASCII, so this cannot fail; the error text never quotes it.
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        .map_err(|_| ClientError::Http("the API key is not a valid header value".to_owned()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_from_sdk_base_strips_the_api_suffix() {
+        let root = "https://dashscope.aliyuncs.com";
+        for input in [
+            "https://dashscope.aliyuncs.com/api/v1",
+            "https://dashscope.aliyuncs.com/api/v1/",
+            " https://dashscope.aliyuncs.com/api/v1// ",
+            "https://dashscope.aliyuncs.com",
+            "https://dashscope.aliyuncs.com/",
+            "https://dashscope.aliyuncs.com/compatible-mode/v1",
+        ] {
+            assert_eq!(ClientConfig::root_from_sdk_base(input), root, "{input:?}");
+        }
+        assert_eq!(
+            ClientConfig::root_from_sdk_base("http://127.0.0.1:8080/api/v1"),
+            "http://127.0.0.1:8080"
+        );
+        // Only a suffix is stripped, not an inner segment.
+        assert_eq!(
+            ClientConfig::root_from_sdk_base("http://h/api/v1/proxy"),
+            "http://h/api/v1/proxy"
+        );
+    }
+
+    #[test]
+    fn new_rejects_bad_base_urls() {
+        let key = ApiKey::new("sk-test").unwrap();
+        for bad in ["not a url", "ftp://example.com"] {
+            let config = ClientConfig {
+                base_url: bad.to_owned(),
+                ..ClientConfig::default()
+            };
+            assert!(matches!(
+                Client::new(key.clone(), config),
+                Err(ClientError::InvalidBaseUrl { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn authorization_header_is_sensitive_and_debug_hides_the_key() {
+        let key = ApiKey::new("sk-verysecret").unwrap();
+        let client = Client::new(key, ClientConfig::default()).unwrap();
+        assert!(client.inner.auth.is_sensitive());
+        assert!(!format!("{:?}", client.inner.auth).contains("verysecret"));
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("verysecret"), "{debug}");
+        assert_eq!(client.key_fingerprint().len(), 16);
+    }
+}
