@@ -18,15 +18,28 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + TimeDelta::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        add_or_max(Utc::now(), TimeDelta::try_milliseconds(offset))
     }
 
-    /// Moves the clock `seconds` forward and returns the new time.
+    /// Moves the clock `seconds` forward and returns the new time. Saturates instead of
+    /// overflowing: a silly jump lands at the end of time, it does not panic.
     pub fn advance(&self, seconds: u64) -> DateTime<Utc> {
-        let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+        let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let _ = self
+            .offset_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                Some(o.saturating_add(ms))
+            });
         self.now()
     }
+}
+
+/// `t + delta`, or the latest representable time if that overflows.
+pub fn add_or_max(t: DateTime<Utc>, delta: Option<TimeDelta>) -> DateTime<Utc> {
+    delta
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The calendar day as the service sees it. DashScope's temporary storage lives in the
@@ -52,6 +65,10 @@ mod tests {
         let before = clock.now();
         let after = clock.advance(48 * 3600);
         assert!(after - before >= TimeDelta::hours(48));
+        // Absurd jumps saturate rather than panic.
+        clock.advance(u64::MAX);
+        clock.advance(u64::MAX);
+        assert_eq!(clock.now(), DateTime::<Utc>::MAX_UTC);
     }
 
     #[test]

@@ -28,6 +28,10 @@ use super::stats::bump;
 /// Responses are small JSON or XML; a larger one is not cut, just passed through.
 const MAX_TRUNCATED_BODY: usize = 1024 * 1024;
 
+/// When a request reached the emulator, on the emulator's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub chrono::DateTime<chrono::Utc>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Credential,
@@ -153,6 +157,10 @@ pub async fn realism(
     let Some(endpoint) = Endpoint::of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
+    // Before any emulated delay: policy expiry is judged at arrival.
+    let arrived = Arrival(state.clock.now());
+    let mut request = request;
+    request.extensions_mut().insert(arrived);
     let latency = latency_of(&state, endpoint);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

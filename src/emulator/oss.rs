@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use super::clock::service_date;
 use super::conditions::{Form, PolicyDocument};
 use super::errors::{OSS_HOST_ID, OssError, xml_response};
+use super::faults::Arrival;
 use super::policy::sign;
 use super::state::State;
 use super::stats::bump;
@@ -52,7 +53,10 @@ struct FilePart {
 }
 
 pub async fn post_object(AxumState(state): AxumState<Arc<State>>, request: Request) -> Response {
-    let arrived = state.clock.now();
+    let arrived = request
+        .extensions()
+        .get::<Arrival>()
+        .map_or_else(|| state.clock.now(), |a| a.0);
     let request_id = oss_request_id();
     match receive(&state, request, arrived).await {
         Ok((status, stored)) => success(&state, status, &stored, &request_id),
