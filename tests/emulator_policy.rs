@@ -205,3 +205,72 @@ async fn refused_requests_count_in_the_window_and_the_limit_is_configurable() {
         "{stats}"
     );
 }
+
+#[tokio::test]
+async fn control_endpoints_validate_their_input_and_unknown_paths_are_404() {
+    let emu = start_default().await;
+    for query in ["", "?advance_s=-5", "?advance_s=soon"] {
+        let response = emu
+            .http
+            .post(emu.url(&format!("/__emulator/clock{query}")))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 400, "{query}");
+    }
+    let answer = Answer::read(
+        emu.http
+            .get(emu.url("/api/v1/nothing"))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.native_code(), "NotFound");
+    let stats = emu.stats().await;
+    for key in [
+        "credential_calls",
+        "credential_throttled",
+        "credential_max_in_window",
+        "uploads",
+        "upload_bytes",
+        "chat_calls",
+        "faults_injected",
+    ] {
+        assert_eq!(stats[key], 0, "{key}");
+    }
+    assert_eq!(stats["upload_errors"], json!({}));
+    assert_eq!(stats["chat_errors"], json!({}));
+}
+
+#[tokio::test]
+async fn a_listener_on_a_wildcard_address_names_the_host_the_client_used() {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(dashbatch::emulator::serve(
+        listener,
+        EmulatorConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/uploads?action=getPolicy&model={MODEL}"
+        ))
+        .bearer_auth("sk-demo")
+        .send()
+        .await
+        .expect("sent");
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(
+        body["data"]["upload_host"],
+        format!("http://127.0.0.1:{port}")
+    );
+    let _ = stop.send(());
+    server.await.expect("joined").expect("served");
+}

@@ -84,14 +84,16 @@ pub fn app(config: EmulatorConfig) -> Router {
 }
 
 /// Serves `app(config)` on `listener` until `shutdown` resolves, then drains gracefully.
-/// An unset `config.public_base_url` becomes `http://<listener's address>`.
+/// An unset `config.public_base_url` becomes `http://<listener's address>`, unless that is a
+/// wildcard (`0.0.0.0`) no client can dial; then each credential names the `Host` the
+/// client used.
 pub async fn serve(
     listener: TcpListener,
     mut config: EmulatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    if config.public_base_url.is_none() {
+    if config.public_base_url.is_none() && !addr.ip().is_unspecified() {
         config.public_base_url = Some(format!("http://{addr}"));
     }
     // Small request/response pairs: Nagle's algorithm would add delayed-ACK stalls.
