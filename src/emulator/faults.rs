@@ -22,6 +22,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::errors::{ApiError, OssError, Shape};
+use super::oss::oss_request_id;
 use super::state::State;
 use super::stats::bump;
 
@@ -183,7 +184,6 @@ pub async fn realism(
 }
 
 fn error_response(state: &State, endpoint: Endpoint, fault: Fault) -> Response {
-    let request_id = State::request_id().to_string();
     let shape = match endpoint {
         Endpoint::Upload => {
             let err = match fault {
@@ -192,7 +192,7 @@ fn error_response(state: &State, endpoint: Endpoint, fault: Fault) -> Response {
                 _ => OssError::qps_exceeded(),
             };
             state.stats.upload_error(err.code);
-            return err.response(&request_id.replace('-', "")[..24].to_ascii_uppercase());
+            return err.response(&oss_request_id());
         }
         Endpoint::Credential | Endpoint::Native => Shape::Native,
         Endpoint::Compatible => Shape::Compatible,
@@ -205,7 +205,7 @@ fn error_response(state: &State, endpoint: Endpoint, fault: Fault) -> Response {
     if endpoint != Endpoint::Credential {
         state.stats.chat_error(err.code_in(shape));
     }
-    err.response(shape, &request_id)
+    err.response(shape, &State::request_id().to_string())
 }
 
 /// Keeps the status and headers, sends half the body, then breaks the stream: hyper aborts

@@ -5,19 +5,19 @@
 //! a failure against the other.
 //!
 //! One listener serves everything:
-//! - `GET /api/v1/uploads?action=getPolicy&model=M`: upload credentials ([`policy`]).
-//! - `POST /`: OSS PostObject, the upload host ([`oss`]).
+//! - `GET /api/v1/uploads?action=getPolicy&model=M`: upload credentials (`policy`).
+//! - `POST /`: OSS PostObject, the upload host (`oss`).
 //! - `POST /compatible-mode/v1/chat/completions` and
-//!   `POST /api/v1/services/aigc/multimodal-generation/generation`: model calls ([`model`]).
-//! - `GET /__emulator/stats`, `POST /__emulator/clock?advance_s=N`: control ([`control`]).
+//!   `POST /api/v1/services/aigc/multimodal-generation/generation`: model calls (`model`).
+//! - `GET /__emulator/stats`, `POST /__emulator/clock?advance_s=N`: control (`control`).
 //!
 //! # Layout
-//! - [`state`]: the shared state and the knobs ([`EmulatorConfig`]).
-//! - [`accounts`]: API keys → accounts. [`clock`]: the advanceable wall clock.
-//! - [`window`]: sliding one-second rate windows. [`store`]: grants, object metadata,
-//!   daily capacity. [`stats`]: counters.
-//! - [`conditions`]: the POST policy document. [`errors`]: the three error body shapes.
-//! - [`faults`]: latency and seeded fault injection, as a middleware on every endpoint.
+//! - `state`: the shared state and the knobs ([`EmulatorConfig`]).
+//! - `accounts`: API keys → accounts. `clock`: the advanceable wall clock.
+//! - `window`: sliding one-second rate windows. `store`: grants, object metadata,
+//!   daily capacity. `stats`: counters.
+//! - `conditions`: the POST policy document. `errors`: the three error body shapes.
+//! - `faults`: latency and seeded fault injection, as a middleware on every endpoint.
 //!
 //! It is deliberately not a proxy or a model: nothing is downloaded, file bytes are hashed
 //! and forgotten, and answers are deterministic text that shows what the model was given.

@@ -68,7 +68,7 @@ pub async fn post_object(AxumState(state): AxumState<Arc<State>>, request: Reque
 }
 
 /// OSS request ids are 24 upper-case hex digits.
-fn oss_request_id() -> String {
+pub fn oss_request_id() -> String {
     let id = State::request_id()
         .simple()
         .to_string()
