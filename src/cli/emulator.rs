@@ -1,17 +1,172 @@
-//! `dashbatch emulator`: flags → [`crate::emulator`] config, then serve until a signal.
+//! `dashbatch emulator`: flags → [`EmulatorConfig`], then serve until SIGINT/SIGTERM.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::emulator::{self, DEFAULT_MODELS, EmulatorConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct EmulatorArgs {
-    /// Address to listen on. Port 0 picks a free port; the chosen address is printed.
+    /// Address to listen on. Port 0 picks a free port; the chosen address is printed as
+    /// `listening on http://ADDR`.
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub listen: SocketAddr,
+
+    /// Base URL clients reach the emulator at, returned as `upload_host` (default: the
+    /// listening address). Set it when the emulator sits behind a proxy or in a container.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Delay before answering each getPolicy request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub credential_latency_ms: u64,
+
+    /// Delay before handling each upload (OSS PostObject), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub upload_latency_ms: u64,
+
+    /// Delay before answering each model call (both APIs), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub chat_latency_ms: u64,
+
+    /// A random extra delay of 0..=MS added to each of the latencies above.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency_jitter_ms: u64,
+
+    /// Fraction (0 to 1) of requests that meet an injected fault: 500 InternalError, 503,
+    /// a dropped connection, a slow response or a burst of 429s, on every endpoint.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub fault_rate: f64,
+
+    /// Seed of the fault sequence; the same seed gives the same mix of faults.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fault_seed: u64,
+
+    /// How long a "slow response" fault stalls, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub fault_slow_ms: u64,
+
+    /// Read uploads no faster than this many megabits per second (default: unthrottled).
+    #[arg(long, value_name = "MBPS", value_parser = parse_positive)]
+    pub upload_bandwidth_mbps: Option<f64>,
+
+    /// Lifetime of an upload credential (`expire_in_seconds`), in seconds.
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    pub policy_ttl_s: u64,
+
+    /// getPolicy requests allowed per account per model in any one-second window; the next
+    /// one gets 429 Throttling.RateQuota. The real service allows 100.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub credential_qps: u32,
+
+    /// Model calls allowed per account per model in any one-second window (default: no
+    /// limit); the next one gets 429 Throttling.RateQuota / limit_requests.
+    #[arg(long, value_name = "N")]
+    pub model_rps: Option<u32>,
+
+    /// Largest upload accepted, in MB (1 MB = 2^20 bytes), for every model.
+    #[arg(long, value_name = "MB", default_value_t = 1024)]
+    pub max_file_size_mb: u64,
+
+    /// Daily upload capacity per account, in MB; an upload past it is refused until the
+    /// next day (Beijing time).
+    #[arg(long, value_name = "MB", default_value_t = 999_999_999)]
+    pub capacity_limit_mb: u64,
+
+    /// The models that exist, as a comma-separated list.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = DEFAULT_MODELS.iter().map(|m| m.to_string()))]
+    pub models: Vec<String>,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+impl EmulatorArgs {
+    pub fn config(&self) -> anyhow::Result<EmulatorConfig> {
+        let models: Vec<String> = self
+            .models
+            .iter()
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        anyhow::ensure!(!models.is_empty(), "--models needs at least one model name");
+        let ms = Duration::from_millis;
+        Ok(EmulatorConfig {
+            public_base_url: self.public_url.clone(),
+            models,
+            max_file_size_mb: self.max_file_size_mb,
+            capacity_limit_mb: self.capacity_limit_mb,
+            policy_ttl_s: self.policy_ttl_s,
+            credential_qps: self.credential_qps,
+            model_rps: self.model_rps,
+            credential_latency: ms(self.credential_latency_ms),
+            upload_latency: ms(self.upload_latency_ms),
+            chat_latency: ms(self.chat_latency_ms),
+            latency_jitter: ms(self.latency_jitter_ms),
+            fault_rate: self.fault_rate,
+            fault_seed: self.fault_seed,
+            fault_slow: ms(self.fault_slow_ms),
+            upload_bandwidth_mbps: self.upload_bandwidth_mbps,
+            ..EmulatorConfig::default()
+        })
+    }
 }
 
 pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "the emulator is not built yet (asked to listen on {})",
-        args.listen
-    )
+    let config = args.config()?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    // The socket is bound and listening, so connections are accepted from here on; the line
+    // is the signal scripts wait for.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")?;
+    drop(stdout);
+    emulator::serve(listener, config, shutdown_signal())
+        .await
+        .context("the emulator server failed")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }

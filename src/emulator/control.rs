@@ -1,0 +1,53 @@
+//! The control endpoints under `/__emulator/`, for tests and tools: statistics and the
+//! clock. Not part of the emulated service, so faults and latency never touch them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::clock::iso_millis;
+use super::state::State;
+
+/// `GET /__emulator/stats`.
+pub async fn stats(AxumState(state): AxumState<Arc<State>>) -> Response {
+    Json(
+        state
+            .stats
+            .snapshot(state.credential_window.max_in_window()),
+    )
+    .into_response()
+}
+
+/// `POST /__emulator/clock?advance_s=N`: moves the emulator's clock N seconds forward.
+pub async fn advance_clock(
+    AxumState(state): AxumState<Arc<State>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(seconds) = query.get("advance_s").and_then(|s| s.parse::<u64>().ok()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "advance_s must be a whole number of seconds >= 0"})),
+        )
+            .into_response();
+    };
+    let now = state.clock.advance(seconds);
+    Json(json!({"now": iso_millis(now)})).into_response()
+}
+
+/// Anything else: a native-shaped 404, as the service's gateway would answer.
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({
+            "code": "NotFound",
+            "message": "The requested resource does not exist.",
+            "request_id": State::request_id().to_string(),
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,134 @@
+//! The emulator's knobs ([`EmulatorConfig`]) and the state shared by all handlers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::clock::Clock;
+use super::faults::Faults;
+use super::stats::Stats;
+use super::store::{Grants, Objects};
+use super::window::SlidingWindow;
+
+/// Models served when none are configured: two vision models and an omni (audio) model.
+pub const DEFAULT_MODELS: &[&str] = &[
+    "qwen-vl-plus",
+    "qwen-vl-max",
+    "qwen-omni-turbo",
+    "qwen2.5-vl-72b-instruct",
+];
+
+/// Everything that can be tuned. [`Default`] is the documented behaviour with zero latency
+/// and no faults.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// The base URL clients reach this emulator at; returned as `upload_host`. `None`: the
+    /// listener's address (filled by [`super::serve`]), else the request's `Host`.
+    pub public_base_url: Option<String>,
+    /// Models that exist. Others get 400 on getPolicy and an error on model calls.
+    pub models: Vec<String>,
+    /// `max_file_size_mb` (and the policy's content-length-range) for models not overridden.
+    pub max_file_size_mb: u64,
+    /// Per-model overrides of `max_file_size_mb` ("each model enforces its own limit").
+    pub max_file_size_mb_per_model: HashMap<String, u64>,
+    /// Daily upload capacity per account, in MB (the documentation's sample: 999999999).
+    pub capacity_limit_mb: u64,
+    /// Lifetime of an upload credential (`expire_in_seconds`).
+    pub policy_ttl_s: u64,
+    /// getPolicy requests allowed per account per model in any one-second window.
+    pub credential_qps: u32,
+    /// Model calls allowed per account per model in any one-second window; `None` = no limit.
+    pub model_rps: Option<u32>,
+    pub credential_latency: Duration,
+    pub upload_latency: Duration,
+    pub chat_latency: Duration,
+    /// A uniformly random extra delay in `[0, jitter]` added to each of the three latencies.
+    pub latency_jitter: Duration,
+    /// Probability (0..=1) that a request meets an injected fault.
+    pub fault_rate: f64,
+    /// Seed of the fault sequence: the same seed gives the same mix in the same order.
+    pub fault_seed: u64,
+    /// How long a "slow response" fault stalls before answering normally.
+    pub fault_slow: Duration,
+    /// Reads uploads no faster than this many megabits per second; `None` = unthrottled.
+    pub upload_bandwidth_mbps: Option<f64>,
+    /// The upload host's access key, as returned in `oss_access_key_id`.
+    pub oss_access_key_id: String,
+    /// Its secret, which signs policies. Tests may sign their own policies with it.
+    pub oss_access_key_secret: String,
+    /// The bucket a policy's `{"bucket": ..}` condition names.
+    pub bucket: String,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            public_base_url: None,
+            models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
+            max_file_size_mb: 1024,
+            max_file_size_mb_per_model: HashMap::new(),
+            capacity_limit_mb: 999_999_999,
+            policy_ttl_s: 300,
+            credential_qps: 100,
+            model_rps: None,
+            credential_latency: Duration::ZERO,
+            upload_latency: Duration::ZERO,
+            chat_latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            fault_rate: 0.0,
+            fault_seed: 0,
+            fault_slow: Duration::from_secs(2),
+            upload_bandwidth_mbps: None,
+            oss_access_key_id: "LTAI5tEmulatorAccessKey".to_owned(),
+            oss_access_key_secret: "dashbatch-emulator-secret".to_owned(),
+            bucket: "dashscope-file-mgr".to_owned(),
+        }
+    }
+}
+
+impl EmulatorConfig {
+    /// The index of `model` in the model list, which is what objects and grants store.
+    pub fn model_index(&self, model: &str) -> Option<u16> {
+        self.models
+            .iter()
+            .position(|m| m == model)
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    pub fn max_file_size_mb_for(&self, model: &str) -> u64 {
+        self.max_file_size_mb_per_model
+            .get(model)
+            .copied()
+            .unwrap_or(self.max_file_size_mb)
+    }
+}
+
+pub struct State {
+    pub config: EmulatorConfig,
+    pub clock: Clock,
+    pub stats: Stats,
+    pub credential_window: SlidingWindow,
+    pub model_window: SlidingWindow,
+    pub grants: Grants,
+    pub objects: Objects,
+    pub faults: Faults,
+}
+
+impl State {
+    pub fn new(config: EmulatorConfig) -> Self {
+        Self {
+            clock: Clock::default(),
+            stats: Stats::new(&config.models),
+            credential_window: SlidingWindow::new(Some(config.credential_qps)),
+            model_window: SlidingWindow::new(config.model_rps),
+            grants: Grants::default(),
+            objects: Objects::default(),
+            faults: Faults::new(config.fault_rate, config.fault_seed),
+            config,
+        }
+    }
+
+    /// A fresh request id in DashScope's format (a UUID).
+    pub fn request_id() -> uuid::Uuid {
+        uuid::Uuid::new_v4()
+    }
+}

@@ -1,0 +1,103 @@
+//! Counters behind `GET /__emulator/stats`.
+//!
+//! Error maps count every error answer by its code, injected faults included
+//! (`faults_injected` tells how many were injected).
+//!
+//! Plain atomics for the hot counters; the per-code error maps sit behind a short mutex
+//! because errors are the rare path and the set of codes is small.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct Stats {
+    pub credential_calls: AtomicU64,
+    pub credential_throttled: AtomicU64,
+    pub uploads: AtomicU64,
+    pub upload_bytes: AtomicU64,
+    pub chat_calls: AtomicU64,
+    pub faults_injected: AtomicU64,
+    upload_errors: Mutex<BTreeMap<String, u64>>,
+    chat_errors: Mutex<BTreeMap<String, u64>>,
+    /// Successful calls per model, indexed like the configured model list.
+    chat_calls_by_model: Box<[(String, AtomicU64)]>,
+}
+
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn bump_map(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+    let mut map = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+fn copy_map(map: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    map.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+impl Stats {
+    pub fn new(models: &[String]) -> Self {
+        Self {
+            credential_calls: AtomicU64::default(),
+            credential_throttled: AtomicU64::default(),
+            uploads: AtomicU64::default(),
+            upload_bytes: AtomicU64::default(),
+            chat_calls: AtomicU64::default(),
+            faults_injected: AtomicU64::default(),
+            upload_errors: Mutex::default(),
+            chat_errors: Mutex::default(),
+            chat_calls_by_model: models
+                .iter()
+                .map(|m| (m.clone(), AtomicU64::default()))
+                .collect(),
+        }
+    }
+
+    pub fn upload_error(&self, code: &str) {
+        bump_map(&self.upload_errors, code);
+    }
+
+    pub fn chat_error(&self, code: &str) {
+        bump_map(&self.chat_errors, code);
+    }
+
+    pub fn chat_ok(&self, model_index: u16) {
+        bump(&self.chat_calls);
+        if let Some((_, n)) = self.chat_calls_by_model.get(usize::from(model_index)) {
+            bump(n);
+        }
+    }
+
+    /// The flat JSON document of the stats endpoint. `credential_max_in_window` lives in the
+    /// credential window, so the caller passes it in.
+    pub fn snapshot(&self, credential_max_in_window: u64) -> Value {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "credential_calls": load(&self.credential_calls),
+            "credential_throttled": load(&self.credential_throttled),
+            "credential_max_in_window": credential_max_in_window,
+            "uploads": load(&self.uploads),
+            "upload_bytes": load(&self.upload_bytes),
+            "upload_errors": copy_map(&self.upload_errors),
+            "chat_calls": load(&self.chat_calls),
+            "chat_errors": copy_map(&self.chat_errors),
+            "faults_injected": load(&self.faults_injected),
+            "chat_calls_by_model": self
+                .chat_calls_by_model
+                .iter()
+                .map(|(model, n)| (model.clone(), load(n)))
+                .collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
