@@ -195,6 +195,9 @@ pub fn index_lines(out: &Path) -> Result<HashMap<u64, u64>, ResumeError> {
         .has_headers(true)
         .from_path(out)
         .map_err(csv_err)?;
+    // Read the header now, so that the position taken before each read below is the start
+    // of a data record and never of the header.
+    reader.byte_headers().map_err(csv_err)?;
     let mut record = csv::ByteRecord::new();
     let mut index = HashMap::new();
     loop {
