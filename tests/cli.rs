@@ -38,7 +38,10 @@ fn a_manifest_missing_a_column_exits_2_before_any_work() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("missing required column(s) file"));
-    assert!(!job.output().exists(), "no results file for a refused manifest");
+    assert!(
+        !job.output().exists(),
+        "no results file for a refused manifest"
+    );
 }
 
 #[test]
@@ -206,11 +209,20 @@ async fn the_api_key_never_leaks() {
         (vec!["--emulator".into()], Some(format!("sk-acct.{CANARY}"))),
         // Key from a file, against an external emulator.
         (
-            vec!["--base-url".into(), base.clone(), "--api-key-file".into(), key_file.display().to_string(), "--fresh".into()],
+            vec![
+                "--base-url".into(),
+                base.clone(),
+                "--api-key-file".into(),
+                key_file.display().to_string(),
+                "--fresh".into(),
+            ],
             None,
         ),
         // A key the service rejects: 401 path.
-        (vec!["--base-url".into(), base.clone(), "--fresh".into()], Some(format!("sk-.{CANARY}"))),
+        (
+            vec!["--base-url".into(), base.clone(), "--fresh".into()],
+            Some(format!("sk-.{CANARY}")),
+        ),
     ];
     for (args, key) in cases {
         let manifest = manifest.clone();

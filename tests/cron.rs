@@ -120,7 +120,10 @@ async fn kill_9_mid_run_then_rerun_completes_without_calling_finished_rows_again
         // Same request id: the line was kept, the model was not called again.
         assert_eq!(final_by_id[&r["id"]]["request_id"], r["request_id"]);
     }
-    assert!(stderr.contains(&format!("{} skipped", at_kill.len())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} skipped", at_kill.len())),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +183,10 @@ async fn sigterm_drains_compacts_and_exits_130_then_a_rerun_finishes() {
         .iter()
         .filter(|r| r["error_code"] == "not_attempted")
         .count();
-    assert!(ok >= 10 && not_attempted > 0, "ok {ok}, not attempted {not_attempted}");
+    assert!(
+        ok >= 10 && not_attempted > 0,
+        "ok {ok}, not attempted {not_attempted}"
+    );
     assert_eq!(ok + not_attempted, 200);
     // Compaction keeps manifest order.
     let lines: Vec<u64> = rows.iter().map(|r| r["line"].parse().unwrap()).collect();

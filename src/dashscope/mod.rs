@@ -1,6 +1,6 @@
 //! The DashScope client: everything that talks to Alibaba Cloud Model Studio.
 //!
-//! Written from the service's documentation (`shared/reference/`) alone. It never imports the
+//! Written from the service's public documentation alone. It never imports the
 //! emulator, and the emulator never imports it, so a misreading in one shows up as a failure
 //! against the other.
 //!

@@ -146,7 +146,7 @@ fn compatible_body(request: &ModelRequest) -> serde_json::Value {
             MediaKind::Image => CompatiblePart::ImageUrl {
                 image_url: UrlRef { url },
             },
-            // `video_url` for a single video file (unverified for files in the notes; a
+            // `video_url` for a single video file (unverified for files in the documentation; a
             // frame list would be `{"type":"video","video":[..]}`, which we never send).
             MediaKind::Video => CompatiblePart::VideoUrl {
                 video_url: UrlRef { url },

@@ -1,6 +1,6 @@
 //! A local emulator of DashScope's temporary file storage and its multimodal model APIs.
 //!
-//! Written from the service's documentation alone (`shared/reference/`), independently of
+//! Written from the service's public documentation alone, independently of
 //! the client in `crate::dashscope`, which it never imports: a misreading in one shows up as
 //! a failure against the other.
 //!

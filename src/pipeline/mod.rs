@@ -101,7 +101,7 @@ pub async fn run(
 
     let cache = Arc::new(UploadCache::open(
         &config.state_dir,
-        &client.key_fingerprint(),
+        &cache_account(&client),
         unix_now(),
     ));
     let credentials = Credentials::new(client.clone(), config.credentials.clone());
@@ -227,6 +227,18 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// Who the upload cache's records belong to: the key's fingerprint together with the service
+/// root, since an `oss://` URL is only valid at the service that issued it (an emulator on
+/// another port is another service). Hashed, so the state file holds neither.
+fn cache_account(client: &Client) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(client.key_fingerprint().as_bytes());
+    hasher.update([0]);
+    hasher.update(client.config().base_url.as_bytes());
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Counts the manifest's records in the background so the progress bar can show a total

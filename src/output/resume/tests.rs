@@ -97,7 +97,10 @@ fn the_index_prefers_ok_lines_then_later_ones() {
     );
     let index = index_lines(&out).unwrap();
     let mut lines = LineReader::open(&out).unwrap();
-    let first = lines.read_at(index[&id_key("a")] & !(1 << 63), 1).unwrap().unwrap();
+    let first = lines
+        .read_at(index[&id_key("a")] & !(1 << 63), 1)
+        .unwrap()
+        .unwrap();
     assert_eq!(&first[0], b"a", "the first data line is not the header");
     let a = lines.read_at(index[&id_key("a")], 7).unwrap().unwrap();
     assert_eq!(&a[6], b"the ok one");
