@@ -79,6 +79,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub credential_qps: Option<u32>,
 
+    /// Model calls per second, per model, when you know the limit. Without it dashbatch
+    /// finds the pace from 429 answers, for each model on its own.
+    #[arg(long, value_name = "RPS", value_parser = parse_rps)]
+    pub model_rps: Option<f64>,
+
     /// Timeout of one model call, in seconds [default: 300].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_s: Option<u64>,
@@ -311,6 +316,7 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             ..CredentialOptions::default()
         },
         retry,
+        model_rps: args.model_rps.or(job.model_rps),
         quiet,
         manifest,
         output,
@@ -348,6 +354,13 @@ fn pick(
         );
     }
     Ok(value)
+}
+
+fn parse_rps(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
+        _ => Err(format!("{text:?} is not a positive number of calls per second")),
+    }
 }
 
 /// The key from `--api-key-file`, else `DASHSCOPE_API_KEY`, else (with `--emulator`) a demo key.

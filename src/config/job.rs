@@ -19,6 +19,7 @@ pub struct JobFile {
     pub upload_concurrency: Option<u32>,
     pub max_attempts: Option<u32>,
     pub credential_qps: Option<u32>,
+    pub model_rps: Option<f64>,
     pub request_timeout_s: Option<u64>,
     pub drain_timeout_s: Option<u64>,
     pub state_dir: Option<PathBuf>,

@@ -20,6 +20,8 @@ pub struct RunConfig {
     /// Retries of uploads and model calls (credential fetches use `credentials.retry`).
     pub retry: RetryPolicy,
     pub credentials: CredentialOptions,
+    /// A known per-model call limit (calls per second). `None`: found from 429s.
+    pub model_rps: Option<f64>,
     /// No progress bar or progress log lines.
     pub quiet: bool,
     /// Ignore an existing results file and start over.

@@ -29,6 +29,8 @@ pub struct Stats {
     pub completion_tokens: u64,
     /// Failed rows by error code.
     pub failures: BTreeMap<String, u64>,
+    /// Models whose calls were paced after 429s, and the pace they ended at (calls/s).
+    pub model_pace: BTreeMap<String, f64>,
     pub elapsed_s: f64,
     pub rows_per_s: f64,
 }
@@ -74,6 +76,16 @@ impl Stats {
 
     /// The one-line human summary printed at the end of a run.
     pub fn summary_line(&self) -> String {
+        let pace = if self.model_pace.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = self
+                .model_pace
+                .iter()
+                .map(|(m, r)| format!("{m} {r:.1}/s"))
+                .collect();
+            format!("; paced {}", parts.join(", "))
+        };
         let retries: u64 = self.retries.values().sum();
         let by_cause = if self.retries.is_empty() {
             String::new()
@@ -89,7 +101,7 @@ impl Stats {
             "{ok} ok, {failed} failed, {skipped} skipped{not_attempted} of {total} rows; \
              uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
              {retries} retries{by_cause}; {throttled} 429s; tokens {tin} in / {tout} out; \
-             {elapsed:.1}s, {rate:.1} rows/s",
+             {elapsed:.1}s, {rate:.1} rows/s{pace}",
             ok = self.rows_ok,
             failed = self.rows_failed,
             skipped = self.rows_skipped,

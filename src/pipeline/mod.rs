@@ -14,6 +14,7 @@
 
 mod compact;
 mod failure;
+mod pacing;
 mod reader;
 mod uploads;
 mod worker;
@@ -116,6 +117,7 @@ pub async fn run(
         ),
         api: config.api,
         retry: config.retry.clone(),
+        pacing: pacing::Pacing::new(config.model_rps),
         stop: shutdown.child_token(),
         stop_reason: Mutex::new(None),
     });
@@ -143,6 +145,7 @@ pub async fn run(
         .map_err(|e| PipelineError::Task(e.to_string()))?
         .map_err(report_err)?;
     reporter.stats_mut().credential_calls = credentials.fetches();
+    reporter.stats_mut().model_pace = worker.pacing.rates();
     let (mut stats, file) = reporter
         .finish()
         .map_err(|e| report_err(ReportError::Sync(e)))?;

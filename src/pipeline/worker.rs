@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::{Failure, check_local_file};
+use super::pacing::Pacing;
 use super::uploads::{RowLog, Uploads, hash_file};
 use crate::dashscope::{
     self, Api, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
@@ -20,6 +21,8 @@ pub struct Worker {
     pub uploads: Uploads,
     pub api: Api,
     pub retry: RetryPolicy,
+    /// Per-model pacing of model calls, steered by 429s.
+    pub pacing: Pacing,
     /// Cancelled when the whole run must stop dispatching (a rejected API key).
     pub stop: CancellationToken,
     /// Why the run stopped, set once by the first row that saw the reason.
@@ -129,12 +132,21 @@ impl Worker {
                 format: (kind == MediaKind::Audio).then(|| extension(&row.file)),
             }),
         };
-        let (result, attempts) = dashscope::retry(
-            &self.retry,
-            || self.client.call_model(self.api, &request),
-            |err, _| log.on_retry(err),
-        )
-        .await;
+        let model = row.model.as_str();
+        let attempt = || async {
+            // Awaited just before the request it guards, so a retry is paced too.
+            self.pacing.until_ready(model).await;
+            let sent = Instant::now();
+            let result = self.client.call_model(self.api, &request).await;
+            match &result {
+                Ok(_) => self.pacing.on_success(model),
+                Err(e) if e.kind == ErrorKind::Throttled => self.pacing.on_throttled(model, sent),
+                Err(_) => {}
+            }
+            result
+        };
+        let (result, attempts) =
+            dashscope::retry(&self.retry, attempt, |err, _| log.on_retry(err)).await;
         log.attempts += attempts;
         result.map_err(|e| Failure::api("model call", e))
     }

@@ -75,6 +75,7 @@ impl Job {
                 ..CredentialOptions::default()
             },
             retry,
+            model_rps: None,
             quiet: true,
             fresh: false,
             state_dir: self.dir.path().join(".dashbatch"),
