@@ -11,7 +11,7 @@
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
 //! limit up front; AIMD then stays at or below it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,20 +25,23 @@ pub const DECREASE: f64 = 0.9;
 /// refuse *everything* while a client stays over the limit, so overshooting is expensive
 /// and the climb must slow down where the limit was last found.
 const NEAR_CEILING: f64 = 0.95;
+/// After a cut, how long the model sends nothing: two tenths of a window empty a window
+/// that was at the limit by 20%, more than the 10% cut needs to stay under it.
+const DRAIN: Duration = Duration::from_millis(200);
 /// The floor: a model is never paced below one call every ten seconds.
 const MIN_RATE: f64 = 0.1;
 /// How long after a change the rate is left alone: one of the service's counting windows,
 /// so the effect of the last change is seen before the next one.
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// The rate after a quiet second: a few percent more (never less than half a call per
-/// second, so a low rate does not take minutes to recover), and a slow probe of 1% once the
-/// rate is near the last limit found.
+/// The rate after a quiet second: quickly back towards the last limit found, then a slow
+/// probe of 0.5% a second past it (the limit may have been raised).
 pub fn next_rate(rate: f64, ceiling: Option<f64>) -> f64 {
     match ceiling {
-        Some(c) if rate >= c * NEAR_CEILING => rate * 1.01,
-        // The fast climb stops where the slow probe begins.
-        Some(c) => (rate + (rate * 0.05).max(0.5)).min(c * NEAR_CEILING),
+        Some(c) if rate >= c * NEAR_CEILING => rate * 1.005,
+        // Below the limit last found: half the way back up each second, stopping where the
+        // slow probe begins.
+        Some(c) => (rate + ((c * NEAR_CEILING - rate) / 2.0).max(0.5)).min(c * NEAR_CEILING),
         None => rate + (rate * 0.05).max(0.5),
     }
 }
@@ -55,10 +58,13 @@ pub struct Aimd {
     last_increase: Instant,
     /// `None` until the first cut.
     last_decrease: Option<Instant>,
-    /// Successes in the current and the previous one-second bucket.
-    bucket_start: Instant,
-    this_bucket: u32,
-    last_bucket: u32,
+    /// Set from the first 429 until the estimate of the limit is made, one window later.
+    first_429: Option<Instant>,
+    /// Successes of calls sent in the window before the first 429: the limit, as seen.
+    burst_successes: u32,
+    /// Send times of the last second's successes, kept only while unpaced, so that the
+    /// ones answered before the first 429 count towards the estimate too.
+    recent: VecDeque<Instant>,
 }
 
 impl Aimd {
@@ -69,9 +75,9 @@ impl Aimd {
             ceiling: None,
             last_increase: now,
             last_decrease: None,
-            bucket_start: now,
-            this_bucket: 0,
-            last_bucket: 0,
+            first_429: None,
+            burst_successes: 0,
+            recent: VecDeque::new(),
         }
     }
 
@@ -79,38 +85,51 @@ impl Aimd {
         self.rate
     }
 
-    fn roll(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.bucket_start);
-        if elapsed >= Duration::from_secs(2) {
-            self.last_bucket = 0;
-            self.this_bucket = 0;
-            self.bucket_start = now;
-        } else if elapsed >= Duration::from_secs(1) {
-            self.last_bucket = self.this_bucket;
-            self.this_bucket = 0;
-            self.bucket_start += Duration::from_secs(1);
+    /// A call sent at `sent` succeeded. Returns the new rate if it changed.
+    pub fn on_success(&mut self, sent: Instant, now: Instant) -> Option<f64> {
+        if let Some(first) = self.first_429 {
+            if sent <= first && first.saturating_duration_since(sent) < SETTLE {
+                self.burst_successes = self.burst_successes.saturating_add(1);
+            }
+            if now.saturating_duration_since(first) < SETTLE {
+                return None;
+            }
+            // One window after the first 429 every call of the burst has answered: the
+            // ones that got through are the limit, as far as this client can see it.
+            self.first_429 = None;
+            let limit = f64::from(self.burst_successes.max(1));
+            self.ceiling = Some(limit);
+            let next = self.capped(limit * NEAR_CEILING);
+            self.rate = Some(next);
+            self.last_increase = now;
+            return Some(next);
         }
-    }
-
-    /// A call succeeded. Returns the new rate if it changed.
-    pub fn on_success(&mut self, now: Instant) -> Option<f64> {
-        self.roll(now);
-        self.this_bucket = self.this_bucket.saturating_add(1);
-        let rate = self.rate?;
+        let Some(rate) = self.rate else {
+            self.recent.push_back(sent);
+            while self
+                .recent
+                .front()
+                .is_some_and(|t| sent.saturating_duration_since(*t) >= SETTLE)
+            {
+                self.recent.pop_front();
+            }
+            return None;
+        };
         let since = |t: Instant| now.saturating_duration_since(t);
         if since(self.last_increase) < SETTLE || self.last_decrease.is_some_and(|t| since(t) < SETTLE)
         {
             return None;
         }
-        let mut next = next_rate(rate, self.ceiling);
-        if let Some(cap) = self.cap {
-            next = next.min(cap);
-        }
+        let next = self.capped(next_rate(rate, self.ceiling));
         self.last_increase = now;
         (next != rate).then(|| {
             self.rate = Some(next);
             next
         })
+    }
+
+    fn capped(&self, rate: f64) -> f64 {
+        self.cap.map_or(rate, |cap| rate.min(cap)).max(MIN_RATE)
     }
 
     /// The service answered 429 to a call sent at `sent`. Returns the new rate if it changed.
@@ -120,13 +139,21 @@ impl Aimd {
     /// those keeps one burst over the limit from cutting the rate again and again. A 429
     /// after an *increase* means the increase overshot, and is acted on at once.
     pub fn on_throttled(&mut self, sent: Instant, now: Instant) -> Option<f64> {
-        self.roll(now);
         let (ceiling, next) = match self.rate {
-            // First 429: what got through in the last second is the best guess of the limit.
+            // First 429, after an unpaced start: the limit is not known yet. Pace gently
+            // while [`Self::on_success`] counts what got through, one window from now.
             None => {
-                let got_through = f64::from(self.last_bucket.max(self.this_bucket)).max(1.0);
-                (got_through, got_through * DECREASE)
+                self.first_429 = Some(now);
+                self.burst_successes = self
+                    .recent
+                    .drain(..)
+                    .filter(|t| now.saturating_duration_since(*t) < SETTLE)
+                    .count() as u32;
+                self.recent = VecDeque::new(); // give the memory back: paced from now on
+                let guess = f64::from(self.burst_successes.max(1));
+                (guess, guess * DECREASE)
             }
+            Some(_) if self.first_429.is_some() => return None,
             Some(_)
                 if self
                     .last_decrease
@@ -219,9 +246,10 @@ impl Pacing {
         }
     }
 
-    pub fn on_success(&self, model: &str) {
+    /// A call to `model` sent at `sent` succeeded.
+    pub fn on_success(&self, model: &str, sent: Instant) {
         self.with_model(model, |m| {
-            if let Some(rate) = m.aimd.on_success(Instant::now()) {
+            if let Some(rate) = m.aimd.on_success(sent, Instant::now()) {
                 tracing::debug!(model, rate, "model pace raised");
                 m.set_rate(rate);
             }
@@ -231,11 +259,10 @@ impl Pacing {
     /// A call to `model` sent at `sent` was answered 429.
     ///
     /// A service that counts refused calls in its window keeps refusing while calls arrive
-    /// at anything near the limit, so a cut alone leaves a tail of 429s. Two things let the
-    /// window drain instead. After the first 429, which follows the unpaced start's burst,
-    /// this model sends nothing for one window. After a later one, the new limiter starts
-    /// empty, which skips one slot: enough, at a rate just under the limit, for the window to
-    /// drop below it.
+    /// at anything near the limit: at 90% of it, a full window drains by only 10% a second,
+    /// so a cut alone leaves half a second of 429s. A short pause of this model lets the
+    /// window drain instead: one window after the first 429 (which follows the unpaced
+    /// start's burst), [`DRAIN`] after a later one. Other models are not paused.
     pub fn on_throttled(&self, model: &str, sent: Instant) {
         self.with_model(model, |m| {
             let first = m.aimd.rate().is_none();
@@ -243,11 +270,7 @@ impl Pacing {
             if let Some(rate) = m.aimd.on_throttled(sent, now) {
                 tracing::debug!(model, rate, "model throttled: pacing calls");
                 m.set_rate(rate);
-                if first {
-                    m.not_before = Some(now + SETTLE);
-                } else if let Some(limiter) = &m.limiter {
-                    let _ = limiter.check();
-                }
+                m.not_before = Some(now + if first { SETTLE } else { DRAIN });
             }
         });
     }
@@ -286,84 +309,113 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// An AIMD state that found a limit of `limit` a while ago and now runs at `rate`.
+    fn paced(t0: Instant, limit: u32) -> Aimd {
+        let mut a = Aimd::new(None, t0);
+        for i in 0..limit {
+            a.on_success(t0, t0 + secs(0.1 + f64::from(i) * 0.001));
+        }
+        a.on_throttled(t0, t0 + secs(0.2));
+        a.on_success(t0 + secs(1.3), t0 + secs(1.4));
+        a
+    }
+
     #[test]
     fn unthrottled_models_stay_unpaced() {
         let t0 = Instant::now();
         let mut a = Aimd::new(None, t0);
         for i in 0..100 {
-            assert_eq!(a.on_success(t0 + secs(i as f64 * 0.05)), None);
+            let t = t0 + secs(i as f64 * 0.05);
+            assert_eq!(a.on_success(t, t), None);
         }
         assert_eq!(a.rate(), None);
     }
 
     #[test]
-    fn the_first_429_starts_from_what_got_through() {
+    fn the_limit_is_estimated_from_what_got_through_the_first_burst() {
         let t0 = Instant::now();
         let mut a = Aimd::new(None, t0);
-        for i in 0..20 {
-            a.on_success(t0 + secs(0.1 + i as f64 * 0.01));
+        // 64 calls at once; 20 get through. Some answers come before the first 429, some
+        // after it: all 20 count.
+        for i in 0..8 {
+            a.on_success(t0, t0 + secs(0.05 + i as f64 * 0.001));
         }
-        let rate = a.on_throttled(t0 + secs(0.4), t0 + secs(0.5)).unwrap();
-        assert!((rate - 20.0 * DECREASE).abs() < 1e-9, "{rate}");
+        let provisional = a.on_throttled(t0, t0 + secs(0.06)).unwrap();
+        assert!(provisional < 20.0);
+        for _ in 0..44 {
+            assert_eq!(a.on_throttled(t0, t0 + secs(0.07)), None);
+        }
+        for i in 0..12 {
+            assert_eq!(a.on_success(t0, t0 + secs(0.1 + i as f64 * 0.001)), None);
+        }
+        // One window later the estimate is made: 95% of the 20 that got through.
+        let rate = a.on_success(t0 + secs(1.07), t0 + secs(1.17)).unwrap();
+        assert!((rate - 19.0).abs() < 1e-9, "{rate}");
     }
 
     #[test]
-    fn a_burst_of_429s_cuts_once_per_second() {
+    fn a_burst_of_429s_cuts_once() {
         let t0 = Instant::now();
-        let mut a = Aimd::new(Some(40.0), t0);
-        let first = a.on_throttled(t0 + secs(1.4), t0 + secs(1.5)).unwrap();
-        assert!((first - 40.0 * DECREASE).abs() < 1e-9);
+        let mut a = paced(t0, 20);
+        let at = t0 + secs(3.0);
+        let cut = a.on_throttled(at, at).unwrap();
+        assert!((cut - 19.0 * DECREASE).abs() < 1e-9, "{cut}");
         for i in 0..20 {
-            let at = t0 + secs(1.5 + i as f64 * 0.04);
+            let t = at + secs(i as f64 * 0.04);
             // Sent before the cut, or too soon after it to reflect the new rate.
-            assert_eq!(a.on_throttled(at - secs(0.1), at), None);
+            assert_eq!(a.on_throttled(t, t), None);
         }
-        assert_eq!(a.rate(), Some(first));
-        assert!(a.on_throttled(t0 + secs(2.6), t0 + secs(2.7)).unwrap() < first);
+        assert_eq!(a.rate(), Some(cut));
+        let later = at + secs(1.1);
+        assert!(a.on_throttled(later, later).unwrap() < cut);
     }
 
     #[test]
-    fn an_overshooting_increase_is_cut_at_once_and_then_probes_slowly() {
+    fn the_rate_climbs_fast_to_the_limit_found_then_probes_slowly() {
         let t0 = Instant::now();
-        let mut a = Aimd::new(Some(100.0), t0);
-        a.on_throttled(t0, t0); // limit found at 100: rate 90
-        let mut t = 0.0;
+        let mut a = paced(t0, 100); // limit found at 100: rate 95
+        let at = t0 + secs(2.0);
+        a.on_throttled(at, at); // a cut to 85.5
+        let mut t = 2.0;
         let mut rates = Vec::new();
         for _ in 0..12 {
             t += 1.01;
-            a.on_success(t0 + secs(t));
+            a.on_success(t0 + secs(t), t0 + secs(t));
             rates.push(a.rate().unwrap());
         }
-        // Fast up to 95% of the limit, then 1% steps.
-        assert!(rates[0] > 90.0 && rates[0] <= 95.0, "{rates:?}");
+        // The last 429 came at 95: back to 95% of that (90.25) within seconds.
+        assert!(rates[2] > 89.0, "back near the limit within seconds: {rates:?}");
         let last = rates.len() - 1;
-        assert!(rates[last] - rates[last - 1] <= rates[last - 1] * 0.011, "{rates:?}");
-        // The increase that overshoots is answered by a 429 sent right after it.
+        assert!(
+            rates[last] - rates[last - 1] <= rates[last - 1] * 0.006,
+            "slow probe: {rates:?}"
+        );
+        // A 429 right after an increase means it overshot: acted on at once.
         let at = t0 + secs(t + 0.1);
         let cut = a.on_throttled(at, at).expect("acted on at once");
         assert!((cut - rates[last] * DECREASE).abs() < 1e-9);
     }
 
     #[test]
-    fn quiet_seconds_raise_the_rate_up_to_the_cap() {
+    fn a_known_limit_is_the_start_and_the_ceiling() {
         let t0 = Instant::now();
         let mut a = Aimd::new(Some(20.0), t0);
+        assert_eq!(a.rate(), Some(20.0));
         a.on_throttled(t0 + secs(1.0), t0 + secs(1.0));
-        let low = a.rate().unwrap();
         let mut t = 1.0;
         for _ in 0..100 {
             t += 1.01;
-            a.on_success(t0 + secs(t));
+            a.on_success(t0 + secs(t), t0 + secs(t));
         }
         let high = a.rate().unwrap();
-        assert!(high > low);
         assert!(high <= 20.0, "never above the user's limit: {high}");
+        assert!(high > 18.0, "{high}");
     }
 
     #[test]
     fn models_are_paced_independently() {
         let pacing = Pacing::new(None);
-        pacing.on_success("a");
+        pacing.on_success("a", Instant::now());
         pacing.on_throttled("a", Instant::now());
         assert!(pacing.rate("a").is_some());
         assert_eq!(pacing.rate("b"), None, "b never saw a 429");
@@ -371,11 +423,9 @@ mod tests {
 
     #[test]
     fn a_throttled_model_gets_a_limiter_without_burst() {
-        let pacing = Pacing::new(None);
-        pacing.on_throttled("a", Instant::now());
+        let pacing = Pacing::new(Some(5.0));
         let limiter = pacing.with_model("a", |m| m.limiter.clone()).unwrap();
         assert!(limiter.check().is_ok());
         assert!(limiter.check().is_err(), "the next call must wait its turn");
-        assert!(pacing.with_model("b", |m| m.limiter.is_none()));
     }
 }

@@ -139,7 +139,7 @@ impl Worker {
             let sent = Instant::now();
             let result = self.client.call_model(self.api, &request).await;
             match &result {
-                Ok(_) => self.pacing.on_success(model),
+                Ok(_) => self.pacing.on_success(model, sent),
                 Err(e) if e.kind == ErrorKind::Throttled => self.pacing.on_throttled(model, sent),
                 Err(_) => {}
             }
