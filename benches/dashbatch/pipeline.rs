@@ -63,7 +63,7 @@ pub fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(ROWS as u64));
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(10));
+    group.measurement_time(Duration::from_secs(15));
     group.bench_function("run_2k_rows_zero_latency", |b| {
         b.to_async(&rt).iter_batched(
             || {
