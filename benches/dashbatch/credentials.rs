@@ -39,6 +39,10 @@ pub fn bench(c: &mut Criterion) {
     });
     group.finish();
     // The bench must have measured hits only: one getPolicy in total.
-    assert_eq!(credentials.fetches(), 1, "the policy cache missed during the bench");
+    assert_eq!(
+        credentials.fetches(),
+        1,
+        "the policy cache missed during the bench"
+    );
     rt.block_on(async { emulator.shutdown().await.expect("emulator stops") });
 }

@@ -23,9 +23,7 @@ pub fn bench(c: &mut Criterion) {
                 PathBuf::from("/jobs"),
             )
             .expect("header parses");
-            let rows = manifest
-                .filter(|e| matches!(e, Entry::Row(_)))
-                .count();
+            let rows = manifest.filter(|e| matches!(e, Entry::Row(_))).count();
             assert_eq!(rows, ROWS);
         })
     });
