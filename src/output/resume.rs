@@ -7,7 +7,7 @@
 //! temp file in the same folder that is fsynced and renamed over the old one, so a crash
 //! during compaction leaves either the old file or the new one, never a mix.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{Seek, SeekFrom, Write};
@@ -182,10 +182,70 @@ fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
     Ok(Some(b[0]))
 }
 
+/// The top bit of a [`LineIndex`] value: the line is `ok`. The rest is its byte offset.
+const OK: u64 = 1 << 63;
+
 /// Where the line that best represents each id sits: an `ok` line beats a failed one, and a
 /// later line beats an earlier one of the same status. The top bit of the value marks `ok`.
-pub fn index_lines(out: &Path) -> Result<HashMap<u64, u64>, ResumeError> {
-    const OK: u64 = 1 << 63;
+///
+/// A sorted `Vec` of `(id key, offset)` pairs rather than a `HashMap`: 16 bytes a row, with
+/// no table slack and no resize doubling, which on a million-row results file is 16 MB
+/// instead of about 34 MB (plus 17 MB more while the table grows). Compaction looks ids up
+/// in manifest order, one binary search each, which costs well under a microsecond a row.
+#[derive(Debug, Default)]
+pub struct LineIndex {
+    /// Sorted by key, one entry per key.
+    entries: Vec<(u64, u64)>,
+}
+
+impl LineIndex {
+    /// The offset (with the `ok` bit) of the line kept for `key`.
+    pub fn get(&self, key: &u64) -> Option<&u64> {
+        self.entries
+            .binary_search_by_key(key, |&(k, _)| k)
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Builds the index from `(key, offset | OK?)` pairs in file order.
+    fn from_lines(mut lines: Vec<(u64, u64)>) -> Self {
+        // Offsets grow with file order, so sorting by (key, offset without the ok bit) keeps
+        // each id's lines in file order. Unstable sort: in place, no n/2 merge buffer.
+        lines.sort_unstable_by_key(|&(k, v)| (k, v & !OK));
+        // Keep, per key, the last ok line if there is one, else the last line: walking in
+        // file order, a line replaces the kept one when it is ok or the kept one is not.
+        lines.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            if later.1 & OK != 0 || kept.1 & OK == 0 {
+                kept.1 = later.1;
+            }
+            true
+        });
+        Self { entries: lines }
+    }
+}
+
+impl std::ops::Index<&u64> for LineIndex {
+    type Output = u64;
+
+    fn index(&self, key: &u64) -> &u64 {
+        self.get(key).expect("id key present in the line index")
+    }
+}
+
+/// Indexes the lines of results file `out` by id (see [`LineIndex`]). Lines marked
+/// `duplicate_id` and short lines are left out.
+pub fn index_lines(out: &Path) -> Result<LineIndex, ResumeError> {
     let csv_err = |source| ResumeError::Csv {
         path: out.to_owned(),
         source,
@@ -199,7 +259,7 @@ pub fn index_lines(out: &Path) -> Result<HashMap<u64, u64>, ResumeError> {
     // of a data record and never of the header.
     reader.byte_headers().map_err(csv_err)?;
     let mut record = csv::ByteRecord::new();
-    let mut index = HashMap::new();
+    let mut lines = Vec::new();
     loop {
         let start = reader.position().byte();
         if !reader.read_byte_record(&mut record).map_err(csv_err)? {
@@ -210,17 +270,9 @@ pub fn index_lines(out: &Path) -> Result<HashMap<u64, u64>, ResumeError> {
         }
         let ok = &record[5] == b"ok";
         let key = id_key(std::str::from_utf8(&record[0]).unwrap_or_default());
-        let value = start | if ok { OK } else { 0 };
-        index
-            .entry(key)
-            .and_modify(|v: &mut u64| {
-                if ok || *v & OK == 0 {
-                    *v = value;
-                }
-            })
-            .or_insert(value);
+        lines.push((key, start | if ok { OK } else { 0 }));
     }
-    Ok(index)
+    Ok(LineIndex::from_lines(lines))
 }
 
 /// Reads the line starting at `offset` and returns it, its `line` column set to `line`.

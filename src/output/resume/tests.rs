@@ -119,3 +119,38 @@ fn atomic_rewrite_replaces_the_file() {
     let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(leftovers, 1, "no temp file left behind");
 }
+
+#[test]
+fn line_index_keeps_last_ok_else_last_line_per_id() {
+    let ok = |offset: u64| offset | (1 << 63);
+    // (key, value) in file order: offsets grow down the file.
+    let index = LineIndex::from_lines(vec![
+        (7, 10),
+        (3, ok(20)),
+        (7, ok(30)),
+        (3, 40),
+        (7, 50),
+        (9, 60),
+        (9, 70),
+        (5, ok(80)),
+        (5, ok(90)),
+    ]);
+    assert_eq!(index.len(), 4);
+    assert_eq!(
+        index.get(&7),
+        Some(&ok(30)),
+        "an ok line beats a later failed one"
+    );
+    assert_eq!(index.get(&3), Some(&ok(20)));
+    assert_eq!(
+        index.get(&9),
+        Some(&70),
+        "a later failed line beats an earlier one"
+    );
+    assert_eq!(
+        index.get(&5),
+        Some(&ok(90)),
+        "a later ok line beats an earlier one"
+    );
+    assert_eq!(index.get(&4), None);
+}

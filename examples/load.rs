@@ -1,0 +1,408 @@
+//! Load harness: runs the release `dashbatch` binary against `dashbatch emulator`, each as
+//! its own process, and prints achieved rows/s next to the bound, the client's CPU per row
+//! and its peak RSS.
+//!
+//! ```text
+//! cargo build --release --examples --bins
+//! target/release/examples/load throughput --concurrency 64,256,1024
+//! target/release/examples/load throughput --concurrency 64,256,1024 --files 16
+//! target/release/examples/load memory --rows 10000,1000000
+//! target/release/examples/load big-files
+//! ```
+//!
+//! Why separate processes: the client's CPU time and peak RSS come from `wait4(2)` on the
+//! client alone (the same `struct rusage` that `/usr/bin/time -v` prints, so no extra tool is
+//! needed), and the emulator's work does not count against the client. Both still share
+//! this machine's cores, which is why the emulator's CPU per row is printed too.
+//!
+//! The bound: with C rows in flight and per-request latencies L, a row that uploads a new file
+//! needs at least `L_upload + L_chat`, so no run beats `C / (L_upload + L_chat)` rows/s; a
+//! row whose file another row already uploaded needs `L_chat`, so `C / L_chat`. The one
+//! credential fetch per model (policies are reused for 240 s) adds `L_credential` once.
+//! Rows are scaled to at least 20 rounds of C, so ramp-up and the last partial round stay
+//! within a few percent of the total.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "dashbatch load harness: the client against a separate emulator process")]
+struct Args {
+    /// The dashbatch binary; default: `dashbatch` beside this example's folder
+    /// (target/release/dashbatch).
+    #[arg(long, global = true)]
+    bin: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Rows/s against the bound, with emulator latencies (default chat 100, upload 20,
+    /// credential 30 ms).
+    Throughput {
+        #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+        concurrency: Vec<usize>,
+        /// Rows per run: at least this, and at least 20 × C.
+        #[arg(long, default_value_t = 5000)]
+        rows: usize,
+        /// Distinct files. 0: one per row, so every row uploads (bound C / (L_upload +
+        /// L_chat)); N > 0: rows reuse N files (bound C / L_chat).
+        #[arg(long, default_value_t = 0)]
+        files: usize,
+        /// Upload slots; default: the run's C, so uploads never cap rows (the CLI default
+        /// of 16 would cap new-file rows at 16 / L_upload).
+        #[arg(long)]
+        upload_concurrency: Option<usize>,
+        #[arg(long, default_value_t = 100)]
+        chat_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        upload_ms: u64,
+        #[arg(long, default_value_t = 30)]
+        credential_ms: u64,
+    },
+    /// Peak RSS of the client for manifests of these sizes, four small files reused,
+    /// no emulator latency.
+    Memory {
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+        rows: Vec<usize>,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// Peak RSS of the client uploading large distinct files (streamed uploads).
+    BigFiles {
+        #[arg(long, default_value_t = 20)]
+        files: usize,
+        #[arg(long, default_value_t = 50)]
+        size_mb: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let bin = match args.bin {
+        Some(bin) => bin,
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("cannot find target/release from this example's path")?
+            .join("dashbatch"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist; build it first: cargo build --release --bins --examples",
+            bin.display()
+        );
+    }
+    match args.scenario {
+        Scenario::Throughput {
+            concurrency,
+            rows,
+            files,
+            upload_concurrency,
+            chat_ms,
+            upload_ms,
+            credential_ms,
+        } => throughput(
+            &bin,
+            &concurrency,
+            rows,
+            files,
+            upload_concurrency,
+            [chat_ms, upload_ms, credential_ms],
+        ),
+        Scenario::Memory { rows, concurrency } => memory(&bin, &rows, concurrency),
+        Scenario::BigFiles {
+            files,
+            size_mb,
+            concurrency,
+        } => big_files(&bin, files, size_mb, concurrency),
+    }
+}
+
+fn throughput(
+    bin: &Path,
+    concurrencies: &[usize],
+    min_rows: usize,
+    files: usize,
+    upload_concurrency: Option<usize>,
+    [chat_ms, upload_ms, credential_ms]: [u64; 3],
+) -> Result<()> {
+    let per_row_s = if files == 0 {
+        (upload_ms + chat_ms) as f64 / 1e3
+    } else {
+        chat_ms as f64 / 1e3
+    };
+    println!(
+        "latencies: chat {chat_ms} ms, upload {upload_ms} ms, credential {credential_ms} ms; \
+         {}; bound = C / {per_row_s} s",
+        if files == 0 {
+            "one file per row (every row uploads)".to_owned()
+        } else {
+            format!("{files} files reused (rows after the first {files} reuse uploads)")
+        }
+    );
+    println!(
+        "{:>5} {:>7} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>8} {:>8}",
+        "C",
+        "rows",
+        "up_c",
+        "rows/s",
+        "bound",
+        "ratio",
+        "cli_us/row",
+        "emu_us/row",
+        "cli_MB",
+        "uploads"
+    );
+    for &c in concurrencies {
+        let rows = min_rows.max(20 * c);
+        let up_c = upload_concurrency.unwrap_or(c);
+        let job = Job::new(rows, if files == 0 { rows } else { files }, 1024)?;
+        let emulator = Emulator::start(
+            bin,
+            &[
+                format!("--chat-latency-ms={chat_ms}"),
+                format!("--upload-latency-ms={upload_ms}"),
+                format!("--credential-latency-ms={credential_ms}"),
+            ],
+        )?;
+        let run = job.run(bin, &emulator.url, c, up_c)?;
+        let emu = emulator.stop()?;
+        let bound = c as f64 / per_row_s;
+        println!(
+            "{:>5} {:>7} {:>6} {:>9.0} {:>9.0} {:>6.3} {:>10.1} {:>10.1} {:>8.1} {:>8}",
+            c,
+            rows,
+            up_c,
+            run.rows_per_s(rows),
+            bound,
+            run.rows_per_s(rows) / bound,
+            run.usage.cpu_us() / rows as f64,
+            emu.cpu_us() / rows as f64,
+            run.usage.max_rss_mb(),
+            run.summary["uploads_new"],
+        );
+    }
+    Ok(())
+}
+
+fn memory(bin: &Path, sizes: &[usize], concurrency: usize) -> Result<()> {
+    println!("C = {concurrency}, 4 small files reused, no emulator latency");
+    println!(
+        "{:>8} {:>9} {:>10} {:>8}",
+        "rows", "rows/s", "cli_us/row", "peak_MB"
+    );
+    for &rows in sizes {
+        let job = Job::new(rows, 4, 1024)?;
+        let emulator = Emulator::start(bin, &[])?;
+        let run = job.run(bin, &emulator.url, concurrency, 16)?;
+        emulator.stop()?;
+        println!(
+            "{:>8} {:>9.0} {:>10.1} {:>8.1}",
+            rows,
+            run.rows_per_s(rows),
+            run.usage.cpu_us() / rows as f64,
+            run.usage.max_rss_mb()
+        );
+    }
+    Ok(())
+}
+
+fn big_files(bin: &Path, files: usize, size_mb: usize, concurrency: usize) -> Result<()> {
+    let job = Job::new(files, files, size_mb << 20)?;
+    let emulator = Emulator::start(bin, &[])?;
+    // Default upload slots (16), as a user would run it; C = 8 is below that anyway.
+    let run = job.run(bin, &emulator.url, concurrency, 16)?;
+    emulator.stop()?;
+    println!(
+        "{files} files × {size_mb} MB at C = {concurrency}: {:.1} s, {:.0} MB/s uploaded, \
+         client peak RSS {:.1} MB, {} new uploads",
+        run.wall.as_secs_f64(),
+        (files * size_mb) as f64 / run.wall.as_secs_f64(),
+        run.usage.max_rss_mb(),
+        run.summary["uploads_new"]
+    );
+    Ok(())
+}
+
+/// A temp folder with a manifest of `rows` rows over `files` distinct files of `size` bytes.
+struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    fn new(rows: usize, files: usize, size: usize) -> Result<Self> {
+        use std::io::Write;
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("img"))?;
+        for f in 0..files {
+            // Distinct content per file (content-addressed uploads would merge equal files),
+            // written in 1 MB chunks so large files never sit in this process's memory.
+            let mut out = std::io::BufWriter::new(std::fs::File::create(
+                dir.path().join(format!("img/{f}.png")),
+            )?);
+            let mut chunk = vec![0u8; size.min(1 << 20)];
+            let mut left = size;
+            let mut x = (f as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            while left > 0 {
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                let n = left.min(chunk.len());
+                out.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            out.flush()?;
+        }
+        let mut manifest =
+            std::io::BufWriter::new(std::fs::File::create(dir.path().join("manifest.csv"))?);
+        writeln!(manifest, "id,model,file,prompt")?;
+        for i in 0..rows {
+            writeln!(
+                manifest,
+                "row-{i},qwen-vl-plus,img/{}.png,Describe image {i} briefly.",
+                i % files
+            )?;
+        }
+        manifest.flush()?;
+        Ok(Self { dir })
+    }
+
+    fn run(&self, bin: &Path, url: &str, concurrency: usize, uploads: usize) -> Result<Run> {
+        let summary = self.dir.path().join("summary.json");
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .arg("run")
+            .arg(self.dir.path().join("manifest.csv"))
+            .args(["--base-url", url, "--fresh", "-q"])
+            .arg(format!("--concurrency={concurrency}"))
+            .arg(format!("--upload-concurrency={uploads}"))
+            .arg("--summary-json")
+            .arg(&summary)
+            .env("DASHSCOPE_API_KEY", "sk-load")
+            .env_remove("DASHSCOPE_HTTP_BASE_URL")
+            // The summary line goes to stderr; the figures come from --summary-json.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start dashbatch run")?;
+        let (status, usage) = wait(child)?;
+        let wall = started.elapsed();
+        if status != 0 {
+            bail!("dashbatch run exited {status}");
+        }
+        let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary)?)?;
+        Ok(Run {
+            wall,
+            usage,
+            summary,
+        })
+    }
+}
+
+struct Run {
+    /// Process start to exit: includes start-up and compaction, so it is the conservative
+    /// figure.
+    wall: Duration,
+    usage: Usage,
+    summary: serde_json::Value,
+}
+
+impl Run {
+    fn rows_per_s(&self, rows: usize) -> f64 {
+        rows as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// `dashbatch emulator --listen 127.0.0.1:0` in its own process.
+struct Emulator {
+    child: Child,
+    url: String,
+}
+
+impl Emulator {
+    fn start(bin: &Path, flags: &[String]) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["emulator", "--listen", "127.0.0.1:0"])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start dashbatch emulator")?;
+        let stdout = child.stdout.take().context("emulator stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line from the emulator: {line:?}"))?
+            .to_owned();
+        Ok(Self { child, url })
+    }
+
+    /// SIGTERM (the emulator exits 0 on it) and its resource usage.
+    fn stop(self) -> Result<Usage> {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        Ok(wait(self.child)?.1)
+    }
+}
+
+/// The child's resource usage, from `struct rusage`.
+struct Usage {
+    user: Duration,
+    sys: Duration,
+    /// Kilobytes on Linux (`ru_maxrss`), as `/usr/bin/time -v` reports it.
+    max_rss_kb: i64,
+}
+
+impl Usage {
+    fn cpu_us(&self) -> f64 {
+        (self.user + self.sys).as_secs_f64() * 1e6
+    }
+
+    fn max_rss_mb(&self) -> f64 {
+        self.max_rss_kb as f64 / 1024.0
+    }
+}
+
+/// Reaps `child` with `wait4(2)`, which returns its exit status and its own `rusage`
+/// (std's `Child::wait` discards the latter).
+fn wait(child: Child) -> Result<(i32, Usage)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for the child `pid`, which is ours and
+    // not yet reaped (Child::wait was never called on it).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if rc != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    // The pid is reaped; dropping `Child` does not wait or kill, so it is safe to drop.
+    drop(child);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok((
+        code,
+        Usage {
+            user: tv(ru.ru_utime),
+            sys: tv(ru.ru_stime),
+            max_rss_kb: ru.ru_maxrss,
+        },
+    ))
+}
