@@ -45,6 +45,7 @@ pub fn bench(c: &mut Criterion) {
         upload_concurrency: 16,
         credentials: CredentialOptions::default(),
         retry: RetryPolicy::default(),
+        model_rps: None,
         quiet: true,
         // Every iteration starts over, so each one does all the rows.
         fresh: true,
