@@ -132,3 +132,21 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_id_scan_counts_rows_and_finds_repeated_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.csv");
+    std::fs::write(
+        &path,
+        "id,model,file,prompt\na,m,x.png,p\nb,m,y.png,p\na,m,z.png,q\n,m,x.png,p\n,m,x.png,p\n",
+    )
+    .unwrap();
+    let scan = scan_ids(&path).unwrap();
+    assert_eq!(scan.rows, 5);
+    let derived = id_key(&derived_id("m", "x.png", "p", None));
+    assert_eq!(
+        scan.duplicates,
+        [id_key("a"), derived].into_iter().collect()
+    );
+}

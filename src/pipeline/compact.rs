@@ -10,8 +10,9 @@ use crate::manifest::{Entry, Manifest};
 use crate::output::ResultsWriter;
 use crate::output::resume::{self, LineReader, id_key};
 
+use super::not_attempted;
+use super::reader::{Repeats, duplicate};
 use super::worker::bad_row_result;
-use super::{not_attempted, reader::duplicate};
 
 /// Lines written, by kind.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,19 +26,20 @@ pub fn compact(
     out: &Path,
     extra: &[String],
     stop_reason: &str,
+    duplicates: &HashSet<u64>,
 ) -> Result<Compacted, CompactError> {
     let index = resume::index_lines(out)?;
     let mut lines = LineReader::open(out)?;
     let entries = Manifest::open(manifest)?;
     let mut counts = Compacted::default();
-    let mut seen = HashSet::new();
+    let mut repeats = Repeats::new(duplicates);
     resume::atomic_rewrite(out, |file| {
         let mut writer = ResultsWriter::new(file, extra, true).map_err(std::io::Error::other)?;
         for entry in entries {
             counts.rows += 1;
             let key = id_key(entry.id());
             let line = entry.line();
-            if !seen.insert(key) {
+            if repeats.seen_before(key) {
                 let bad = duplicate(entry, manifest);
                 writer
                     .write(&bad_row_result(bad, std::time::Instant::now()))

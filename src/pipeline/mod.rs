@@ -87,17 +87,31 @@ pub async fn run(
         );
     }
 
+    // One pass before any work: the row count for the progress bar, and the ids that repeat.
+    let scan_path = config.manifest.clone();
+    let ids = tokio::task::spawn_blocking(move || manifest::scan_ids(&scan_path))
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))??;
+    let duplicates = Arc::new(ids.duplicates);
+
     // Capacity: enough to keep the reporter busy while workers finish rows in bursts; each
     // event is one boxed row, so memory stays at a few hundred rows.
     let (events, events_rx) = mpsc::channel(config.concurrency.clamp(64, 1024));
     let reporter = Reporter::new(writer, Stats::default(), Progress::detect(config.quiet));
     let reporter_task = tokio::spawn(reporter.run(events_rx));
-    spawn_row_count(config.manifest.clone(), events.clone());
+    let _ = events.send(Event::Total(ids.rows)).await;
 
     let (rows_tx, mut rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
     let reader_events = events.clone();
+    let reader_duplicates = Arc::clone(&duplicates);
     let reader = tokio::task::spawn_blocking(move || {
-        reader::read(manifest, previous.ok, rows_tx, reader_events)
+        reader::read(
+            manifest,
+            &previous.ok,
+            &reader_duplicates,
+            rows_tx,
+            reader_events,
+        )
     });
 
     let cache = Arc::new(UploadCache::open(
@@ -163,7 +177,7 @@ pub async fn run(
         .unwrap_or_else(|| "the run ended".to_owned());
     let (manifest_path, output) = (config.manifest.clone(), config.output.clone());
     let compacted = tokio::task::spawn_blocking(move || {
-        compact::compact(&manifest_path, &output, &extra, &reason)
+        compact::compact(&manifest_path, &output, &extra, &reason, &duplicates)
     })
     .await
     .map_err(|e| PipelineError::Task(e.to_string()))?
@@ -242,16 +256,6 @@ fn cache_account(client: &Client) -> String {
     hasher.update([0]);
     hasher.update(client.config().base_url.as_bytes());
     hex::encode(&hasher.finalize()[..8])
-}
-
-/// Counts the manifest's records in the background so the progress bar can show a total
-/// without holding the manifest in memory.
-fn spawn_row_count(path: PathBuf, events: mpsc::Sender<Event>) {
-    tokio::task::spawn_blocking(move || {
-        if let Ok(total) = manifest::count_rows(&path) {
-            let _ = events.blocking_send(Event::Total(total));
-        }
-    });
 }
 
 /// The line of a row that never ran.

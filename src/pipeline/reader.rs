@@ -8,26 +8,47 @@ use std::collections::HashSet;
 
 use tokio::sync::mpsc;
 
-use crate::manifest::{BadRow, Entry, Manifest};
+use crate::manifest::{BadRow, Entry, Manifest, id_key};
 use crate::output::Event;
-use crate::output::resume::id_key;
+use crate::output::resume::IdSet;
+
+/// Tells the second and later rows of a repeated id from the first. Only ids known to repeat
+/// are remembered, so this costs nothing per ordinary row.
+pub struct Repeats<'a> {
+    duplicates: &'a HashSet<u64>,
+    seen: HashSet<u64>,
+}
+
+impl<'a> Repeats<'a> {
+    pub fn new(duplicates: &'a HashSet<u64>) -> Self {
+        Self {
+            duplicates,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn seen_before(&mut self, key: u64) -> bool {
+        self.duplicates.contains(&key) && !self.seen.insert(key)
+    }
+}
 
 /// Reads `manifest` to the end or until the workers stop listening. `done` holds the ids an
-/// earlier run finished `ok`. Sends the number of skipped rows to the reporter at the end.
+/// earlier run finished `ok`; `duplicates` the ids a first pass found more than once
+/// ([`crate::manifest::scan_ids`]). Sends the number of skipped rows to the reporter at the
+/// end.
 pub fn read(
     manifest: Manifest,
-    done: HashSet<u64>,
+    done: &IdSet,
+    duplicates: &HashSet<u64>,
     rows: mpsc::Sender<Entry>,
     events: mpsc::Sender<Event>,
 ) {
-    // Ids seen so far: 8 bytes a row (plus the table's slack), the price of telling a
-    // duplicate id apart from a resumed row without holding the manifest.
-    let mut seen = HashSet::new();
+    let mut repeats = Repeats::new(duplicates);
     let mut skipped = 0u64;
     let path = manifest.path().to_owned();
     for entry in manifest {
         let key = id_key(entry.id());
-        let entry = if !seen.insert(key) {
+        let entry = if repeats.seen_before(key) {
             Entry::Bad(duplicate(entry, &path))
         } else if done.contains(&key) {
             skipped += 1;
