@@ -8,6 +8,7 @@
 //! target/release/examples/load throughput --concurrency 64,256,1024 --files 16
 //! target/release/examples/load memory --rows 10000,1000000
 //! target/release/examples/load big-files
+//! target/release/examples/load pacing --model-rps 20 --concurrency 64 --models 1,2
 //! ```
 //!
 //! Why separate processes: the client's CPU time and peak RSS come from `wait4(2)` on the
@@ -74,6 +75,22 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// Adaptive pacing: the emulator limits each model to `--model-rps` calls per second
+    /// (a limit the client is not told) and counts refused calls in its window. Rows
+    /// alternate between `--models` models; the bound is models × model-rps.
+    Pacing {
+        #[arg(long, default_value_t = 5000)]
+        rows: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20)]
+        model_rps: u32,
+        /// How many models share the run, one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        models: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        chat_ms: u64,
+    },
     /// Peak RSS of the client uploading large distinct files (streamed uploads).
     BigFiles {
         #[arg(long, default_value_t = 20)]
@@ -119,6 +136,13 @@ fn main() -> Result<()> {
             [chat_ms, upload_ms, credential_ms],
         ),
         Scenario::Memory { rows, concurrency } => memory(&bin, &rows, concurrency),
+        Scenario::Pacing {
+            rows,
+            concurrency,
+            model_rps,
+            models,
+            chat_ms,
+        } => pacing(&bin, rows, concurrency, model_rps, &models, chat_ms),
         Scenario::BigFiles {
             files,
             size_mb,
@@ -194,6 +218,51 @@ fn throughput(
     Ok(())
 }
 
+fn pacing(
+    bin: &Path,
+    rows: usize,
+    concurrency: usize,
+    model_rps: u32,
+    model_counts: &[usize],
+    chat_ms: u64,
+) -> Result<()> {
+    println!(
+        "C = {concurrency}, {rows} rows, 4 files reused, chat {chat_ms} ms, emulator \
+         --model-rps {model_rps} per model (not told to the client)"
+    );
+    println!(
+        "{:>6} {:>9} {:>7} {:>6} {:>7} {:>7}  pace at the end",
+        "models", "rows/s", "bound", "ratio", "429s", "429%"
+    );
+    for &models in model_counts {
+        let job = Job::with_models(rows, 4, 1024, models)?;
+        let emulator = Emulator::start(
+            bin,
+            &[
+                format!("--chat-latency-ms={chat_ms}"),
+                format!("--model-rps={model_rps}"),
+            ],
+        )?;
+        let run = job.run(bin, &emulator.url, concurrency, 16)?;
+        emulator.stop()?;
+        let bound = (models as u32 * model_rps) as f64;
+        let throttled = run.summary["throttled_seen"].as_f64().unwrap_or(0.0);
+        // Each row ends with one successful call; every 429 is one more call.
+        let calls = rows as f64 + throttled;
+        println!(
+            "{:>6} {:>9.1} {:>7.0} {:>6.3} {:>7} {:>6.1}%  {}",
+            models,
+            run.rows_per_s(rows),
+            bound,
+            run.rows_per_s(rows) / bound,
+            throttled,
+            100.0 * throttled / calls,
+            run.summary["model_pace"],
+        );
+    }
+    Ok(())
+}
+
 fn memory(bin: &Path, sizes: &[usize], concurrency: usize) -> Result<()> {
     println!("C = {concurrency}, 4 small files reused, no emulator latency");
     println!(
@@ -240,6 +309,13 @@ struct Job {
 
 impl Job {
     fn new(rows: usize, files: usize, size: usize) -> Result<Self> {
+        Self::with_models(rows, files, size, 1)
+    }
+
+    /// Like [`Job::new`], rows alternating between `models` models.
+    fn with_models(rows: usize, files: usize, size: usize, models: usize) -> Result<Self> {
+        const MODELS: [&str; 3] = ["qwen-vl-plus", "qwen-vl-max", "qwen-omni-turbo"];
+        let models = models.clamp(1, MODELS.len());
         use std::io::Write;
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("img"))?;
@@ -271,7 +347,8 @@ impl Job {
         for i in 0..rows {
             writeln!(
                 manifest,
-                "row-{i},qwen-vl-plus,img/{}.png,Describe image {i} briefly.",
+                "row-{i},{},img/{}.png,Describe image {i} briefly.",
+                MODELS[i % models],
                 i % files
             )?;
         }
