@@ -281,3 +281,57 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// The official SDK's variable names the service as `<root>/api/v1`; a rejected key stops
+/// the run with exit 2; the metrics file carries the cron-watching figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_base_url_variable_401_exit_code_and_metrics_file() {
+    let em = start(EmulatorConfig::default()).await;
+    let mut job = Job::new();
+    let a = job.file("a.png", b"img");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    let manifest = job.manifest();
+    let metrics = job.dir.path().join("dashbatch.prom");
+    let sdk_base = format!("{}/api/v1/", em.base_url());
+    let run = |key: &'static str, fresh: bool| {
+        let (manifest, metrics, sdk_base) = (manifest.clone(), metrics.clone(), sdk_base.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = dashbatch();
+            cmd.arg("run")
+                .arg(&manifest)
+                .arg("--metrics-textfile")
+                .arg(&metrics)
+                .env("DASHSCOPE_HTTP_BASE_URL", sdk_base)
+                .env("DASHSCOPE_API_KEY", key);
+            if fresh {
+                cmd.arg("--fresh");
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let ok = run("sk-acme", false).await.unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("dashbatch_last_run_success{manifest="),
+        "{text}"
+    );
+    assert!(text.contains("} 1\n"), "{text}");
+    assert!(text.contains("dashbatch_last_run_end_timestamp_seconds"));
+
+    let rejected = run("sk-", true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert_eq!(rejected.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("API key was rejected"), "{stderr}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dashbatch_last_run_success{") && l.ends_with(" 0")),
+        "{text}"
+    );
+}
