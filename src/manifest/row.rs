@@ -33,6 +33,23 @@ pub struct Row {
     pub extra: Vec<String>,
 }
 
+impl Row {
+    /// This row as a failed one, for a problem found after it parsed (a repeated id, a run
+    /// that stopped before it).
+    pub fn into_bad(self, code: &'static str, message: String) -> BadRow {
+        BadRow {
+            line: self.line,
+            id: self.id,
+            model: self.model,
+            file: self.file,
+            prompt: self.prompt,
+            extra: self.extra,
+            code,
+            message,
+        }
+    }
+}
+
 /// A row that did not parse. It still becomes a results line: the fields that could be read
 /// are carried along so the user can find the row, and `message` names the line.
 #[derive(Debug, Clone)]

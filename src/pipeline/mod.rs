@@ -34,7 +34,7 @@ use crate::output::lock::{LockError, RunLock};
 use crate::output::reporter::ReportError;
 use crate::output::resume::{self, ResumeError};
 use crate::output::state::{UploadCache, unix_now};
-use crate::output::{Event, Progress, Reporter, RowResult, Stats, Status};
+use crate::output::{Event, Progress, Reporter, RowResult, Stats};
 
 pub use compact::CompactError;
 pub use failure::Failure;
@@ -261,19 +261,11 @@ fn cache_account(client: &Client) -> String {
 /// The line of a row that never ran.
 fn not_attempted(entry: Entry, reason: &str) -> RowResult {
     let bad = match entry {
-        Entry::Bad(bad) => return worker::bad_row_result(bad, std::time::Instant::now()),
-        Entry::Row(row) => manifest::BadRow {
-            line: row.line,
-            id: row.id,
-            model: row.model,
-            file: row.file,
-            prompt: row.prompt,
-            extra: row.extra,
-            code: "not_attempted",
-            message: format!("not attempted: {reason}; the next run will process it"),
-        },
+        Entry::Bad(bad) => bad,
+        Entry::Row(row) => row.into_bad(
+            "not_attempted",
+            format!("not attempted: {reason}; the next run will process it"),
+        ),
     };
-    let mut result = worker::bad_row_result(bad, std::time::Instant::now());
-    result.status = Status::Failed;
-    result
+    worker::bad_row_result(bad, std::time::Instant::now())
 }

@@ -78,15 +78,6 @@ pub fn duplicate(entry: Entry, manifest: &std::path::Path) -> BadRow {
             bad.message = message;
             bad
         }
-        Entry::Row(row) => BadRow {
-            line: row.line,
-            id: row.id,
-            model: row.model,
-            file: row.file,
-            prompt: row.prompt,
-            extra: row.extra,
-            code: "duplicate_id",
-            message,
-        },
+        Entry::Row(row) => row.into_bad("duplicate_id", message),
     }
 }
