@@ -359,7 +359,9 @@ fn pick(
 fn parse_rps(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
-        _ => Err(format!("{text:?} is not a positive number of calls per second")),
+        _ => Err(format!(
+            "{text:?} is not a positive number of calls per second"
+        )),
     }
 }
 

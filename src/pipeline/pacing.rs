@@ -116,7 +116,8 @@ impl Aimd {
             return None;
         };
         let since = |t: Instant| now.saturating_duration_since(t);
-        if since(self.last_increase) < SETTLE || self.last_decrease.is_some_and(|t| since(t) < SETTLE)
+        if since(self.last_increase) < SETTLE
+            || self.last_decrease.is_some_and(|t| since(t) < SETTLE)
         {
             return None;
         }
@@ -384,7 +385,10 @@ mod tests {
             rates.push(a.rate().unwrap());
         }
         // The last 429 came at 95: back to 95% of that (90.25) within seconds.
-        assert!(rates[2] > 89.0, "back near the limit within seconds: {rates:?}");
+        assert!(
+            rates[2] > 89.0,
+            "back near the limit within seconds: {rates:?}"
+        );
         let last = rates.len() - 1;
         assert!(
             rates[last] - rates[last - 1] <= rates[last - 1] * 0.006,
