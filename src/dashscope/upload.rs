@@ -317,6 +317,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upload_bytes_sends_the_same_form_as_upload() {
+        let (seen, root) = fake_oss(vec![]).await;
+        let policy = Policy {
+            upload_host: root,
+            ..sample_policy()
+        };
+        let contents: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        let (_dir, path) = temp_file(&contents, "clip.mp3");
+        let key = policy.object_key("cd34", "clip.mp3");
+        let c = client("http://127.0.0.1:9");
+        c.upload(&policy, &key, &path, "audio/mpeg").await.unwrap();
+        c.upload_bytes(&policy, &key, Bytes::from(contents.clone()), "audio/mpeg")
+            .await
+            .unwrap();
+
+        let forms = seen.forms.lock().unwrap();
+        let strip = |form: &[Field]| -> Vec<_> {
+            form.iter()
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        f.file_name.clone(),
+                        f.content_type.clone(),
+                        f.data.clone(),
+                    )
+                })
+                .collect()
+        };
+        // Field for field, file last, in both.
+        assert_eq!(strip(&forms[0]), strip(&forms[1]));
+        assert_eq!(forms[1].last().unwrap().name, "file");
+        assert_eq!(forms[1].last().unwrap().data, contents);
+        let headers = seen.headers.lock().unwrap();
+        for h in headers.iter() {
+            assert!(h.get("content-length").is_some());
+            assert!(h.get("transfer-encoding").is_none());
+        }
+        assert_eq!(
+            headers[0].get("content-length"),
+            headers[1].get("content-length")
+        );
+    }
+
+    #[tokio::test]
+    async fn upload_bytes_over_the_limit_fails_before_any_request() {
+        let (seen, root) = fake_oss(vec![]).await;
+        let policy = Policy {
+            upload_host: root,
+            max_file_size_mb: 1,
+            ..sample_policy()
+        };
+        let e = client("http://127.0.0.1:9")
+            .upload_bytes(
+                &policy,
+                "d/k_big.png",
+                Bytes::from(vec![0u8; 1024 * 1024 + 1]),
+                "image/png",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.status),
+            (ErrorKind::Rejected, "file_too_large", None)
+        );
+        assert!(seen.forms.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn oss_errors_are_classified_and_a_second_call_rebuilds_the_form() {
         let expired = r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Invalid according to Policy: Policy expired.</Message><RequestId>R1</RequestId><HostId>h</HostId></Error>"#;
         let exists = r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>FileAlreadyExists</Code><Message>The object you specified already exists and can not be overwritten.</Message><RequestId>R2</RequestId><HostId>h</HostId></Error>"#;
