@@ -1,17 +1,23 @@
-//! The OSS PostObject upload: one multipart form per attempt, the file streamed from disk.
+//! The OSS PostObject upload: one multipart form per attempt, the file either streamed from
+//! disk ([`Client::upload`]) or sent from memory ([`Client::upload_bytes`], for small files the
+//! caller has already read to hash them).
 //!
 //! Owns the form: every policy field echoed back verbatim (OSS refuses a form that leaves out
 //! one the policy names, e.g. `x-oss-forbid-overwrite`), in the order the official Python SDK
-//! sends, `file` last (OSS ignores fields after the file). The file is read as a stream with
-//! a known length, so memory stays flat for a 1 GB file and the request still carries a
-//! `Content-Length` (OSS PostObject does not take chunked bodies).
+//! sends, `file` last (OSS ignores fields after the file). Both entry points build the form in
+//! one place, so they cannot drift apart. A streamed file has a known length, so memory stays
+//! flat for a 1 GB file and the request still carries a `Content-Length` (OSS PostObject does
+//! not take chunked bodies).
 //!
 //! Deliberately not here: choosing the key (see [`super::policy::Policy::object_key`]),
 //! retrying (a streamed body cannot be replayed, so the caller calls `upload` again, which
-//! reopens the file and rebuilds the form), and deciding what a 409 means.
+//! reopens the file and rebuilds the form), deciding which files are small enough to hold in
+//! memory, and deciding what a 409 means.
 
 use std::path::Path;
 
+use bytes::Bytes;
+use reqwest::Body;
 use reqwest::multipart::{Form, Part};
 use tokio_util::io::ReaderStream;
 
@@ -20,7 +26,7 @@ use super::error::{ApiError, ErrorKind};
 use super::policy::Policy;
 
 impl Client {
-    /// One attempt at uploading `file` to `policy.upload_host` under `object_key`.
+    /// One attempt at uploading `file` to `policy.upload_host` under `object_key`, streamed.
     ///
     /// Local problems are reported without touching the network: an unreadable file is
     /// `Rejected`/`file_unreadable`, one over the policy's size limit `Rejected`/`file_too_large`.
@@ -46,19 +52,39 @@ impl Client {
             return Err(unreadable(std::io::Error::other("not a regular file")));
         }
         let len = metadata.len();
-        if len > policy.max_file_size_bytes() {
-            return Err(ApiError::local(
-                ErrorKind::Rejected,
-                "file_too_large",
-                format!(
-                    "{} is {len} bytes; model limit is {} MB",
-                    file.display(),
-                    policy.max_file_size_mb
-                ),
-            ));
-        }
+        check_size(policy, len, || file.display().to_string())?;
+        let body = Body::wrap_stream(ReaderStream::new(handle));
+        self.post_form(policy, object_key, content_type, body, len)
+            .await
+    }
 
-        let form = build_form(policy, object_key, content_type, handle, len)?;
+    /// One attempt at uploading `content` (a whole file already in memory) under `object_key`.
+    ///
+    /// The form is the one [`Client::upload`] sends for a file with these bytes, field for
+    /// field; only the body's source differs. `Bytes` clones share the buffer, so a retry
+    /// costs no copy. Over the policy's size limit is `Rejected`/`file_too_large`, as there.
+    pub async fn upload_bytes(
+        &self,
+        policy: &Policy,
+        object_key: &str,
+        content: Bytes,
+        content_type: &str,
+    ) -> Result<(), ApiError> {
+        let len = content.len() as u64;
+        check_size(policy, len, || object_key.to_owned())?;
+        self.post_form(policy, object_key, content_type, Body::from(content), len)
+            .await
+    }
+
+    async fn post_form(
+        &self,
+        policy: &Policy,
+        object_key: &str,
+        content_type: &str,
+        body: Body,
+        len: u64,
+    ) -> Result<(), ApiError> {
+        let form = build_form(policy, object_key, content_type, body, len)?;
         // The documented value is a full URL; a bare host name gets the https it implies.
         let host = if policy.upload_host.contains("://") {
             policy.upload_host.clone()
@@ -76,12 +102,28 @@ impl Client {
     }
 }
 
+/// `file_too_large` before any request; `shown` names the file in the message.
+fn check_size(policy: &Policy, len: u64, shown: impl FnOnce() -> String) -> Result<(), ApiError> {
+    if len > policy.max_file_size_bytes() {
+        return Err(ApiError::local(
+            ErrorKind::Rejected,
+            "file_too_large",
+            format!(
+                "{} is {len} bytes; model limit is {} MB",
+                shown(),
+                policy.max_file_size_mb
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The form, in the official SDK's field order with `file` last.
 fn build_form(
     policy: &Policy,
     object_key: &str,
     content_type: &str,
-    file: tokio::fs::File,
+    body: Body,
     len: u64,
 ) -> Result<Form, ApiError> {
     // The key's last segment is already sanitized ASCII, so the filename parameter needs no
@@ -91,7 +133,6 @@ fn build_form(
         .next()
         .unwrap_or(object_key)
         .to_owned();
-    let body = reqwest::Body::wrap_stream(ReaderStream::new(file));
     // An unparsable MIME type from a caller degrades to octet-stream rather than failing.
     // Checked on a throwaway part: `mime_str` consumes the part it fails on.
     let mime = if Part::text("").mime_str(content_type).is_ok() {
@@ -273,6 +314,74 @@ mod tests {
         );
         assert!(headers.get("content-length").is_some());
         assert!(headers.get("transfer-encoding").is_none());
+    }
+
+    #[tokio::test]
+    async fn upload_bytes_sends_the_same_form_as_upload() {
+        let (seen, root) = fake_oss(vec![]).await;
+        let policy = Policy {
+            upload_host: root,
+            ..sample_policy()
+        };
+        let contents: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        let (_dir, path) = temp_file(&contents, "clip.mp3");
+        let key = policy.object_key("cd34", "clip.mp3");
+        let c = client("http://127.0.0.1:9");
+        c.upload(&policy, &key, &path, "audio/mpeg").await.unwrap();
+        c.upload_bytes(&policy, &key, Bytes::from(contents.clone()), "audio/mpeg")
+            .await
+            .unwrap();
+
+        let forms = seen.forms.lock().unwrap();
+        let strip = |form: &[Field]| -> Vec<_> {
+            form.iter()
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        f.file_name.clone(),
+                        f.content_type.clone(),
+                        f.data.clone(),
+                    )
+                })
+                .collect()
+        };
+        // Field for field, file last, in both.
+        assert_eq!(strip(&forms[0]), strip(&forms[1]));
+        assert_eq!(forms[1].last().unwrap().name, "file");
+        assert_eq!(forms[1].last().unwrap().data, contents);
+        let headers = seen.headers.lock().unwrap();
+        for h in headers.iter() {
+            assert!(h.get("content-length").is_some());
+            assert!(h.get("transfer-encoding").is_none());
+        }
+        assert_eq!(
+            headers[0].get("content-length"),
+            headers[1].get("content-length")
+        );
+    }
+
+    #[tokio::test]
+    async fn upload_bytes_over_the_limit_fails_before_any_request() {
+        let (seen, root) = fake_oss(vec![]).await;
+        let policy = Policy {
+            upload_host: root,
+            max_file_size_mb: 1,
+            ..sample_policy()
+        };
+        let e = client("http://127.0.0.1:9")
+            .upload_bytes(
+                &policy,
+                "d/k_big.png",
+                Bytes::from(vec![0u8; 1024 * 1024 + 1]),
+                "image/png",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.status),
+            (ErrorKind::Rejected, "file_too_large", None)
+        );
+        assert!(seen.forms.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -47,7 +47,9 @@ impl Failure {
 }
 
 /// Checks a local file before anything is sent, so the message can say what to fix.
-pub fn check_local_file(path: &std::path::Path) -> Result<u64, Failure> {
+/// Returns the metadata, so that the hash cache can use its size and mtime without a second
+/// stat.
+pub fn check_local_file(path: &std::path::Path) -> Result<std::fs::Metadata, Failure> {
     let shown = path.display();
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Err(Failure::local(
@@ -58,7 +60,7 @@ pub fn check_local_file(path: &std::path::Path) -> Result<u64, Failure> {
             "not_a_file",
             format!("{shown} is not a regular file"),
         )),
-        Ok(meta) => Ok(meta.len()),
+        Ok(meta) => Ok(meta),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(Failure::local(
             "file_not_found",
             format!("{shown} does not exist; paths are relative to the manifest's folder"),

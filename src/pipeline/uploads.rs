@@ -5,13 +5,23 @@
 //! in flight wait for it (single-flight through a `OnceCell` per key) and then share its URL.
 //! Keys are content-addressed, so two different files with one name never collide and a 409
 //! on our own key means the object is already there.
+//!
+//! Per-row CPU is the budget here (a run of small files is CPU-bound on the client), and a
+//! hand-off to tokio's blocking pool costs more in thread wake-ups than reading a small file.
+//! So a file's hash is computed once per run (see [`HashCache`]), a small file is read and
+//! hashed in one step and uploaded from those bytes, and only large files take the streamed
+//! path, where the hand-offs are amortised over megabytes.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::Metadata;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::failure::Failure;
 use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, RetryPolicy};
@@ -23,7 +33,25 @@ use crate::output::state::{UploadCache, unix_now};
 /// service disagree with us, and retrying forever would only burn credential quota.
 const POLICY_ROUNDS: u32 = 3;
 
-type Key = (Arc<str>, [u8; 32]);
+/// Files up to this size are read whole, hashed from memory and uploaded from those bytes;
+/// larger ones are hashed and uploaded as streams and never held whole. 1 MiB keeps the
+/// bytes held at once small (see [`Uploads::reads`]) while covering typical images.
+pub const SMALL_FILE: u64 = 1 << 20;
+
+/// Files up to this size are read and hashed on the runtime thread instead of the blocking
+/// pool. Reading 16 KiB from the page cache and hashing it (SHA-NI or not) takes a few tens of
+/// microseconds at most, about what the hand-off to a pool thread and back costs in wake-ups;
+/// a slow disk could stall the thread longer, but a slow disk stalls the pool's rows too.
+const INLINE_FILE: u64 = 16 << 10;
+
+/// Entries of the per-run hash cache before it is cleared. A manifest that reuses files
+/// usually reuses a few of them; one with a distinct file per row never hits the cache, so
+/// clearing (rather than evicting the oldest) costs at most one re-hash per file after a clear
+/// and keeps the cache under about 3 MB (an entry is a path plus 64 bytes).
+const HASH_CACHE_MAX: usize = 16_384;
+
+/// One model's single-flight cells, by content hash.
+type Cells = HashMap<[u8; 32], Arc<OnceCell<String>>>;
 
 pub struct Uploads {
     client: Client,
@@ -33,9 +61,32 @@ pub struct Uploads {
     retry: RetryPolicy,
     /// Bounds uploads in flight separately from rows in flight.
     slots: Semaphore,
+    /// Bounds the small files held in memory between hashing and upload. A separate
+    /// semaphore, not `slots`: a row holding bytes may wait on another row's upload of the
+    /// same content (single-flight), and that upload may need a slot, so holding a slot while
+    /// waiting could deadlock. Slot holders never wait for a read permit, so no cycle. Small
+    /// files in memory: at most `upload_slots` here plus `upload_slots` read inside a slot
+    /// (rows whose hash was cached), i.e. 2 × upload slots × 1 MiB.
+    reads: Semaphore,
     /// One cell per (model, content hash) seen in this run. Entries are small (a hash and a
-    /// URL); their number is bounded by the distinct files of the manifest.
-    cells: Mutex<HashMap<Key, Arc<OnceCell<String>>>>,
+    /// URL); their number is bounded by the distinct files of the manifest. Keyed by model
+    /// first so that a lookup borrows the row's model name instead of allocating a key.
+    cells: Mutex<HashMap<Arc<str>, Cells>>,
+    hashes: HashCache,
+}
+
+/// A row's file, hashed, and its bytes while they are still needed for an upload.
+pub struct Content<'a> {
+    pub sha256: [u8; 32],
+    pub size: u64,
+    /// A small file's bytes read to hash it, with the permit that bounds them. Taken by the
+    /// first `ensure`, which drops them once the upload is done or not needed.
+    held: Option<Held<'a>>,
+}
+
+struct Held<'a> {
+    bytes: Bytes,
+    _permit: SemaphorePermit<'a>,
 }
 
 /// What an upload step tells the row.
@@ -61,6 +112,38 @@ impl RowLog {
     }
 }
 
+/// Per-run cache of file hashes, keyed by path and checked against (size, mtime): the stamp
+/// `make` and `rsync` trust, so a file edited during the run is hashed again. Holds hashes
+/// only, never bytes.
+#[derive(Default)]
+struct HashCache {
+    map: Mutex<HashMap<PathBuf, Stamp>>,
+}
+
+#[derive(Clone, Copy)]
+struct Stamp {
+    size: u64,
+    mtime: SystemTime,
+    sha256: [u8; 32],
+}
+
+impl HashCache {
+    fn get(&self, path: &Path, size: u64, mtime: SystemTime) -> Option<[u8; 32]> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(path)
+            .filter(|s| s.size == size && s.mtime == mtime)
+            .map(|s| s.sha256)
+    }
+
+    fn insert(&self, path: &Path, stamp: Stamp) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= HASH_CACHE_MAX && !map.contains_key(path) {
+            map.clear();
+        }
+        map.insert(path.to_owned(), stamp);
+    }
+}
+
 impl Uploads {
     pub fn new(
         client: Client,
@@ -75,26 +158,85 @@ impl Uploads {
             cache,
             retry,
             slots: Semaphore::new(upload_slots.max(1)),
+            reads: Semaphore::new(upload_slots.max(1)),
             cells: Mutex::new(HashMap::new()),
+            hashes: HashCache::default(),
         }
     }
 
-    /// Returns a URL for `path`'s content bound to `model`, uploading it unless this run
-    /// already did. With `replace`, a URL the model rejected is dropped first (if it is still
-    /// the current one) so that exactly one fresh upload replaces it.
+    /// Hashes the file at `path`, whose `metadata` the row has just checked. A file already
+    /// hashed in this run with the same size and mtime is not read again. A small file is read
+    /// whole in one step, and its bytes are kept for [`Uploads::ensure`] to upload.
+    pub async fn content(&self, path: &Path, metadata: &Metadata) -> Result<Content<'_>, Failure> {
+        let size = metadata.len();
+        // No mtime (a filesystem that does not keep one): hash every time rather than trust
+        // the size alone.
+        let mtime = metadata.modified().ok();
+        if let Some(sha256) = mtime.and_then(|m| self.hashes.get(path, size, m)) {
+            return Ok(Content {
+                sha256,
+                size,
+                held: None,
+            });
+        }
+        let permit = if size <= SMALL_FILE {
+            Some(self.reads.acquire().await.map_err(|_| closed())?)
+        } else {
+            None
+        };
+        let (sha256, bytes) = if size <= INLINE_FILE {
+            read_and_hash(path, size).map_err(|e| unreadable(path, e))?
+        } else {
+            let owned = path.to_owned();
+            blocking(path, move || read_and_hash(&owned, size)).await?
+        };
+        // The stamp is the stat from before the read: if the file changed in between, the
+        // next row's stat differs and it hashes again. If only the length differs, the
+        // stamp would be wrong for these bytes, so it is not recorded.
+        let read_size = bytes.as_ref().map_or(size, |b| b.len() as u64);
+        if let Some(mtime) = mtime
+            && read_size == size
+        {
+            self.hashes.insert(
+                path,
+                Stamp {
+                    size,
+                    mtime,
+                    sha256,
+                },
+            );
+        }
+        let held = bytes
+            .zip(permit)
+            .map(|(bytes, _permit)| Held { bytes, _permit });
+        Ok(Content {
+            sha256,
+            size: read_size,
+            held,
+        })
+    }
+
+    /// Returns a URL for `content` (the file at `path`) bound to `model`, uploading it unless
+    /// this run already did. With `replace`, a URL the model rejected is dropped first (if it
+    /// is still the current one) so that exactly one fresh upload replaces it. The bytes that
+    /// `content` holds are released when this returns.
     pub async fn ensure(
         &self,
         model: &str,
         path: &Path,
-        size: u64,
-        sha256: [u8; 32],
+        content: &mut Content<'_>,
         replace: Option<&str>,
         log: &mut RowLog,
     ) -> Result<Uploaded, Failure> {
+        let sha256 = content.sha256;
+        let (size, held) = (content.size, content.held.take());
         let cell = {
             let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-            let key: Key = (Arc::from(model), sha256);
-            let entry = cells.entry(key).or_default();
+            let per_model = match cells.get_mut(model) {
+                Some(m) => m,
+                None => cells.entry(Arc::from(model)).or_default(),
+            };
+            let entry = per_model.entry(sha256).or_default();
             if let Some(stale) = replace
                 && entry.get().map(String::as_str) == Some(stale)
             {
@@ -114,7 +256,7 @@ impl Uploads {
                     return Ok(url);
                 }
                 outcome = UploadOutcome::New;
-                let url = self.upload(model, path, size, &sha256, log).await?;
+                let url = self.upload(model, path, size, &sha256, held, log).await?;
                 self.cache.record(model, &sha256, &url, unix_now());
                 Ok(url)
             })
@@ -131,21 +273,22 @@ impl Uploads {
         path: &Path,
         size: u64,
         sha256: &[u8; 32],
+        held: Option<Held<'_>>,
         log: &mut RowLog,
     ) -> Result<String, Failure> {
         // Held for the whole upload, including waits for a policy: it bounds open files and
         // concurrent request bodies, which is what the limit is for.
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| Failure::local("internal", "upload slots closed"))?;
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
         let sha_hex = hex::encode(sha256);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "file".to_owned());
         let content_type = dashscope::content_type_for(path);
+        // A small file goes up from memory: the bytes hashed a moment ago, or (its hash came
+        // from the cache) read now, inside the slot, which bounds them. Large files stream.
+        let mut bytes = held.map(|h| h.bytes);
+        let mut read_once = false;
         let mut last_expired = None;
         for _ in 0..POLICY_ROUNDS {
             let policy = self
@@ -165,10 +308,24 @@ impl Uploads {
                     ),
                 ));
             }
+            if bytes.is_none() && size <= SMALL_FILE && !read_once {
+                bytes = read_small(path, size).await?;
+                read_once = true;
+            }
             let key = policy.object_key(&sha_hex, &name);
             let (result, attempts) = dashscope::retry(
                 &self.retry,
-                || self.client.upload(&policy, &key, path, content_type),
+                || async {
+                    match &bytes {
+                        Some(b) => {
+                            let b = b.clone();
+                            self.client
+                                .upload_bytes(&policy, &key, b, content_type)
+                                .await
+                        }
+                        None => self.client.upload(&policy, &key, path, content_type).await,
+                    }
+                },
                 |err, _| log.on_retry(err),
             )
             .await;
@@ -195,25 +352,226 @@ impl Uploads {
     }
 }
 
-/// SHA-256 of a file, read in a blocking thread so large files never stall the runtime.
-pub async fn hash_file(path: &Path) -> Result<[u8; 32], Failure> {
-    let owned = path.to_owned();
-    let joined = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher)?;
-        Ok(hasher.finalize().into())
-    })
-    .await;
-    match joined {
-        Ok(Ok(hash)) => Ok(hash),
-        Ok(Err(err)) => Err(Failure::local(
-            "unreadable_file",
-            format!("cannot read {}: {err}", path.display()),
-        )),
+/// Reads a small file whose hash is already known, for its upload. Not re-hashed: as for a
+/// streamed upload, the key names the content the row hashed. `None` when the file has grown
+/// past [`SMALL_FILE`] since the stat: then it is streamed like any large file.
+async fn read_small(path: &Path, size: u64) -> Result<Option<Bytes>, Failure> {
+    let read = move |p: &Path| -> std::io::Result<Option<Bytes>> {
+        let mut buf = Vec::with_capacity(size as usize + 1);
+        std::fs::File::open(p)?
+            .take(SMALL_FILE + 1)
+            .read_to_end(&mut buf)?;
+        Ok((buf.len() as u64 <= SMALL_FILE).then(|| buf.into()))
+    };
+    if size <= INLINE_FILE {
+        read(path).map_err(|e| unreadable(path, e))
+    } else {
+        let owned = path.to_owned();
+        blocking(path, move || read(&owned)).await
+    }
+}
+
+/// SHA-256 of the file at `path`, stat'ed at `size` bytes. Up to [`SMALL_FILE`] it is read
+/// whole, and the bytes come back with the hash; a larger file (or one that grew past the
+/// limit since the stat) is hashed as a stream and never held whole.
+fn read_and_hash(path: &Path, size: u64) -> std::io::Result<([u8; 32], Option<Bytes>)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    if size <= SMALL_FILE {
+        let mut buf = Vec::with_capacity(size as usize + 1);
+        (&mut file).take(SMALL_FILE + 1).read_to_end(&mut buf)?;
+        hasher.update(&buf);
+        if buf.len() as u64 <= SMALL_FILE {
+            return Ok((hasher.finalize().into(), Some(buf.into())));
+        }
+    }
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok((hasher.finalize().into(), None))
+}
+
+/// Runs file I/O on the blocking pool so a large or slow file never stalls the runtime.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(unreadable(path, err)),
         Err(err) => Err(Failure::local(
             "internal",
-            format!("hashing {} stopped: {err}", path.display()),
+            format!("reading {} stopped: {err}", path.display()),
         )),
+    }
+}
+
+fn unreadable(path: &Path, err: std::io::Error) -> Failure {
+    Failure::local(
+        "unreadable_file",
+        format!("cannot read {}: {err}", path.display()),
+    )
+}
+
+fn closed() -> Failure {
+    Failure::local("internal", "upload slots closed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dashscope::{ApiKey, ClientConfig, CredentialOptions};
+    use std::time::Duration;
+
+    /// An `Uploads` that never reaches the network: these tests stop before any upload.
+    fn uploads(dir: &Path, slots: usize) -> Uploads {
+        let client = Client::new(
+            ApiKey::new("sk-unit-test-key-0123456789").unwrap(),
+            ClientConfig {
+                base_url: "http://127.0.0.1:9".to_owned(),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        let credentials = Credentials::new(client.clone(), CredentialOptions::default());
+        let cache = Arc::new(UploadCache::open(dir, "test", 0));
+        Uploads::new(client, credentials, cache, RetryPolicy::default(), slots)
+    }
+
+    fn sha(bytes: &[u8]) -> [u8; 32] {
+        Sha256::digest(bytes).into()
+    }
+
+    #[test]
+    fn hash_cache_needs_path_size_and_mtime_to_match() {
+        let cache = HashCache::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let p = Path::new("img/a.png");
+        cache.insert(
+            p,
+            Stamp {
+                size: 10,
+                mtime: t,
+                sha256: [7; 32],
+            },
+        );
+        assert_eq!(cache.get(p, 10, t), Some([7; 32]));
+        assert_eq!(cache.get(p, 11, t), None);
+        assert_eq!(cache.get(p, 10, t + Duration::from_nanos(1)), None);
+        assert_eq!(cache.get(Path::new("img/b.png"), 10, t), None);
+    }
+
+    #[test]
+    fn hash_cache_is_cleared_when_full() {
+        let cache = HashCache::default();
+        let stamp = Stamp {
+            size: 1,
+            mtime: SystemTime::UNIX_EPOCH,
+            sha256: [0; 32],
+        };
+        for i in 0..HASH_CACHE_MAX {
+            cache.insert(Path::new(&i.to_string()), stamp);
+        }
+        // Updating a present path never clears.
+        cache.insert(Path::new("0"), stamp);
+        assert_eq!(cache.map.lock().unwrap().len(), HASH_CACHE_MAX);
+        cache.insert(Path::new("new"), stamp);
+        let map = cache.map.lock().unwrap();
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key(Path::new("new")));
+    }
+
+    #[tokio::test]
+    async fn a_file_is_hashed_once_until_its_size_or_mtime_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = uploads(dir.path(), 4);
+        let path = dir.path().join("a.png");
+        std::fs::write(&path, b"first").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+
+        let first = up.content(&path, &meta).await.unwrap();
+        assert_eq!((first.sha256, first.size), (sha(b"first"), 5));
+        // A small file's bytes come with its hash, ready for the upload.
+        assert_eq!(first.held.as_ref().unwrap().bytes.as_ref(), b"first");
+        drop(first);
+
+        // Same stamp: answered from the cache, so the file is not even opened.
+        let renamed = dir.path().join("moved.png");
+        std::fs::rename(&path, &renamed).unwrap();
+        let again = up.content(&path, &meta).await.unwrap();
+        assert_eq!(again.sha256, sha(b"first"));
+        assert!(again.held.is_none());
+        std::fs::rename(&renamed, &path).unwrap();
+
+        // Same size, new content and mtime: hashed again.
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &file, b"FIRST").unwrap();
+        file.set_modified(meta.modified().unwrap() + Duration::from_secs(5))
+            .unwrap();
+        drop(file);
+        let meta2 = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta2.len(), 5);
+        let changed = up.content(&path, &meta2).await.unwrap();
+        assert_eq!(changed.sha256, sha(b"FIRST"));
+
+        // New size, same mtime: hashed again.
+        std::fs::write(&path, b"second!").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(meta2.modified().unwrap()).unwrap();
+        drop(file);
+        let meta3 = std::fs::metadata(&path).unwrap();
+        let grown = up.content(&path, &meta3).await.unwrap();
+        assert_eq!((grown.sha256, grown.size), (sha(b"second!"), 7));
+    }
+
+    #[tokio::test]
+    async fn large_files_are_hashed_as_streams_and_never_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = uploads(dir.path(), 4);
+        let path = dir.path().join("big.mp4");
+        let contents: Vec<u8> = (0..SMALL_FILE + 1).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &contents).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let content = up.content(&path, &meta).await.unwrap();
+        assert_eq!(content.sha256, sha(&contents));
+        assert!(content.held.is_none());
+        // No read permit is kept for it either.
+        assert_eq!(up.reads.available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn held_bytes_are_bounded_by_the_upload_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = uploads(dir.path(), 1);
+        let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+        std::fs::write(&a, b"aaa").unwrap();
+        std::fs::write(&b, b"bbb").unwrap();
+        let (meta_a, meta_b) = (
+            std::fs::metadata(&a).unwrap(),
+            std::fs::metadata(&b).unwrap(),
+        );
+        let first = up.content(&a, &meta_a).await.unwrap();
+        let second = up.content(&b, &meta_b);
+        tokio::pin!(second);
+        // One slot, and `first` holds its bytes: `b` must not be read yet.
+        assert!(futures::poll!(&mut second).is_pending());
+        drop(first);
+        let second = second.await.unwrap();
+        assert_eq!(second.held.as_ref().unwrap().bytes.as_ref(), b"bbb");
+        // A file whose hash is cached needs no permit: it holds no bytes.
+        let cached = up.content(&a, &meta_a).await.unwrap();
+        assert!(cached.held.is_none());
+    }
+
+    #[tokio::test]
+    async fn unreadable_files_are_row_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = uploads(dir.path(), 1);
+        let path = dir.path().join("gone.png");
+        std::fs::write(&path, b"x").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = up.content(&path, &meta).await.err().unwrap();
+        assert_eq!(err.code, "unreadable_file");
+        // The permit taken for the read is given back.
+        assert_eq!(up.reads.available_permits(), 1);
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::failure::{Failure, check_local_file};
 use super::pacing::Pacing;
-use super::uploads::{RowLog, Uploads, hash_file};
+use super::uploads::{RowLog, Uploads};
 use crate::dashscope::{
     self, Api, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
 };
@@ -71,11 +71,11 @@ impl Worker {
         let kind = media_kind(&row.source, &row.file)?;
         match &row.source {
             Source::Local(path) => {
-                let size = check_local_file(path)?;
-                let sha = hash_file(path).await?;
+                let metadata = check_local_file(path)?;
+                let mut content = self.uploads.content(path, &metadata).await?;
                 let up = self
                     .uploads
-                    .ensure(&row.model, path, size, sha, None, log)
+                    .ensure(&row.model, path, &mut content, None, log)
                     .await?;
                 match self.call(row, kind, &up.url, log).await {
                     // The URL may have expired or been lost since this run uploaded it:
@@ -84,7 +84,7 @@ impl Worker {
                         log.retries.push("invalid_oss_url");
                         let up = self
                             .uploads
-                            .ensure(&row.model, path, size, sha, Some(&up.url), log)
+                            .ensure(&row.model, path, &mut content, Some(&up.url), log)
                             .await?;
                         let reply = self.call(row, kind, &up.url, log).await?;
                         Ok(Done {
