@@ -1,0 +1,279 @@
+use super::*;
+use crate::dashscope::{ApiKey, ClientConfig, ErrorKind};
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use std::sync::atomic::AtomicBool;
+use tokio::sync::{Notify, mpsc};
+
+/// A test double of getPolicy that counts requests. Not the project's emulator.
+#[derive(Clone)]
+struct Fake {
+    hits: Arc<AtomicU64>,
+    /// Status codes to answer with before answering 200.
+    failures: Arc<Mutex<Vec<u16>>>,
+    expire: &'static str,
+    /// When set, the first request is held until `release` is notified.
+    hold_first: Arc<AtomicBool>,
+    arrived: mpsc::UnboundedSender<()>,
+    release: Arc<Notify>,
+}
+
+async fn handler(
+    State(fake): State<Fake>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let n = fake.hits.fetch_add(1, Ordering::SeqCst);
+    let _ = fake.arrived.send(());
+    if n == 0 && fake.hold_first.load(Ordering::SeqCst) {
+        fake.release.notified().await;
+    }
+    if q.get("action").map(String::as_str) != Some("getPolicy") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer sk-test") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let failure = {
+        let mut f = fake.failures.lock().unwrap();
+        if f.is_empty() {
+            None
+        } else {
+            Some(f.remove(0))
+        }
+    };
+    if let Some(status) = failure {
+        let body = r#"{"code":"Oops","message":"scripted failure","request_id":"f"}"#;
+        return (StatusCode::from_u16(status).unwrap(), body).into_response();
+    }
+    let model = q.get("model").cloned().unwrap_or_default();
+    let body = serde_json::json!({"request_id": format!("req-{n}"), "data": {
+        "policy": "cG9saWN5", "signature": "c2ln", "upload_dir": format!("dashscope-instant/t/{model}/{n}"),
+        "upload_host": "http://127.0.0.1:9", "expire_in_seconds": fake.expire, "max_file_size_mb": 1024,
+        "capacity_limit_mb": 999999999, "oss_access_key_id": "LTAI", "x_oss_object_acl": "private",
+        "x_oss_forbid_overwrite": "true"}});
+    axum::Json(body).into_response()
+}
+
+async fn start(
+    expire: &'static str,
+    failures: Vec<u16>,
+    hold_first: bool,
+) -> (Fake, String, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fake = Fake {
+        hits: Arc::new(AtomicU64::new(0)),
+        failures: Arc::new(Mutex::new(failures)),
+        expire,
+        hold_first: Arc::new(AtomicBool::new(hold_first)),
+        arrived: tx,
+        release: Arc::new(Notify::new()),
+    };
+    let app = Router::new()
+        .route("/api/v1/uploads", get(handler))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (fake, format!("http://{addr}/api/v1"), rx)
+}
+
+fn credentials(base: &str, reuse: bool) -> Credentials {
+    let client = Client::new(
+        ApiKey::new("sk-test").unwrap(),
+        ClientConfig {
+            base_url: base.to_owned(),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    Credentials::new(
+        client,
+        CredentialOptions {
+            reuse,
+            // Fast retries: these tests are about counting, not waiting.
+            retry: RetryPolicy {
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(2),
+                ..RetryPolicy::default()
+            },
+            ..CredentialOptions::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn reuses_the_policy_and_invalidates_only_the_current_one() {
+    let (fake, base, _rx) = start("300", vec![], false).await;
+    let creds = credentials(&base, true);
+    let p1 = creds.get("qwen-vl-plus").await.unwrap();
+    let again = creds.get("qwen-vl-plus").await.unwrap();
+    assert!(Arc::ptr_eq(&p1, &again));
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(p1.expire_in_seconds, 300);
+
+    // Another model has its own policy.
+    let other = creds.get("qwen-vl-max").await.unwrap();
+    assert!(other.upload_dir.contains("qwen-vl-max"));
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+
+    creds.invalidate("qwen-vl-plus", &p1);
+    let p2 = creds.get("qwen-vl-plus").await.unwrap();
+    assert!(!Arc::ptr_eq(&p1, &p2));
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 3);
+
+    // A late failure report about p1 must not throw away p2.
+    creds.invalidate("qwen-vl-plus", &p1);
+    let p3 = creds.get("qwen-vl-plus").await.unwrap();
+    assert!(Arc::ptr_eq(&p2, &p3));
+    assert_eq!(creds.fetches(), 3);
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 3);
+    // The other model was untouched throughout.
+    assert!(Arc::ptr_eq(
+        &other,
+        &creds.get("qwen-vl-max").await.unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn a_policy_inside_the_margin_is_not_reused() {
+    // 30 s lifetime, 60 s margin: never handed out twice to callers that come one
+    // after the other.
+    let (fake, base, _rx) = start("30", vec![], false).await;
+    let creds = credentials(&base, true);
+    let a = creds.get("m").await.unwrap();
+    let b = creds.get("m").await.unwrap();
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn reuse_false_fetches_every_time() {
+    let (fake, base, _rx) = start("300", vec![], false).await;
+    let creds = credentials(&base, false);
+    for _ in 0..5 {
+        creds.get("m").await.unwrap();
+    }
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(creds.fetches(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_share_one_fetch() {
+    let (fake, base, mut arrived) = start("300", vec![], true).await;
+    let creds = credentials(&base, true);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let creds = creds.clone();
+            tokio::spawn(async move { creds.get("m").await })
+        })
+        .collect();
+    // The first request is at the server and held there. Give the other tasks every
+    // chance to send theirs (they must not); yields, not sleeps: nothing is awaited for
+    // correctness, a correct implementation passes however this interleaves.
+    arrived.recv().await.unwrap();
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    fake.release.notify_one();
+    let mut policies = Vec::new();
+    for t in tasks {
+        policies.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
+    assert!(policies.iter().all(|p| Arc::ptr_eq(p, &policies[0])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_refresh_does_not_strand_its_waiters() {
+    let (fake, base, mut arrived) = start("300", vec![], true).await;
+    let creds = credentials(&base, true);
+    let first = tokio::spawn({
+        let creds = creds.clone();
+        async move { creds.get("m").await }
+    });
+    // The first fetch is at the server and will never be answered.
+    arrived.recv().await.unwrap();
+    let second = tokio::spawn({
+        let creds = creds.clone();
+        async move { creds.get("m").await }
+    });
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // The waiter (queued or not yet) makes its own request and gets a policy.
+    let policy = second.await.unwrap().unwrap();
+    assert_eq!(policy.request_id, "req-1");
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn retries_retryable_errors_and_counts_every_request() {
+    let (fake, base, _rx) = start("300", vec![503, 429, 500], false).await;
+    let creds = credentials(&base, true);
+    let policy = creds.get("m").await.unwrap();
+    assert_eq!(policy.request_id, "req-3");
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 4);
+    assert_eq!(creds.fetches(), 4);
+}
+
+#[tokio::test]
+async fn does_not_retry_unauthorized_and_tries_again_on_the_next_call() {
+    let (fake, base, _rx) = start("300", vec![401], false).await;
+    let creds = credentials(&base, true);
+    let err = creds.get("m").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unauthorized);
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
+    // A later caller is not served the old error: it makes a new attempt.
+    assert!(creds.get("m").await.is_ok());
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+}
+
+/// The default quota never lets more than burst + qps through in any 1 s window, per
+/// model, and models do not share tokens. Driven by governor's fake clock.
+#[test]
+fn default_quota_stays_under_100_per_second_per_model() {
+    let options = CredentialOptions::default();
+    let clock = FakeRelativeClock::default();
+    let limiter: RateLimiter<
+        String,
+        DefaultKeyedStateStore<String>,
+        FakeRelativeClock,
+        NoOpMiddleware<governor::nanos::Nanos>,
+    > = RateLimiter::new(
+        quota(&options),
+        DefaultKeyedStateStore::default(),
+        clock.clone(),
+    );
+    let (a, b) = ("model-a".to_owned(), "model-b".to_owned());
+    // Greedy sender: tries 10 times per millisecond for 5 s.
+    let mut sent_at = Vec::new();
+    for ms in 0..5000u64 {
+        for _ in 0..10 {
+            if limiter.check_key(&a).is_ok() {
+                sent_at.push(ms);
+            }
+        }
+        clock.advance(Duration::from_millis(1));
+    }
+    let max_in_window = (0..5000u64)
+        .map(|start| {
+            sent_at
+                .iter()
+                .filter(|&&t| t >= start && t < start + 1000)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(max_in_window <= 90, "{max_in_window} in one second");
+    // It is not needlessly slow either: the sustained rate is 80/s.
+    assert!(sent_at.len() >= 5 * 80, "{}", sent_at.len());
+    // Model b still has its whole burst.
+    let burst_b = (0..20).filter(|_| limiter.check_key(&b).is_ok()).count();
+    assert_eq!(burst_b, 10);
+}
