@@ -270,7 +270,10 @@ impl std::ops::Index<&u64> for LineIndex {
 
 /// Indexes the lines of results file `out` by id (see [`LineIndex`]). Lines marked
 /// `duplicate_id` and short lines are left out.
-pub fn index_lines(out: &Path) -> Result<LineIndex, ResumeError> {
+///
+/// `expected_lines` sizes the index up front: growing a large `Vec` by doubling would briefly
+/// hold the old and the new buffer, half again the index's own size at the peak.
+pub fn index_lines(out: &Path, expected_lines: usize) -> Result<LineIndex, ResumeError> {
     let csv_err = |source| ResumeError::Csv {
         path: out.to_owned(),
         source,
@@ -284,7 +287,7 @@ pub fn index_lines(out: &Path) -> Result<LineIndex, ResumeError> {
     // of a data record and never of the header.
     reader.byte_headers().map_err(csv_err)?;
     let mut record = csv::ByteRecord::new();
-    let mut lines = Vec::new();
+    let mut lines = Vec::with_capacity(expected_lines);
     loop {
         let start = reader.position().byte();
         if !reader.read_byte_record(&mut record).map_err(csv_err)? {

@@ -27,8 +27,9 @@ pub fn compact(
     extra: &[String],
     stop_reason: &str,
     duplicates: &HashSet<u64>,
+    expected_lines: usize,
 ) -> Result<Compacted, CompactError> {
-    let index = resume::index_lines(out)?;
+    let index = resume::index_lines(out, expected_lines)?;
     let mut lines = LineReader::open(out)?;
     let entries = Manifest::open(manifest)?;
     let mut counts = Compacted::default();

@@ -102,6 +102,7 @@ pub async fn run(
     let _ = events.send(Event::Total(ids.rows)).await;
 
     let (rows_tx, mut rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
+    let previous_lines = previous.lines;
     let reader_events = events.clone();
     let reader_duplicates = Arc::clone(&duplicates);
     let reader = tokio::task::spawn_blocking(move || {
@@ -176,8 +177,17 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| "the run ended".to_owned());
     let (manifest_path, output) = (config.manifest.clone(), config.output.clone());
+    // The file holds the earlier run's lines and this run's: size the index for both.
+    let expected_lines = (previous_lines + stats.rows_done()) as usize;
     let compacted = tokio::task::spawn_blocking(move || {
-        compact::compact(&manifest_path, &output, &extra, &reason, &duplicates)
+        compact::compact(
+            &manifest_path,
+            &output,
+            &extra,
+            &reason,
+            &duplicates,
+            expected_lines,
+        )
     })
     .await
     .map_err(|e| PipelineError::Task(e.to_string()))?

@@ -95,7 +95,7 @@ fn the_index_prefers_ok_lines_then_later_ones() {
             late_b,
         ],
     );
-    let index = index_lines(&out).unwrap();
+    let index = index_lines(&out, 0).unwrap();
     let mut lines = LineReader::open(&out).unwrap();
     let first = lines
         .read_at(index[&id_key("a")] & !(1 << 63), 1)
