@@ -22,6 +22,8 @@
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
 //!   APIs. Also written from the documentation alone: it never imports [`dashscope`], and
 //!   [`dashscope`] never imports it, so a misreading in one is caught by the other.
+//! - [`spill`]: lists of per-row keys that move to a temp file past a fixed size, so the passes
+//!   over every row (duplicate ids, compaction) keep memory flat at any manifest size.
 //! - [`validate`]: `dashbatch validate`, the offline check of a manifest.
 //! - [`exit`]: the process exit codes, in one place.
 
@@ -33,4 +35,5 @@ pub mod exit;
 pub mod manifest;
 pub mod output;
 pub mod pipeline;
+pub mod spill;
 pub mod validate;

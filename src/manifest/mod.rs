@@ -14,6 +14,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::spill::{self, Spill, SpillError};
+
 pub use row::{BadRow, Entry, Row, Source, classify_source, derived_id};
 
 /// Columns every manifest must have.
@@ -45,6 +47,8 @@ pub enum ManifestError {
     DuplicateColumn { path: PathBuf, column: String },
     #[error("manifest {path}, line 1: the header is not valid UTF-8")]
     HeaderEncoding { path: PathBuf },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 /// Where each known column sits in a record.
@@ -348,19 +352,44 @@ pub struct IdScan {
     pub duplicates: std::collections::HashSet<u64>,
 }
 
-/// Reads every row once to count them and find repeated ids, holding 8 bytes a row only for
-/// the length of the pass: the sorted keys are dropped once the duplicates are known, so the
-/// run itself keeps no per-row state for duplicate detection.
+/// Reads every row once to count them and find repeated ids. The keys go to a
+/// [`Spill`](crate::spill::Spill): a manifest of up to [`spill::IN_MEMORY`] rows is checked in
+/// memory, a larger one in slices of the key space, one sorted slice at a time, so this pass
+/// costs the same memory at ten million rows as at a hundred thousand. Nothing per row
+/// outlives the pass.
 pub fn scan_ids(path: &Path) -> Result<IdScan, ManifestError> {
-    let mut keys: Vec<u64> = Manifest::open(path)?.map(|e| id_key(e.id())).collect();
-    let rows = keys.len() as u64;
-    keys.sort_unstable();
-    let duplicates = keys
-        .windows(2)
-        .filter(|pair| pair[0] == pair[1])
-        .map(|pair| pair[0])
-        .collect();
-    Ok(IdScan { rows, duplicates })
+    scan_ids_in(path, spill::IN_MEMORY)
+}
+
+/// [`scan_ids`] with `in_memory` keys held in memory before they spill.
+fn scan_ids_in(path: &Path, in_memory: usize) -> Result<IdScan, ManifestError> {
+    let mut keys = Spill::<1>::new(in_memory);
+    for entry in Manifest::open(path)? {
+        keys.push([id_key(entry.id())])?;
+    }
+    // Keys are uniform 64-bit hashes, so `key % slices` splits them evenly.
+    let slices = keys.slices();
+    let mut duplicates = std::collections::HashSet::new();
+    let mut slice = Vec::new();
+    for s in 0..slices {
+        slice.clear();
+        keys.for_each(|[key]| {
+            if key % slices == s {
+                slice.push(key);
+            }
+        })?;
+        slice.sort_unstable();
+        duplicates.extend(
+            slice
+                .windows(2)
+                .filter(|pair| pair[0] == pair[1])
+                .map(|pair| pair[0]),
+        );
+    }
+    Ok(IdScan {
+        rows: keys.len(),
+        duplicates,
+    })
 }
 
 #[cfg(test)]

@@ -142,11 +142,15 @@ fn the_id_scan_counts_rows_and_finds_repeated_ids() {
         "id,model,file,prompt\na,m,x.png,p\nb,m,y.png,p\na,m,z.png,q\n,m,x.png,p\n,m,x.png,p\n",
     )
     .unwrap();
-    let scan = scan_ids(&path).unwrap();
-    assert_eq!(scan.rows, 5);
     let derived = id_key(&derived_id("m", "x.png", "p", None));
-    assert_eq!(
-        scan.duplicates,
-        [id_key("a"), derived].into_iter().collect()
-    );
+    // In memory, and spilled to a temp file and checked in three slices: the same answer.
+    for in_memory in [100, 2] {
+        let scan = scan_ids_in(&path, in_memory).unwrap();
+        assert_eq!(scan.rows, 5);
+        assert_eq!(
+            scan.duplicates,
+            [id_key("a"), derived].into_iter().collect(),
+            "in_memory {in_memory}"
+        );
+    }
 }

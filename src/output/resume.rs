@@ -12,6 +12,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::results::{COLUMNS, ResultsWriter};
+use crate::spill::{Spill, SpillError};
 
 pub use crate::manifest::id_key;
 
@@ -65,6 +66,8 @@ pub enum ResumeError {
          (found {found:?}); pass --fresh to start it over, or -o to write elsewhere"
     )]
     Header { path: PathBuf, found: String },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 fn expected_header(extra: &[String]) -> Vec<String> {
@@ -213,10 +216,9 @@ const OK: u64 = 1 << 63;
 /// Where the line that best represents each id sits: an `ok` line beats a failed one, and a
 /// later line beats an earlier one of the same status. The top bit of the value marks `ok`.
 ///
-/// A sorted `Vec` of `(id key, offset)` pairs rather than a `HashMap`: 16 bytes a row, with
-/// no table slack and no resize doubling, which on a million-row results file is 16 MB
-/// instead of about 34 MB (plus 17 MB more while the table grows). Compaction looks ids up
-/// in manifest order, one binary search each, which costs well under a microsecond a row.
+/// A sorted `Vec` of `(id key, offset)` pairs rather than a `HashMap`: 16 bytes a line, with
+/// no table slack and no resize doubling. Compaction builds one per window of manifest rows
+/// ([`Lines::index`]) and looks ids up in manifest order, one binary search each.
 #[derive(Debug, Default)]
 pub struct LineIndex {
     /// Sorted by key, one entry per key.
@@ -268,12 +270,28 @@ impl std::ops::Index<&u64> for LineIndex {
     }
 }
 
-/// Indexes the lines of results file `out` by id (see [`LineIndex`]). Lines marked
-/// `duplicate_id` and short lines are left out.
-///
-/// `expected_lines` sizes the index up front: growing a large `Vec` by doubling would briefly
-/// hold the old and the new buffer, half again the index's own size at the peak.
-pub fn index_lines(out: &Path, expected_lines: usize) -> Result<LineIndex, ResumeError> {
+/// Every line of a results file as `(id key, offset | OK?)`, in file order, from which
+/// compaction builds a [`LineIndex`] for one window of manifest rows at a time. Held in a
+/// [`Spill`], so a results file of any length costs the same memory.
+#[derive(Debug)]
+pub struct Lines(Spill<2>);
+
+impl Lines {
+    /// The index of the lines whose id key is in `keys` (sorted).
+    pub fn index(&mut self, keys: &[u64]) -> Result<LineIndex, SpillError> {
+        let mut lines = Vec::with_capacity(keys.len());
+        self.0.for_each(|[key, value]| {
+            if keys.binary_search(&key).is_ok() {
+                lines.push((key, value));
+            }
+        })?;
+        Ok(LineIndex::from_lines(lines))
+    }
+}
+
+/// Reads the lines of results file `out` for [`Lines::index`]. Lines marked `duplicate_id`
+/// and short lines are left out. Up to `in_memory` lines are held in memory, the rest spill.
+pub fn index_lines(out: &Path, in_memory: usize) -> Result<Lines, ResumeError> {
     let csv_err = |source| ResumeError::Csv {
         path: out.to_owned(),
         source,
@@ -287,7 +305,7 @@ pub fn index_lines(out: &Path, expected_lines: usize) -> Result<LineIndex, Resum
     // of a data record and never of the header.
     reader.byte_headers().map_err(csv_err)?;
     let mut record = csv::ByteRecord::new();
-    let mut lines = Vec::with_capacity(expected_lines);
+    let mut lines = Spill::new(in_memory);
     loop {
         let start = reader.position().byte();
         if !reader.read_byte_record(&mut record).map_err(csv_err)? {
@@ -298,9 +316,9 @@ pub fn index_lines(out: &Path, expected_lines: usize) -> Result<LineIndex, Resum
         }
         let ok = &record[5] == b"ok";
         let key = id_key(std::str::from_utf8(&record[0]).unwrap_or_default());
-        lines.push((key, start | if ok { OK } else { 0 }));
+        lines.push([key, start | if ok { OK } else { 0 }])?;
     }
-    Ok(LineIndex::from_lines(lines))
+    Ok(Lines(lines))
 }
 
 /// Reads the line starting at `offset` and returns it, its `line` column set to `line`.

@@ -102,7 +102,6 @@ pub async fn run(
     let _ = events.send(Event::Total(ids.rows)).await;
 
     let (rows_tx, mut rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
-    let previous_lines = previous.lines;
     let reader_events = events.clone();
     let reader_duplicates = Arc::clone(&duplicates);
     let reader = tokio::task::spawn_blocking(move || {
@@ -177,8 +176,6 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| "the run ended".to_owned());
     let (manifest_path, output) = (config.manifest.clone(), config.output.clone());
-    // The file holds the earlier run's lines and this run's: size the index for both.
-    let expected_lines = (previous_lines + stats.rows_done()) as usize;
     let compacted = tokio::task::spawn_blocking(move || {
         compact::compact(
             &manifest_path,
@@ -186,7 +183,7 @@ pub async fn run(
             &extra,
             &reason,
             &duplicates,
-            expected_lines,
+            compact::WINDOW,
         )
     })
     .await

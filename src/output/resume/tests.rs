@@ -95,7 +95,14 @@ fn the_index_prefers_ok_lines_then_later_ones() {
             late_b,
         ],
     );
-    let index = index_lines(&out, 0).unwrap();
+    // In memory, and spilled to a temp file after two lines: the same index.
+    let mut keys = vec![id_key("a"), id_key("b")];
+    keys.sort_unstable();
+    let index = index_lines(&out, 100).unwrap().index(&keys).unwrap();
+    let spilled = index_lines(&out, 2).unwrap().index(&keys).unwrap();
+    assert_eq!(format!("{index:?}"), format!("{spilled:?}"));
+    let only_b = index_lines(&out, 2).unwrap().index(&[id_key("b")]).unwrap();
+    assert_eq!((only_b.len(), only_b.get(&id_key("a"))), (1, None));
     let mut lines = LineReader::open(&out).unwrap();
     let first = lines
         .read_at(index[&id_key("a")] & !(1 << 63), 1)
