@@ -1,7 +1,7 @@
 //! `dashbatch emulator`: the real binary prints its address, serves with its flags applied,
 //! and exits 0 on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -12,12 +12,16 @@ use predicates::prelude::*;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The emulator process; killed if a test fails before stopping it.
-struct Emulator(Child);
+struct Emulator {
+    child: Child,
+    /// Everything the process writes to stdout after its first line, once stdout closes.
+    rest_of_stdout: mpsc::Receiver<String>,
+}
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -34,14 +38,24 @@ fn start(args: &[&str]) -> (Emulator, String) {
         .spawn()
         .expect("emulator starts");
     let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = mpsc::channel();
+    let (first_tx, first_rx) = mpsc::channel();
+    let (rest_tx, rest_rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        let _ = reader.read_line(&mut line);
+        let _ = first_tx.send(line);
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        let _ = rest_tx.send(rest);
     });
-    let emulator = Emulator(child);
-    let line = rx.recv_timeout(DEADLINE).expect("a listening line in time");
+    let emulator = Emulator {
+        child,
+        rest_of_stdout: rest_rx,
+    };
+    let line = first_rx
+        .recv_timeout(DEADLINE)
+        .expect("a listening line in time");
     let base = line
         .strip_suffix('\n')
         .and_then(|l| l.strip_prefix("listening on "))
@@ -51,26 +65,37 @@ fn start(args: &[&str]) -> (Emulator, String) {
     (emulator, base)
 }
 
-/// Sends SIGTERM and waits, polling with a deadline, for a clean exit.
-fn terminate(mut emulator: Emulator) {
-    let pid = emulator.0.id().to_string();
+/// Sends `signal` (`TERM`, `INT`) and waits, polling with a deadline, for the process to
+/// end; asserts a clean exit 0 (not death by signal) and nothing on stdout after the
+/// listening line.
+fn stop_with(mut emulator: Emulator, signal: &str) {
+    let pid = emulator.child.id().to_string();
     let status = Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .expect("kill runs");
     assert!(status.success());
     let started = Instant::now();
-    loop {
-        if let Some(status) = emulator.0.try_wait().expect("wait") {
-            assert!(status.success(), "exit status {status}");
-            return;
+    let status = loop {
+        if let Some(status) = emulator.child.try_wait().expect("wait") {
+            break status;
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "the emulator did not stop on SIGTERM"
+            "the emulator did not stop on SIG{signal}"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    assert_eq!(status.code(), Some(0), "SIG{signal}: exit status {status}");
+    let rest = emulator
+        .rest_of_stdout
+        .recv_timeout(DEADLINE)
+        .expect("stdout closes when the process exits");
+    assert_eq!(rest, "", "stdout after the listening line");
+}
+
+fn terminate(emulator: Emulator) {
+    stop_with(emulator, "TERM");
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -99,6 +124,25 @@ fn prints_the_listening_line_serves_and_stops_on_sigterm() {
         assert_eq!(body["data"]["expire_in_seconds"], 300);
     });
     terminate(emulator);
+}
+
+/// A script that signals the emulator as soon as it has read the listening line must get a
+/// clean exit: the handlers are installed before the line is printed. Several rounds,
+/// because the race this guards against is lost only some of the time.
+#[test]
+fn sigterm_right_after_the_listening_line_exits_cleanly() {
+    for _ in 0..8 {
+        let (emulator, _) = start(&["--listen", "127.0.0.1:0"]);
+        stop_with(emulator, "TERM");
+    }
+}
+
+#[test]
+fn sigint_right_after_the_listening_line_exits_cleanly() {
+    for _ in 0..8 {
+        let (emulator, _) = start(&["--listen", "127.0.0.1:0"]);
+        stop_with(emulator, "INT");
+    }
 }
 
 #[test]

@@ -135,38 +135,63 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    // Registered before the line is printed: a script may signal us the moment it reads
+    // the line, and a signal that arrives before its handler exists kills the process
+    // (exit by signal) instead of shutting down cleanly (exit 0).
+    let signals = ShutdownSignals::register()?;
     // The socket is bound and listening, so connections are accepted from here on; the line
     // is the signal scripts wait for.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;
     drop(stdout);
-    emulator::serve(listener, config, shutdown_signal())
+    emulator::serve(listener, config, signals.recv())
         .await
         .context("the emulator server failed")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, registered up front. Registration (not the first poll) is what
+/// replaces the default disposition, so it must happen in [`run`] before anything tells
+/// the outside world we are up.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+    interrupt: tokio::signal::windows::CtrlC,
+}
+
+impl ShutdownSignals {
+    fn register() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())
+                    .context("cannot install the SIGINT handler")?,
+                terminate: signal(SignalKind::terminate())
+                    .context("cannot install the SIGTERM handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {
+                interrupt: tokio::signal::windows::ctrl_c()
+                    .context("cannot install the Ctrl-C handler")?,
+            })
+        }
     }
-    tracing::info!("shutting down");
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        self.interrupt.recv().await;
+        tracing::info!("shutting down");
+    }
 }
