@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dashscope::MediaKind;
 use crate::manifest::{Entry, Manifest, ManifestError, Source};
-use crate::output::resume::{self, id_key};
+use crate::output::resume::{self, ResumeError, id_key};
 
 /// How many problems are listed one by one; the rest are counted.
 const SHOWN_PROBLEMS: usize = 50;
@@ -49,11 +49,19 @@ pub fn validate(
 ) -> Result<Plan, ManifestError> {
     let entries = Manifest::open(manifest)?;
     let extra = entries.extra_columns();
-    let done = resume::scan(output, &extra)
-        .map(|(previous, _)| previous.ok)
-        .unwrap_or_default();
-    let limit = max_file_size_mb.saturating_mul(1024 * 1024);
     let mut plan = Plan::default();
+    // A results file that `run` would refuse is a problem now, not a surprise at night.
+    let done = match resume::scan(output, &extra) {
+        Ok((previous, _)) => previous.ok,
+        Err(ResumeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Default::default()
+        }
+        Err(err) => {
+            plan.problem(err.to_string());
+            Default::default()
+        }
+    };
+    let limit = max_file_size_mb.saturating_mul(1024 * 1024);
     let mut seen_ids = HashSet::new();
     let mut seen_files: HashSet<PathBuf> = HashSet::new();
     let shown = manifest.display().to_string();

@@ -32,9 +32,12 @@ fn a_missing_manifest_exits_2_naming_it() {
 fn a_manifest_missing_a_column_exits_2_before_any_work() {
     let mut job = Job::with_header("model,path,prompt");
     job.row("qwen-vl-plus,a.png,p");
+    let metrics = job.dir.path().join("m.prom");
     dashbatch()
         .args(["run", "--emulator"])
         .arg(job.manifest())
+        .arg("--metrics-textfile")
+        .arg(&metrics)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("missing required column(s) file"));
@@ -42,6 +45,40 @@ fn a_manifest_missing_a_column_exits_2_before_any_work() {
         !job.output().exists(),
         "no results file for a refused manifest"
     );
+    // Cron's watcher still learns that last night's run failed.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(metric(&text, "dashbatch_last_run_success"), "0", "{text}");
+    assert_eq!(metric(&text, "dashbatch_last_run_exit_code"), "2", "{text}");
+    dashbatch()
+        .arg("validate")
+        .arg(job.manifest())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("missing required column(s) file"));
+}
+
+/// The value of the first sample of `name` in a Prometheus text file.
+fn metric(text: &str, name: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_owned()
+}
+
+#[test]
+fn a_results_folder_that_does_not_exist_is_a_usage_error_not_a_lock() {
+    let mut job = Job::new();
+    let a = job.file("a.png", b"img");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    dashbatch()
+        .args(["run", "--emulator"])
+        .arg(job.manifest())
+        .arg("-o")
+        .arg(job.dir.path().join("no/such/folder/out.csv"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot create the lock file"));
 }
 
 #[test]
@@ -50,12 +87,22 @@ fn an_empty_manifest_has_nothing_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("m.csv");
         std::fs::write(&manifest, text).unwrap();
+        let metrics = dir.path().join("m.prom");
         dashbatch()
             .args(["run", "--emulator"])
             .arg(&manifest)
+            .arg("--metrics-textfile")
+            .arg(&metrics)
             .assert()
             .code(0)
             .stderr(predicate::str::contains("nothing to do"));
+        let metrics = std::fs::read_to_string(&metrics).unwrap();
+        assert_eq!(metric(&metrics, "dashbatch_last_run_success"), "1");
+        dashbatch()
+            .arg("validate")
+            .arg(&manifest)
+            .assert()
+            .code(0);
     }
 }
 
@@ -92,7 +139,10 @@ fn each_bad_row_fails_alone_with_its_line_and_the_rest_run() {
     // Line 12: not UTF-8.
     let mut bytes = std::fs::read(&manifest).unwrap();
     bytes.extend_from_slice(b"latin1,qwen-vl-plus,ok.png,caf\xe9\n");
+    // Line 13: a file that exists but cannot be opened, even by root: a symlink loop.
+    bytes.extend_from_slice(b"loop,qwen-vl-plus,loop.png,p\n");
     std::fs::write(&manifest, bytes).unwrap();
+    std::os::unix::fs::symlink("loop.png", job.dir.path().join("loop.png")).unwrap();
     let locked_path = job.dir.path().join(&locked);
     set_mode(&locked_path, 0o000);
     // Root reads any file; then "unreadable" cannot be staged and that row simply succeeds.
@@ -104,7 +154,7 @@ fn each_bad_row_fails_alone_with_its_line_and_the_rest_run() {
         .assert()
         .code(1);
     let rows = results(&job.output());
-    assert_eq!(rows.len(), 11, "one line per manifest row");
+    assert_eq!(rows.len(), 12, "one line per manifest row");
     let at = |line: u32| rows.iter().find(|r| r["line"] == line.to_string()).unwrap();
     assert_eq!(at(2)["status"], "ok");
     assert_eq!(at(11)["status"], "ok");
@@ -117,6 +167,7 @@ fn each_bad_row_fails_alone_with_its_line_and_the_rest_run() {
         (9, "bad_row"),
         (10, "duplicate_id"),
         (12, "bad_encoding"),
+        (13, "unreadable_file"),
     ] {
         let r = at(line);
         assert_eq!(r["status"], "failed", "line {line}: {r:?}");
@@ -224,10 +275,11 @@ async fn the_api_key_never_leaks() {
             Some(format!("sk-.{CANARY}")),
         ),
     ];
-    for (args, key) in cases {
+    for (case, (args, key)) in cases.into_iter().enumerate() {
         let manifest = manifest.clone();
-        let summary = job.dir.path().join("summary.json");
-        let metrics = job.dir.path().join("metrics.prom");
+        // Each case keeps its own reports, so every one of them is searched below.
+        let summary = job.dir.path().join(format!("summary-{case}.json"));
+        let metrics = job.dir.path().join(format!("metrics-{case}.prom"));
         let out = tokio::task::spawn_blocking(move || {
             let mut cmd = dashbatch();
             cmd.args(["-vvv", "run"])
@@ -255,6 +307,10 @@ async fn the_api_key_never_leaks() {
     );
     for text in &outputs {
         assert!(!text.contains(CANARY), "leaked in output: {text}");
+    }
+    for case in 0..3 {
+        assert!(job.dir.path().join(format!("metrics-{case}.prom")).exists());
+        assert!(job.dir.path().join(format!("summary-{case}.json")).exists());
     }
     for entry in walk(job.dir.path()) {
         if entry == key_file {
@@ -321,7 +377,7 @@ async fn sdk_base_url_variable_401_exit_code_and_metrics_file() {
         text.contains("dashbatch_last_run_success{manifest="),
         "{text}"
     );
-    assert!(text.contains("} 1\n"), "{text}");
+    assert_eq!(metric(&text, "dashbatch_last_run_success"), "1", "{text}");
     assert!(text.contains("dashbatch_last_run_end_timestamp_seconds"));
 
     let rejected = run("sk-", true).await.unwrap();
@@ -334,4 +390,49 @@ async fn sdk_base_url_variable_401_exit_code_and_metrics_file() {
             .any(|l| l.starts_with("dashbatch_last_run_success{") && l.ends_with(" 0")),
         "{text}"
     );
+}
+
+/// A `--base-url` flag beats the job file's `emulator = true`, as flags beat job files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_flag_overrides_a_job_files_emulator() {
+    let em = start(EmulatorConfig::default()).await;
+    let mut job = Job::new();
+    let a = job.file("x.png", b"one");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    job.manifest();
+    let toml = job.dir.path().join("nightly.toml");
+    std::fs::write(&toml, "manifest = \"manifest.csv\"\nemulator = true\n").unwrap();
+    let base = em.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        dashbatch()
+            .arg("run")
+            .arg(&toml)
+            .args(["--base-url", &base])
+            .env("DASHSCOPE_API_KEY", "sk-acme")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stats(&em).await["chat_calls"], 1, "the row reached this emulator");
+}
+
+#[test]
+fn validate_reports_a_results_file_that_run_would_refuse() {
+    let mut job = Job::new();
+    let a = job.file("a.png", b"one");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    std::fs::write(job.output(), "some,other,columns\n1,2,3\n").unwrap();
+    dashbatch()
+        .arg("validate")
+        .arg(job.manifest())
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("different columns"));
 }

@@ -14,6 +14,8 @@ use crate::config::{RunConfig, default_output, default_state_dir};
 use crate::dashscope::{Api, ApiKey, Client, ClientConfig, CredentialOptions, RetryPolicy};
 use crate::exit;
 use crate::manifest::ManifestError;
+use crate::output::Stats;
+use crate::output::lock::LockError;
 use crate::output::report::{RunReport, write_metrics, write_summary_json};
 use crate::pipeline::{self, Outcome, PipelineError};
 
@@ -171,19 +173,30 @@ async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
     }
     let outcome = match result {
         Ok(outcome) => outcome,
-        Err(PipelineError::Manifest(ManifestError::NoHeader { path })) => {
-            eprintln!("nothing to do: {} is empty", path.display());
-            return Ok(exit::OK);
+        Err(err) => {
+            // The run did no work, but cron's watchers still learn how it ended: the reports
+            // are written with zero figures and this exit code.
+            let code = match &err {
+                PipelineError::Manifest(ManifestError::NoHeader { path }) => {
+                    eprintln!("nothing to do: {} is empty", path.display());
+                    exit::OK
+                }
+                PipelineError::Locked(LockError::Held { .. }) => {
+                    eprintln!("error: {err}");
+                    exit::LOCKED
+                }
+                PipelineError::Locked(_) | PipelineError::Manifest(_) | PipelineError::Resume(_) => {
+                    eprintln!("error: {err}");
+                    exit::USAGE
+                }
+                _ => {
+                    write_reports(&plan, &Stats::default(), exit::USAGE);
+                    return Err(err.into());
+                }
+            };
+            write_reports(&plan, &Stats::default(), code);
+            return Ok(code);
         }
-        Err(err @ PipelineError::Locked(_)) => {
-            eprintln!("error: {err}");
-            return Ok(exit::LOCKED);
-        }
-        Err(err @ (PipelineError::Manifest(_) | PipelineError::Resume(_))) => {
-            eprintln!("error: {err}");
-            return Ok(exit::USAGE);
-        }
-        Err(err) => return Err(err.into()),
     };
     let code = exit_code(&outcome);
     report(&plan, &outcome, code);
@@ -214,6 +227,13 @@ fn report(plan: &Plan, outcome: &Outcome, code: u8) {
     if let Some(reason) = &outcome.stopped {
         eprintln!("stopped early: {reason}");
     }
+    write_reports(plan, stats, code);
+}
+
+/// Writes `--summary-json` and `--metrics-textfile`, if asked for. A report that cannot be
+/// written is a warning: the results file is what matters.
+fn write_reports(plan: &Plan, stats: &Stats, code: u8) {
+    let config = &plan.config;
     let report = RunReport {
         manifest: &config.manifest,
         output: &config.output,
@@ -290,7 +310,7 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             .unwrap_or_else(|| default_state_dir(&output)),
         fresh: args.fresh,
         drain_timeout: Duration::from_secs(
-            args.drain_timeout.or(job.drain_timeout_s).unwrap_or(30),
+            args.drain_timeout.or(job.drain_timeout).unwrap_or(30),
         ),
         api: match api {
             ApiFlag::Compatible => Api::Compatible,
@@ -316,14 +336,22 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             ..CredentialOptions::default()
         },
         retry,
-        model_rps: args.model_rps.or(job.model_rps),
+        model_rps: match (args.model_rps, job.model_rps) {
+            (Some(flag), _) => Some(flag),
+            (None, Some(rps)) => Some(parse_rps(&rps.to_string()).map_err(|why| {
+                anyhow::anyhow!("job file {}: model_rps: {why}", args.input.display())
+            })?),
+            (None, None) => None,
+        },
         quiet,
         manifest,
         output,
     };
     Ok(Plan {
         config,
-        emulator: args.emulator || job.emulator.unwrap_or(false),
+        // A --base-url on the command line beats a job file's `emulator = true`, as every
+        // other flag beats the job file.
+        emulator: args.emulator || (args.base_url.is_none() && job.emulator.unwrap_or(false)),
         base_url: args.base_url.or(job.base_url),
         api_key_file: args.api_key_file.or(job.api_key_file),
         request_timeout: Duration::from_secs(

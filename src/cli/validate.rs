@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::config::default_output;
 use crate::config::job::{JobFile, is_job_file};
 use crate::exit;
+use crate::manifest::ManifestError;
 use crate::validate::validate;
 
 #[derive(Debug, clap::Args)]
@@ -24,13 +25,15 @@ pub struct ValidateArgs {
     pub max_file_size_mb: u64,
 }
 
+/// Exit codes: 0 when the manifest (and job file) are valid, 1 when anything is not; clap's
+/// own usage errors stay 2.
 pub fn run(args: ValidateArgs) -> u8 {
     let (manifest, job_output) = if is_job_file(&args.input) {
         match JobFile::load(&args.input) {
             Ok(job) => (job.manifest.unwrap_or_default(), job.output),
             Err(err) => {
                 eprintln!("error: {err}");
-                return exit::USAGE;
+                return exit::SOME_FAILED;
             }
         }
     } else {
@@ -42,9 +45,17 @@ pub fn run(args: ValidateArgs) -> u8 {
         .unwrap_or_else(|| default_output(&manifest));
     let plan = match validate(&manifest, &output, args.max_file_size_mb) {
         Ok(plan) => plan,
+        Err(ManifestError::NoHeader { path }) => {
+            // As `run` sees it: an empty manifest is nothing to do, not an error.
+            println!("manifest: {}", path.display());
+            println!("valid: nothing to do (the manifest is empty)");
+            return exit::OK;
+        }
         Err(err) => {
+            // The manifest as a whole is unusable: that is "invalid" (1), like a bad row.
             eprintln!("error: {err}");
-            return exit::USAGE;
+            println!("invalid: fix the problem above");
+            return exit::SOME_FAILED;
         }
     };
     for problem in &plan.problems {

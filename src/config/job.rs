@@ -21,7 +21,8 @@ pub struct JobFile {
     pub credential_qps: Option<u32>,
     pub model_rps: Option<f64>,
     pub request_timeout_s: Option<u64>,
-    pub drain_timeout_s: Option<u64>,
+    /// Seconds, as `--drain-timeout`.
+    pub drain_timeout: Option<u64>,
     pub state_dir: Option<PathBuf>,
     pub summary_json: Option<PathBuf>,
     pub metrics_textfile: Option<PathBuf>,

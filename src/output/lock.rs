@@ -24,7 +24,10 @@ pub enum LockError {
          wait for it to finish, or pass a different -o"
     )]
     Held { path: PathBuf, holder: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error(
+        "cannot create the lock file {path}: {source} (hint: the results file's folder must \
+         exist and be writable)"
+    )]
     Io {
         path: PathBuf,
         source: std::io::Error,
