@@ -274,3 +274,80 @@ async fn a_listener_on_a_wildcard_address_names_the_host_the_client_used() {
     let _ = stop.send(());
     server.await.expect("joined").expect("served");
 }
+
+/// `POST /__emulator/clock`, returning the status and the JSON body.
+async fn advance(emu: &Emu, seconds: u64) -> (u16, serde_json::Value) {
+    let response = emu
+        .http
+        .post(emu.url(&format!("/__emulator/clock?advance_s={seconds}")))
+        .send()
+        .await
+        .expect("sent");
+    let answer = Answer::read(response).await;
+    (answer.status, answer.json())
+}
+
+/// getPolicy, upload and a model call all work at the given emulator time.
+async fn round_trip_works(emu: &Emu, name: &str) {
+    let bytes = name.as_bytes();
+    let url = emu.upload_ok("sk-demo", MODEL, name, bytes).await;
+    let body = json!({
+        "model": MODEL,
+        "input": {"messages": [{"role": "user", "content": [{"image": url}, {"text": "?"}]}]},
+    });
+    let text = native_text(&emu.native("sk-demo", true, &body).await);
+    assert!(text.contains(&sha256_hex(bytes)), "{text}");
+}
+
+#[tokio::test]
+async fn the_clock_stops_at_the_end_of_year_9999_and_nothing_panics() {
+    // The longest TTL there is: the expiry is capped too, and still written as ISO-8601.
+    let emu = start(EmulatorConfig {
+        policy_ttl_s: u64::MAX,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    round_trip_works(&emu, "before.png").await;
+
+    // An advance past the cap is refused with a message, and the clock does not move.
+    let (status, before) = advance(&emu, 0).await;
+    assert_eq!(status, 200);
+    for seconds in [u64::MAX, u64::MAX / 1000, 300 * 365 * 86_400 * 1000] {
+        let (status, body) = advance(&emu, seconds).await;
+        assert_eq!(status, 400, "{seconds}: {body}");
+        let message = body["error"].as_str().expect("a message");
+        assert!(message.contains("9999-12-31"), "{message}");
+    }
+    let (_, after) = advance(&emu, 0).await;
+    assert_eq!(
+        &before["now"].as_str().expect("now")[..10],
+        &after["now"].as_str().expect("now")[..10]
+    );
+    round_trip_works(&emu, "refused.png").await;
+
+    // Right up to the cap is allowed, and everything still works there.
+    let now: DateTime<Utc> = after["now"]
+        .as_str()
+        .expect("now")
+        .parse()
+        .expect("ISO-8601");
+    let end: DateTime<Utc> = "9999-12-31T15:00:00Z".parse().expect("ISO-8601");
+    let (status, body) = advance(&emu, (end - now).num_seconds() as u64).await;
+    assert_eq!(status, 200, "{body}");
+    let moved: DateTime<Utc> = body["now"]
+        .as_str()
+        .expect("now")
+        .parse()
+        .expect("ISO-8601");
+    assert!((moved - end).num_seconds().abs() <= 2, "{body}");
+    let data = emu.policy("sk-demo", MODEL).await;
+    assert_eq!(
+        decode_policy(s(&data, "policy"))["expiration"],
+        "9999-12-31T15:59:59.999Z"
+    );
+    assert_eq!(s(&data, "upload_dir").split('/').nth(2), Some("9999-12-31"));
+    round_trip_works(&emu, "at-the-end.png").await;
+    let (status, _) = advance(&emu, 7200).await;
+    assert_eq!(status, 400);
+    round_trip_works(&emu, "still.png").await;
+}

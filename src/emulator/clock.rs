@@ -5,10 +5,30 @@
 //! `POST /__emulator/clock?advance_s=N` instead of waiting. Rate-limit windows deliberately do
 //! not: they use the monotonic [`std::time::Instant`], because a jump in wall time must not
 //! open or close a one-second window.
+//!
+//! The clock never passes [`latest`] (the end of year 9999 in Beijing time): a policy's
+//! `expiration` is ISO-8601 with a four-digit year, and so is the Beijing-time day in
+//! `upload_dir`; capping here means nothing downstream can overflow or panic.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeDelta, Utc};
+
+/// 9999-12-31T15:59:59.999Z (23:59:59.999 in Beijing) in milliseconds since the epoch.
+const LATEST_MS: i64 = 253_402_271_999_999;
+
+/// The latest time the emulator's clock (and any time it computes) can reach.
+pub fn latest() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(LATEST_MS).expect("year 9999 is within chrono's range")
+}
+
+/// An advance that would move the clock past [`latest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "advancing the clock {0} s would move it past 9999-12-31T15:59:59.999Z, the latest time \
+     the emulator can represent; advance by less"
+)]
+pub struct TooFar(pub u64);
 
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -19,27 +39,33 @@ pub struct Clock {
 impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         let offset = self.offset_ms.load(Ordering::Relaxed);
-        add_or_max(Utc::now(), TimeDelta::try_milliseconds(offset))
+        add_capped(Utc::now(), TimeDelta::try_milliseconds(offset))
     }
 
-    /// Moves the clock `seconds` forward and returns the new time. Saturates instead of
-    /// overflowing: a silly jump lands at the end of time, it does not panic.
-    pub fn advance(&self, seconds: u64) -> DateTime<Utc> {
-        let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let _ = self
-            .offset_ms
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
-                Some(o.saturating_add(ms))
-            });
-        self.now()
+    /// Moves the clock `seconds` forward and returns the new time, or refuses (and leaves
+    /// the clock alone) if that would pass [`latest`].
+    pub fn advance(&self, seconds: u64) -> Result<DateTime<Utc>, TooFar> {
+        let too_far = TooFar(seconds);
+        let ms = seconds
+            .checked_mul(1000)
+            .and_then(|ms| i64::try_from(ms).ok())
+            .ok_or(too_far)?;
+        let real_ms = Utc::now().timestamp_millis();
+        self.offset_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |offset| {
+                let offset = offset.checked_add(ms)?;
+                (real_ms.checked_add(offset)? <= LATEST_MS).then_some(offset)
+            })
+            .map_err(|_| too_far)?;
+        Ok(self.now())
     }
 }
 
-/// `t + delta`, or the latest representable time if that overflows.
-pub fn add_or_max(t: DateTime<Utc>, delta: Option<TimeDelta>) -> DateTime<Utc> {
+/// `t + delta`, but never later than [`latest`].
+pub fn add_capped(t: DateTime<Utc>, delta: Option<TimeDelta>) -> DateTime<Utc> {
     delta
         .and_then(|d| t.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .map_or_else(latest, |t| t.min(latest()))
 }
 
 /// The calendar day as the service sees it. DashScope's temporary storage lives in the
@@ -63,12 +89,25 @@ mod tests {
     fn advance_moves_forward() {
         let clock = Clock::default();
         let before = clock.now();
-        let after = clock.advance(48 * 3600);
+        let after = clock.advance(48 * 3600).expect("a small jump");
         assert!(after - before >= TimeDelta::hours(48));
-        // Absurd jumps saturate rather than panic.
-        clock.advance(u64::MAX);
-        clock.advance(u64::MAX);
-        assert_eq!(clock.now(), DateTime::<Utc>::MAX_UTC);
+        // Absurd jumps are refused and leave the clock where it was.
+        assert_eq!(clock.advance(u64::MAX), Err(TooFar(u64::MAX)));
+        assert_eq!(clock.advance(u64::MAX / 1000), Err(TooFar(u64::MAX / 1000)));
+        assert!(clock.now() - after < TimeDelta::hours(1));
+        // Up to the cap is fine, and everything derived from it stays computable.
+        let to_end = (latest() - clock.now()).num_seconds() - 10;
+        let near_end = clock
+            .advance(u64::try_from(to_end).expect("positive"))
+            .expect("fits");
+        assert!(near_end <= latest());
+        assert!(clock.advance(3600).is_err());
+        assert_eq!(service_date(clock.now()).to_string(), "9999-12-31");
+        assert_eq!(
+            iso_millis(add_capped(clock.now(), TimeDelta::try_days(1_000_000))),
+            "9999-12-31T15:59:59.999Z"
+        );
+        assert_eq!(add_capped(clock.now(), None), latest());
     }
 
     #[test]

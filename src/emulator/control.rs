@@ -23,7 +23,8 @@ pub async fn stats(AxumState(state): AxumState<Arc<State>>) -> Response {
     .into_response()
 }
 
-/// `POST /__emulator/clock?advance_s=N`: moves the emulator's clock N seconds forward.
+/// `POST /__emulator/clock?advance_s=N`: moves the emulator's clock N seconds forward;
+/// 400 if that would pass the end of year 9999 (see [`super::clock::latest`]).
 pub async fn advance_clock(
     AxumState(state): AxumState<Arc<State>>,
     Query(query): Query<HashMap<String, String>>,
@@ -35,8 +36,14 @@ pub async fn advance_clock(
         )
             .into_response();
     };
-    let now = state.clock.advance(seconds);
-    Json(json!({"now": iso_millis(now)})).into_response()
+    match state.clock.advance(seconds) {
+        Ok(now) => Json(json!({"now": iso_millis(now)})).into_response(),
+        Err(err) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": err.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 /// Anything else: a native-shaped 404, as the service's gateway would answer.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha1::Sha1;
 
 use super::accounts::Account;
-use super::clock::{add_or_max, iso_millis, service_date};
+use super::clock::{add_capped, iso_millis, service_date};
 use super::errors::{ApiError, Shape};
 use super::state::State;
 use super::stats::bump;
@@ -97,7 +97,7 @@ fn issue(
 
     let now = state.clock.now();
     let ttl_s = config.policy_ttl_s;
-    let expires = add_or_max(
+    let expires = add_capped(
         now,
         TimeDelta::try_seconds(i64::try_from(ttl_s).unwrap_or(i64::MAX)),
     );
