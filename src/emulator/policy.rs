@@ -82,7 +82,13 @@ fn issue(
             ));
         }
     };
-    // Counted before the model is judged: every request of any outcome fills the window.
+    let config = &state.config;
+    let model_index = config
+        .model_index(model)
+        .ok_or_else(|| ApiError::invalid_parameter(format!("Model not exist: {model}.")))?;
+    // Counted once the account and the model are known to exist (so made-up names cannot
+    // grow the window's map), and before the limit is applied: every request of a real
+    // account and model fills the window, refused ones included.
     let hit = state
         .credential_window
         .hit(&account.name, model, Instant::now());
@@ -90,10 +96,6 @@ fn issue(
         bump(&state.stats.credential_throttled);
         return Err(ApiError::throttled());
     }
-    let config = &state.config;
-    let model_index = config
-        .model_index(model)
-        .ok_or_else(|| ApiError::invalid_parameter(format!("Model not exist: {model}.")))?;
 
     let now = state.clock.now();
     let ttl_s = config.policy_ttl_s;
