@@ -464,3 +464,27 @@ async fn bandwidth_throttled_uploads_still_arrive_whole() {
         .await;
     assert_eq!(emu.stats().await["upload_bytes"], 200 * 1024);
 }
+
+/// Well past axum's default 2 MiB body limit: the upload route must have none of its own.
+#[tokio::test]
+async fn a_5_mib_upload_is_stored_whole_with_its_hash() {
+    let emu = start_default().await;
+    let bytes: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let url = emu.upload_ok("sk-demo", MODEL, "big.bin", &bytes).await;
+    assert_eq!(emu.stats().await["upload_bytes"], bytes.len() as u64);
+    let body = json!({
+        "model": MODEL,
+        "input": {"messages": [{"role": "user", "content": [{"image": url}, {"text": "?"}]}]},
+    });
+    let text = native_text(&emu.native("sk-demo", true, &body).await);
+    assert!(
+        text.contains(&format!(
+            "sha256={} size={}",
+            sha256_hex(&bytes),
+            bytes.len()
+        )),
+        "{text}"
+    );
+}
