@@ -161,3 +161,149 @@ fn line_index_keeps_last_ok_else_last_line_per_id() {
     );
     assert_eq!(index.get(&4), None);
 }
+
+/// Runs `f` with tracing going to a buffer, and returns what was logged.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    let extra = vec!["note".to_owned()];
+    let with_note = |id: &str, status| RowResult {
+        extra: vec!["n".into()],
+        ..row(id, status)
+    };
+    let (mut w, _) = open_for_append(&out, &extra, false).unwrap();
+    w.write(&with_note("a", Status::Ok)).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    // Hand edits: a note line, and a line of x without the pass-through column.
+    let mut bytes = std::fs::read(&out).unwrap();
+    let note_at = bytes.len();
+    bytes.extend_from_slice(b"checked by hand, b to redo\n");
+    let mut short = ResultsWriter::new(Vec::new(), &[], false).unwrap();
+    short.write(&row("x", Status::Ok)).unwrap();
+    bytes.extend(short.into_inner().unwrap());
+    std::fs::write(&out, bytes).unwrap();
+    let (mut w, _) = open_for_append(&out, &extra, false).unwrap();
+    w.write(&with_note("c", Status::Ok)).unwrap();
+    w.write(&with_note("d", Status::Failed)).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let len = std::fs::metadata(&out).unwrap().len();
+
+    let log = logged(|| {
+        let (_, previous) = open_for_append(&out, &extra, false).unwrap();
+        assert_eq!(previous.lines, 3, "a, c and d");
+        for id in ["a", "c"] {
+            assert!(
+                previous.ok.contains(&id_key(id)),
+                "{id} after the bad lines"
+            );
+        }
+        assert!(
+            !previous.ok.contains(&id_key("x")),
+            "a short line is not done"
+        );
+    });
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        len,
+        "nothing trimmed"
+    );
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    // Physical lines: a's prompt spans lines 2 and 3.
+    let at = format!("r.csv, line 4 (byte {note_at}): 2 field(s) where 20 were expected");
+    assert!(lines[0].contains(&at), "{log}");
+    assert!(lines[1].contains("r.csv, line 5 (byte "), "{log}");
+
+    // Compaction could not copy x's 19 fields under a 20-column header.
+    let index = index_lines(&out, 100).unwrap();
+    let mut keys = vec![id_key("a"), id_key("x"), id_key("c")];
+    keys.sort_unstable();
+    let index = { index }.index(&keys).unwrap();
+    assert_eq!(index.get(&id_key("x")), None);
+    assert_eq!(index.len(), 2);
+}
+
+#[test]
+fn a_complete_malformed_last_line_is_kept_but_a_cut_one_is_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    write(&out, &[row("a", Status::Ok)]);
+    let good_len = std::fs::metadata(&out).unwrap().len();
+    let mut bytes = std::fs::read(&out).unwrap();
+    bytes.extend_from_slice(b"a note\n");
+    std::fs::write(&out, &bytes).unwrap();
+    let (_, previous) = open_for_append(&out, &[], false).unwrap();
+    assert_eq!(previous.lines, 1);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        bytes,
+        "a whole line is not a crash"
+    );
+    // The same line cut inside a quoted field, right after a newline in it.
+    bytes.truncate(good_len as usize);
+    bytes.extend_from_slice(b"b,2,m,f.png,\"multi\n");
+    std::fs::write(&out, &bytes).unwrap();
+    let (_, previous) = open_for_append(&out, &[], false).unwrap();
+    assert_eq!(previous.lines, 1);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), good_len);
+}
+
+#[test]
+fn stale_temp_files_of_this_output_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.csv");
+    // The name atomic_rewrite uses is the one open_for_append looks for.
+    let mut temp_name = None;
+    atomic_rewrite(&out, |_| {
+        for entry in std::fs::read_dir(dir.path())? {
+            temp_name = Some(entry?.file_name());
+        }
+        Ok(())
+    })
+    .unwrap();
+    let temp_name = temp_name.unwrap().into_string().unwrap();
+    assert!(temp_name.starts_with(".r.csv.dashbatch-"), "{temp_name}");
+    let stale = [temp_name.as_str(), ".r.csv.dashbatch-Zz09aB.tmp"];
+    let others = [
+        ".s.csv.dashbatch-Zz09aB.tmp",
+        // The temp file of an output named `r.csv.dashbatch-x`.
+        ".r.csv.dashbatch-x.dashbatch-Zz09aB.tmp",
+        ".dashbatch-Zz09aB.tmp",
+        "r.csv.dashbatch-Zz09aB.tmp",
+    ];
+    for name in stale.iter().chain(&others) {
+        std::fs::write(dir.path().join(name), "half a file").unwrap();
+    }
+    open_for_append(&out, &[], false).unwrap();
+    for name in stale {
+        assert!(!dir.path().join(name).exists(), "{name} left");
+    }
+    for name in others {
+        assert!(dir.path().join(name).exists(), "{name} removed");
+    }
+}
