@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::prelude::*;
 use predicates::prelude::*;
+use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -145,26 +146,60 @@ fn sigint_right_after_the_listening_line_exits_cleanly() {
     }
 }
 
+/// Every flag, each with a value that differs from its default, must show up in the
+/// configuration the running emulator reports, and the visible ones in its answers.
 #[test]
 fn flags_reach_the_emulator() {
     let (emulator, base) = start(&[
         "--listen=127.0.0.1:0",
+        "--public-url=http://emulator.test:9000/",
         "--models=m-one,m-two",
         "--policy-ttl-s=42",
         "--max-file-size-mb=5",
         "--capacity-limit-mb=7",
         "--credential-qps=1000",
         "--model-rps=50",
-        "--credential-latency-ms=0",
-        "--upload-latency-ms=0",
-        "--chat-latency-ms=0",
-        "--latency-jitter-ms=0",
-        "--fault-rate=0",
+        "--credential-latency-ms=11",
+        "--upload-latency-ms=12",
+        "--chat-latency-ms=13",
+        "--latency-jitter-ms=14",
+        "--fault-rate=0.001",
         "--fault-seed=9",
-        "--upload-bandwidth-mbps=1000",
+        "--fault-slow-ms=15",
+        "--upload-bandwidth-mbps=123.5",
     ]);
     runtime().block_on(async {
         let http = reqwest::Client::new();
+        let config: serde_json::Value = http
+            .get(format!("{base}/__emulator/config"))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("JSON");
+        let expected = [
+            ("public_url", json!("http://emulator.test:9000/")),
+            ("models", json!(["m-one", "m-two"])),
+            ("policy_ttl_s", json!(42)),
+            ("max_file_size_mb", json!(5)),
+            ("capacity_limit_mb", json!(7)),
+            ("credential_qps", json!(1000)),
+            ("model_rps", json!(50)),
+            ("credential_latency_ms", json!(11)),
+            ("upload_latency_ms", json!(12)),
+            ("chat_latency_ms", json!(13)),
+            ("latency_jitter_ms", json!(14)),
+            ("fault_rate", json!(0.001)),
+            ("fault_seed", json!(9)),
+            ("fault_slow_ms", json!(15)),
+            ("upload_bandwidth_mbps", json!(123.5)),
+        ];
+        for (field, value) in expected {
+            assert_eq!(config[field], value, "{field} in {config}");
+        }
+
+        // With this seed and rate the first requests meet no fault.
         let get = |model: &str| {
             http.get(format!(
                 "{base}/api/v1/uploads?action=getPolicy&model={model}"
@@ -178,7 +213,30 @@ fn flags_reach_the_emulator() {
         assert_eq!(body["data"]["expire_in_seconds"], 42);
         assert_eq!(body["data"]["max_file_size_mb"], 5);
         assert_eq!(body["data"]["capacity_limit_mb"], 7);
+        assert_eq!(body["data"]["upload_host"], "http://emulator.test:9000");
         assert_eq!(get("qwen-vl-plus").await.expect("answers").status(), 400);
+    });
+    terminate(emulator);
+}
+
+/// Without flags, the configuration is the documented default.
+#[test]
+fn defaults_reach_the_emulator() {
+    let (emulator, base) = start(&["--listen=127.0.0.1:0"]);
+    runtime().block_on(async {
+        let config: serde_json::Value = reqwest::get(format!("{base}/__emulator/config"))
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(config["public_url"], base.as_str());
+        assert_eq!(config["credential_qps"], 100);
+        assert_eq!(config["model_rps"], serde_json::Value::Null);
+        assert_eq!(config["policy_ttl_s"], 300);
+        assert_eq!(config["fault_rate"], json!(0.0));
+        assert_eq!(config["fault_slow_ms"], 2000);
+        assert_eq!(config["upload_bandwidth_mbps"], serde_json::Value::Null);
     });
     terminate(emulator);
 }
@@ -198,6 +256,8 @@ fn help_documents_every_flag() {
         "--latency-jitter-ms",
         "--fault-rate",
         "--fault-seed",
+        "--fault-slow-ms",
+        "--public-url",
         "--upload-bandwidth-mbps",
         "--policy-ttl-s",
         "--credential-qps",

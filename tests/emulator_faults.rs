@@ -242,3 +242,33 @@ async fn control_endpoints_never_fault() {
     let stats = emu.stats().await;
     assert_eq!(stats["faults_injected"], 0);
 }
+
+/// With every request faulted, a complete 200 can only be a slow response; each must
+/// have stalled at least `fault_slow`.
+#[tokio::test]
+async fn a_slow_response_stalls_at_least_fault_slow() {
+    let slow = Duration::from_millis(400);
+    let emu = start(EmulatorConfig {
+        fault_rate: 1.0,
+        fault_seed: 3,
+        fault_slow: slow,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut slow_seen = 0;
+    for i in 0..60 {
+        let started = std::time::Instant::now();
+        let result = outcome(get_policy(&emu, &format!("sk-s{i}"))).await;
+        let took = started.elapsed();
+        if let Outcome::Complete(200, body) = result {
+            assert!(took >= slow, "a slow answer took only {took:?}");
+            let body: Value = serde_json::from_str(&body).expect("JSON");
+            assert!(body["data"]["policy"].is_string(), "{body}");
+            slow_seen += 1;
+            if slow_seen == 2 {
+                break;
+            }
+        }
+    }
+    assert!(slow_seen >= 1, "no slow response in 60 faulted requests");
+}

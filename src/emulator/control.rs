@@ -1,5 +1,5 @@
-//! The control endpoints under `/__emulator/`, for tests and tools: statistics and the
-//! clock. Not part of the emulated service, so faults and latency never touch them.
+//! The control endpoints under `/__emulator/`, for tests and tools: statistics, the
+//! configuration in effect, and the clock. Not part of the emulated service, so faults and latency never touch them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +21,11 @@ pub async fn stats(AxumState(state): AxumState<Arc<State>>) -> Response {
             .snapshot(state.credential_window.max_in_window()),
     )
     .into_response()
+}
+
+/// `GET /__emulator/config`: the knobs in effect (see [`super::EmulatorConfig::describe`]).
+pub async fn config(AxumState(state): AxumState<Arc<State>>) -> Response {
+    Json(state.config.describe()).into_response()
 }
 
 /// `POST /__emulator/clock?advance_s=N`: moves the emulator's clock N seconds forward;

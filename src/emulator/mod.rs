@@ -9,7 +9,8 @@
 //! - `POST /`: OSS PostObject, the upload host (`oss`).
 //! - `POST /compatible-mode/v1/chat/completions` and
 //!   `POST /api/v1/services/aigc/multimodal-generation/generation`: model calls (`model`).
-//! - `GET /__emulator/stats`, `POST /__emulator/clock?advance_s=N`: control (`control`).
+//! - `GET /__emulator/stats`, `GET /__emulator/config`, `POST /__emulator/clock?advance_s=N`:
+//!   control (`control`).
 //!
 //! # Layout
 //! - `state`: the shared state and the knobs ([`EmulatorConfig`]).
@@ -74,6 +75,7 @@ pub fn app(config: EmulatorConfig) -> Router {
             post(model::native).layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)),
         )
         .route("/__emulator/stats", get(control::stats))
+        .route("/__emulator/config", get(control::config))
         .route("/__emulator/clock", post(control::advance_clock))
         .fallback(control::not_found)
         .layer(axum::middleware::from_fn_with_state(

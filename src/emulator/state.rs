@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::clock::Clock;
 use super::faults::Faults;
 use super::stats::Stats;
@@ -92,6 +94,33 @@ impl EmulatorConfig {
             .iter()
             .position(|m| m == model)
             .and_then(|i| u16::try_from(i).ok())
+    }
+
+    /// The knobs as `GET /__emulator/config` shows them: named and scaled like the CLI's
+    /// flags (durations in milliseconds), so a test or a tool can check what is in effect.
+    /// The access key secret is left out.
+    pub fn describe(&self) -> Value {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        json!({
+            "public_url": self.public_base_url,
+            "models": self.models,
+            "max_file_size_mb": self.max_file_size_mb,
+            "max_file_size_mb_per_model": self.max_file_size_mb_per_model,
+            "capacity_limit_mb": self.capacity_limit_mb,
+            "policy_ttl_s": self.policy_ttl_s,
+            "credential_qps": self.credential_qps,
+            "model_rps": self.model_rps,
+            "credential_latency_ms": ms(self.credential_latency),
+            "upload_latency_ms": ms(self.upload_latency),
+            "chat_latency_ms": ms(self.chat_latency),
+            "latency_jitter_ms": ms(self.latency_jitter),
+            "fault_rate": self.fault_rate,
+            "fault_seed": self.fault_seed,
+            "fault_slow_ms": ms(self.fault_slow),
+            "upload_bandwidth_mbps": self.upload_bandwidth_mbps,
+            "oss_access_key_id": self.oss_access_key_id,
+            "bucket": self.bucket,
+        })
     }
 
     pub fn max_file_size_mb_for(&self, model: &str) -> u64 {
