@@ -353,22 +353,23 @@ pub struct IdScan {
 }
 
 /// Reads every row once to count them and find repeated ids. The keys go to a
-/// [`Spill`](crate::spill::Spill): a manifest of up to [`spill::IN_MEMORY`] rows is checked in
-/// memory, a larger one in slices of the key space, one sorted slice at a time, so this pass
+/// [`Spill`](crate::spill::Spill), then are sorted one slice of the key space at a time
+/// ([`spill::PER_PASS`] keys or so each), so this pass
 /// costs the same memory at ten million rows as at a hundred thousand. Nothing per row
 /// outlives the pass.
 pub fn scan_ids(path: &Path) -> Result<IdScan, ManifestError> {
-    scan_ids_in(path, spill::IN_MEMORY)
+    scan_ids_in(path, spill::IN_MEMORY, spill::PER_PASS)
 }
 
-/// [`scan_ids`] with `in_memory` keys held in memory before they spill.
-fn scan_ids_in(path: &Path, in_memory: usize) -> Result<IdScan, ManifestError> {
+/// [`scan_ids`] with `in_memory` keys held before they spill and `per_pass` keys sorted at
+/// a time.
+fn scan_ids_in(path: &Path, in_memory: usize, per_pass: usize) -> Result<IdScan, ManifestError> {
     let mut keys = Spill::<1>::new(in_memory);
     for entry in Manifest::open(path)? {
         keys.push([id_key(entry.id())])?;
     }
     // Keys are uniform 64-bit hashes, so `key % slices` splits them evenly.
-    let slices = keys.slices();
+    let slices = keys.slices(per_pass);
     let mut duplicates = std::collections::HashSet::new();
     let mut slice = Vec::new();
     for s in 0..slices {

@@ -144,8 +144,8 @@ fn the_id_scan_counts_rows_and_finds_repeated_ids() {
     .unwrap();
     let derived = id_key(&derived_id("m", "x.png", "p", None));
     // In memory, and spilled to a temp file and checked in three slices: the same answer.
-    for in_memory in [100, 2] {
-        let scan = scan_ids_in(&path, in_memory).unwrap();
+    for (in_memory, per_pass) in [(100, 100), (2, 100), (2, 2)] {
+        let scan = scan_ids_in(&path, in_memory, per_pass).unwrap();
         assert_eq!(scan.rows, 5);
         assert_eq!(
             scan.duplicates,

@@ -15,9 +15,9 @@ use super::not_attempted;
 use super::reader::{Repeats, duplicate};
 use super::worker::bad_row_result;
 
-/// Manifest rows per window: the line index of one window is at most a few MiB, whatever
-/// the length of the manifest. A manifest that fits one window is compacted in one pass.
-pub const WINDOW: usize = spill::IN_MEMORY;
+/// Manifest rows per window: the line index of one window stays near 1 MiB, whatever the
+/// length of the manifest. A manifest that fits one window is compacted in one pass.
+pub const WINDOW: usize = spill::PER_PASS;
 
 /// Lines written, by kind.
 #[derive(Debug, Default, Clone, Copy)]
@@ -36,7 +36,7 @@ pub fn compact(
     duplicates: &HashSet<u64>,
     window: usize,
 ) -> Result<Compacted, CompactError> {
-    let mut all_lines = resume::index_lines(out, window)?;
+    let mut all_lines = resume::index_lines(out, spill::IN_MEMORY.min(window))?;
     let mut lines = LineReader::open(out)?;
     // Two readers of the manifest: `ahead` takes the ids of the next window of rows, for
     // which the line index is built; `entries` then writes that window's rows.
@@ -50,11 +50,8 @@ pub fn compact(
         let mut left_in_window = 0usize;
         for entry in entries {
             if left_in_window == 0 {
-                let mut keys: Vec<u64> = ahead
-                    .by_ref()
-                    .take(window)
-                    .map(|e| id_key(e.id()))
-                    .collect();
+                let mut keys = Vec::with_capacity(window);
+                keys.extend(ahead.by_ref().take(window).map(|e| id_key(e.id())));
                 keys.sort_unstable();
                 left_in_window = keys.len();
                 index = all_lines.index(&keys).map_err(std::io::Error::other)?;
