@@ -392,3 +392,90 @@ async fn model_calls_are_unlimited_by_default() {
     assert!(answers.iter().all(|a| a.status == 200));
     assert_eq!(emu.stats().await["chat_calls"], 200);
 }
+
+fn data_url(mime: &str, bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// Inline base64 media are accepted in every media field of both APIs (no resolve header
+/// needed), and the answer shows the decoded bytes' hash and size like an uploaded file.
+#[tokio::test]
+async fn data_urls_are_decoded_in_both_apis() {
+    let emu = start_default().await;
+    let image: &[u8] = b"\x89PNG inline image";
+    let audio: &[u8] = b"ID3 inline audio";
+    let frame: &[u8] = b"inline frame";
+    let shows = |text: &str, kind: &str, mime: &str, bytes: &[u8]| {
+        let line = format!(
+            "{kind} data:{mime} sha256={} size={}",
+            sha256_hex(bytes),
+            bytes.len()
+        );
+        assert!(text.contains(&line), "{line} missing in {text}");
+    };
+
+    let compat = json!({
+        "model": "qwen-omni-turbo",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url("image/png", image)}},
+            // DashScope's own audio examples leave the mime type out.
+            {"type": "input_audio", "input_audio": {"data": data_url("", audio), "format": "mp3"}},
+            {"type": "video", "video": [data_url("image/jpeg", frame)]},
+            {"type": "text", "text": "What is this?"},
+        ]}],
+    });
+    let text = compat_text(&emu.compatible("sk-demo", false, &compat).await);
+    shows(&text, "image", "image/png", image);
+    shows(&text, "audio", "", audio);
+    shows(&text, "video", "image/jpeg", frame);
+
+    let native = json!({
+        "model": "qwen-omni-turbo",
+        "input": {"messages": [{"role": "user", "content": [
+            {"image": data_url("image/png", image)},
+            {"audio": data_url("audio/mpeg", audio)},
+            {"video": data_url("video/mp4", frame)},
+            {"text": "What is this?"},
+        ]}]},
+    });
+    let text = native_text(&emu.native("sk-demo", false, &native).await);
+    shows(&text, "image", "image/png", image);
+    shows(&text, "audio", "audio/mpeg", audio);
+    shows(&text, "video", "video/mp4", frame);
+    assert_eq!(emu.stats().await["chat_calls"], 2);
+}
+
+#[tokio::test]
+async fn undecodable_data_urls_are_invalid_parameters_in_each_shape() {
+    let emu = start_default().await;
+    for bad in [
+        "data:image/png;base64,not*base64!",
+        "data:image/png;base64,QUJD=X",
+        "data:text/plain,hello",
+        "data:image/png;base64",
+    ] {
+        let answer = emu
+            .compatible("sk-demo", false, &compat_body(MODEL, bad, "Hi"))
+            .await;
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.body);
+        assert_eq!(answer.compat_code(), "invalid_parameter_error", "{bad}");
+        let answer = emu
+            .native("sk-demo", false, &native_body(MODEL, bad, "Hi"))
+            .await;
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.body);
+        assert_eq!(answer.native_code(), "InvalidParameter", "{bad}");
+        assert!(
+            answer.json()["message"]
+                .as_str()
+                .expect("message")
+                .contains("data URL"),
+            "{}",
+            answer.body
+        );
+    }
+    assert_eq!(emu.stats().await["chat_calls"], 0);
+}

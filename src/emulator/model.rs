@@ -4,8 +4,9 @@
 //!
 //! The "model" is a mirror: its deterministic answer lists the system prompt, the user
 //! prompt verbatim and, for each `oss://` file, `sha256=<hex>` of the bytes that were
-//! uploaded, so a test can see exactly what reached the model. `http(s)://` media are
-//! accepted as-is, never downloaded.
+//! uploaded, so a test can see exactly what reached the model. Inline media
+//! (`data:<mime>;base64,<payload>`, which DashScope accepts in every media field) are
+//! decoded and shown the same way. `http(s)://` media are accepted as-is, never downloaded.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,7 +16,10 @@ use axum::body::Bytes;
 use axum::extract::State as AxumState;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::accounts::Account;
 use super::errors::{ApiError, Shape};
@@ -140,6 +144,15 @@ fn answer(
                 hex::encode(object.sha256),
                 object.size
             );
+        } else if let Some(data_url) = media.url.strip_prefix("data:") {
+            let (mime, bytes) = decode_data_url(data_url)?;
+            let _ = writeln!(
+                text,
+                "{} data:{mime} sha256={} size={}",
+                media.kind,
+                hex::encode(Sha256::digest(&bytes)),
+                bytes.len()
+            );
         } else if media.url.starts_with("http://") || media.url.starts_with("https://") {
             let _ = writeln!(text, "{} {} (remote, not fetched)", media.kind, media.url);
         } else {
@@ -147,6 +160,29 @@ fn answer(
         }
     }
     Ok((conversation, text))
+}
+
+/// The part of a `data:` URL after the scheme: `<mime>[;param..];base64,<payload>` →
+/// (mime, decoded bytes). The mime may be empty (DashScope's own audio examples send
+/// `data:;base64,..`). A data URL that is not base64, or whose payload does not decode, is
+/// an invalid parameter.
+fn decode_data_url(data_url: &str) -> Result<(&str, Vec<u8>), ApiError> {
+    let (meta, payload) = data_url
+        .split_once(',')
+        .filter(|(meta, _)| {
+            meta.rsplit_once(';')
+                .is_some_and(|(_, enc)| enc.eq_ignore_ascii_case("base64"))
+        })
+        .ok_or_else(|| {
+            bad("A data URL must have the form data:<mime type>;base64,<base64 payload>.")
+        })?;
+    let mime = meta.split(';').next().unwrap_or_default();
+    let bytes = STANDARD.decode(payload.trim()).map_err(|err| {
+        bad(&format!(
+            "The base64 payload of a data URL does not decode: {err}."
+        ))
+    })?;
+    Ok((mime, bytes))
 }
 
 fn bad(message: &str) -> ApiError {
