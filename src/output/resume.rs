@@ -149,6 +149,15 @@ struct ScannedLine {
 /// appended; it is left out of the length. A line in the middle with the wrong number of
 /// fields (a hand edit) is skipped with a warning, and the lines after it still count.
 pub fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError> {
+    scan_with(out, extra, &mut |warning| tracing::warn!("{warning}"))
+}
+
+/// [`scan`], with its warnings going to `warn`.
+fn scan_with(
+    out: &Path,
+    extra: &[String],
+    warn: &mut dyn FnMut(String),
+) -> Result<(Previous, u64), ResumeError> {
     let io = |source| ResumeError::Io {
         path: out.to_owned(),
         source,
@@ -191,7 +200,7 @@ pub fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError
             break;
         }
         if let Some(done) = last.take() {
-            kept.settle(out, done, want.len());
+            kept.settle(out, done, want.len(), warn);
         }
         let fields = record.len();
         let whole = fields == want.len();
@@ -211,16 +220,23 @@ pub fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError
     if let Some(last) = last {
         let tail = read_from(out, last.start).map_err(io)?;
         if ends_a_record(&tail) {
-            kept.settle(out, last, want.len());
+            kept.settle(out, last, want.len(), warn);
         } else {
-            tracing::warn!(
+            warn(format!(
                 "results file {}, line {}: the last line was cut short (by a crash of an \
                  earlier run?); it is ignored and its row will run again",
                 out.display(),
                 last.line
-            );
+            ));
             valid_len = last.start;
         }
+    }
+    if kept.skipped > WARN_EACH {
+        warn(format!(
+            "results file {}: {} more line(s) with the wrong number of fields skipped",
+            out.display(),
+            kept.skipped - WARN_EACH
+        ));
     }
     let previous = Previous {
         ok: IdSet::from_unsorted(kept.ok_keys),
@@ -234,20 +250,28 @@ pub fn scan(out: &Path, extra: &[String]) -> Result<(Previous, u64), ResumeError
 struct Kept {
     lines: u64,
     ok_keys: Vec<u64>,
+    skipped: u64,
 }
+
+/// Malformed lines warned about one by one; past that, one summary (see [`scan`]).
+const WARN_EACH: u64 = 10;
 
 impl Kept {
     /// Counts a complete line, or warns about one with the wrong number of fields.
-    fn settle(&mut self, out: &Path, line: ScannedLine, want: usize) {
+    fn settle(&mut self, out: &Path, line: ScannedLine, want: usize, warn: &mut dyn FnMut(String)) {
         if line.fields != want {
-            tracing::warn!(
-                "results file {}, line {} (byte {}): {} field(s) where {want} were expected; \
-                 the line is skipped (hint: fix or delete it; the next compaction drops it)",
-                out.display(),
-                line.line,
-                line.start,
-                line.fields
-            );
+            self.skipped += 1;
+            if self.skipped <= WARN_EACH {
+                warn(format!(
+                    "results file {}, line {} (byte {}): {} field(s) where {want} were \
+                     expected; the line is skipped (hint: fix or delete it; the next \
+                     compaction drops it)",
+                    out.display(),
+                    line.line,
+                    line.start,
+                    line.fields
+                ));
+            }
             return;
         }
         self.lines += 1;
