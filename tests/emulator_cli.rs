@@ -276,6 +276,9 @@ fn bad_flag_values_are_usage_errors() {
     for args in [
         ["--fault-rate", "1.5"],
         ["--upload-bandwidth-mbps", "0"],
+        ["--upload-bandwidth-mbps", "1e-300"],
+        ["--upload-bandwidth-mbps", "0.0009"],
+        ["--upload-bandwidth-mbps", "inf"],
         ["--models", ","],
     ] {
         assert_cmd::Command::cargo_bin("dashbatch")
@@ -289,4 +292,21 @@ fn bad_flag_values_are_usage_errors() {
             .failure()
             .code(2);
     }
+}
+
+#[test]
+fn a_too_small_bandwidth_is_refused_with_its_minimum() {
+    assert_cmd::Command::cargo_bin("dashbatch")
+        .expect("binary built")
+        .args(["emulator", "--listen", "127.0.0.1:0"])
+        .args(["--upload-bandwidth-mbps", "1e-300"])
+        .env_clear()
+        .timeout(DEADLINE)
+        .assert()
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains("at least 0.001"));
+    // The slowest allowed rate is accepted.
+    let (emulator, _) = start(&["--listen=127.0.0.1:0", "--upload-bandwidth-mbps=0.001"]);
+    terminate(emulator);
 }

@@ -50,8 +50,9 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub fault_slow_ms: u64,
 
-    /// Read uploads no faster than this many megabits per second (default: unthrottled).
-    #[arg(long, value_name = "MBPS", value_parser = parse_positive)]
+    /// Read uploads no faster than this many megabits per second, at least 0.001
+    /// (default: unthrottled).
+    #[arg(long, value_name = "MBPS", value_parser = parse_bandwidth)]
     pub upload_bandwidth_mbps: Option<f64>,
 
     /// Lifetime of an upload credential (`expire_in_seconds`), in seconds.
@@ -89,10 +90,16 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_positive(s: &str) -> Result<f64, String> {
+/// The slowest link worth emulating: 1 kbit/s. Anything slower only stalls uploads forever
+/// (and tiny values such as 1e-300 make durations overflow).
+const MIN_BANDWIDTH_MBPS: f64 = 0.001;
+
+fn parse_bandwidth(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
-        _ => Err(format!("{s:?} is not a positive number")),
+        Ok(f) if f.is_finite() && f >= MIN_BANDWIDTH_MBPS => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a bandwidth in Mbit/s of at least {MIN_BANDWIDTH_MBPS} (1 kbit/s)"
+        )),
     }
 }
 

@@ -13,6 +13,7 @@
 //! receives the error instead of a reset.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::multipart::Field;
 use axum::extract::{FromRequest, Multipart, Request, State as AxumState};
@@ -335,12 +336,26 @@ async fn read_file(
     while let Some(chunk) = field.chunk().await.map_err(|_| OssError::malformed())? {
         size += chunk.len() as u64;
         hasher.update(&chunk);
-        if let Some(mbps) = bandwidth_mbps.filter(|m| *m > 0.0) {
-            let due = std::time::Duration::from_secs_f64(size as f64 * 8.0 / (mbps * 1e6));
-            tokio::time::sleep_until(started + due).await;
+        if let Some(mbps) = bandwidth_mbps {
+            tokio::time::sleep_until(started + transfer_time(size, mbps)).await;
         }
     }
     Ok((size, hasher.finalize().into()))
+}
+
+/// The longest the pacing ever waits: far beyond any real use, yet small enough for
+/// `Instant` arithmetic and tokio's timer.
+const MAX_TRANSFER_TIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long `bytes` take on a link of `mbps` megabits per second. A rate so small (or a
+/// value so odd: zero, negative, NaN) that the time is not representable is capped at
+/// [`MAX_TRANSFER_TIME`] instead of panicking; the CLI refuses such rates up front.
+fn transfer_time(bytes: u64, mbps: f64) -> Duration {
+    if mbps.is_nan() || mbps <= 0.0 {
+        return MAX_TRANSFER_TIME;
+    }
+    Duration::try_from_secs_f64(bytes as f64 * 8.0 / (mbps * 1e6))
+        .map_or(MAX_TRANSFER_TIME, |t| t.min(MAX_TRANSFER_TIME))
 }
 
 fn success(state: &State, status: StatusCode, stored: &Stored, request_id: &str) -> Response {
@@ -376,4 +391,22 @@ fn success(state: &State, status: StatusCode, stored: &Stored, request_id: &str)
         response.headers_mut().insert(header::ETAG, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_time_follows_the_rate_and_never_panics() {
+        assert_eq!(transfer_time(1_000_000, 8.0), Duration::from_secs(1));
+        assert_eq!(transfer_time(0, 1e-300), Duration::ZERO);
+        assert_eq!(transfer_time(u64::MAX, f64::MAX), Duration::ZERO);
+        for mbps in [1e-300, f64::MIN_POSITIVE, 5e-324, 0.0, -1.0, f64::NAN] {
+            assert_eq!(transfer_time(1, mbps), MAX_TRANSFER_TIME, "{mbps}");
+        }
+        assert_eq!(transfer_time(u64::MAX, 1.0), MAX_TRANSFER_TIME);
+        // The cap keeps the deadline computable.
+        let _ = tokio::time::Instant::now() + transfer_time(1, 1e-300);
+    }
 }
