@@ -261,6 +261,28 @@ async fn control_endpoints_validate_their_input_and_unknown_paths_are_404() {
     }
     assert_eq!(stats["upload_errors"], json!({}));
     assert_eq!(stats["chat_errors"], json!({}));
+    // The document is flat and has exactly the documented fields.
+    let mut fields: Vec<&str> = stats
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "chat_calls",
+            "chat_errors",
+            "credential_calls",
+            "credential_max_in_window",
+            "credential_throttled",
+            "faults_injected",
+            "upload_bytes",
+            "upload_errors",
+            "uploads",
+        ]
+    );
 }
 
 #[tokio::test]

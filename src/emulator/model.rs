@@ -33,7 +33,6 @@ const MEDIA_TOKENS: u64 = 256;
 #[derive(Debug, Default)]
 struct Conversation {
     model: String,
-    model_index: u16,
     system: Vec<String>,
     prompt: Vec<String>,
     media: Vec<Media>,
@@ -65,7 +64,7 @@ fn handle(state: &State, headers: &HeaderMap, body: &[u8], shape: Shape) -> Resp
     let request_id = State::request_id().to_string();
     match answer(state, headers, body, shape) {
         Ok((conversation, text)) => {
-            state.stats.chat_ok(conversation.model_index);
+            state.stats.chat_ok();
             reply(state, &conversation, &text, shape, &request_id)
         }
         Err(err) => {
@@ -107,7 +106,6 @@ fn answer(
     }?;
     let conversation = Conversation {
         model: model.to_owned(),
-        model_index,
         ..conversation
     };
 

@@ -146,7 +146,7 @@ impl State {
     pub fn new(config: EmulatorConfig) -> Self {
         Self {
             clock: Clock::default(),
-            stats: Stats::new(&config.models),
+            stats: Stats::default(),
             credential_window: SlidingWindow::new(Some(config.credential_qps)),
             model_window: SlidingWindow::new(config.model_rps),
             grants: Grants::default(),

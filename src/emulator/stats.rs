@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Stats {
     pub credential_calls: AtomicU64,
     pub credential_throttled: AtomicU64,
@@ -22,8 +22,6 @@ pub struct Stats {
     pub faults_injected: AtomicU64,
     upload_errors: Mutex<BTreeMap<String, u64>>,
     chat_errors: Mutex<BTreeMap<String, u64>>,
-    /// Successful calls per model, indexed like the configured model list.
-    chat_calls_by_model: Box<[(String, AtomicU64)]>,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -47,23 +45,6 @@ fn copy_map(map: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
 }
 
 impl Stats {
-    pub fn new(models: &[String]) -> Self {
-        Self {
-            credential_calls: AtomicU64::default(),
-            credential_throttled: AtomicU64::default(),
-            uploads: AtomicU64::default(),
-            upload_bytes: AtomicU64::default(),
-            chat_calls: AtomicU64::default(),
-            faults_injected: AtomicU64::default(),
-            upload_errors: Mutex::default(),
-            chat_errors: Mutex::default(),
-            chat_calls_by_model: models
-                .iter()
-                .map(|m| (m.clone(), AtomicU64::default()))
-                .collect(),
-        }
-    }
-
     pub fn upload_error(&self, code: &str) {
         bump_map(&self.upload_errors, code);
     }
@@ -72,11 +53,8 @@ impl Stats {
         bump_map(&self.chat_errors, code);
     }
 
-    pub fn chat_ok(&self, model_index: u16) {
+    pub fn chat_ok(&self) {
         bump(&self.chat_calls);
-        if let Some((_, n)) = self.chat_calls_by_model.get(usize::from(model_index)) {
-            bump(n);
-        }
     }
 
     /// The flat JSON document of the stats endpoint. `credential_max_in_window` lives in the
@@ -93,11 +71,6 @@ impl Stats {
             "chat_calls": load(&self.chat_calls),
             "chat_errors": copy_map(&self.chat_errors),
             "faults_injected": load(&self.faults_injected),
-            "chat_calls_by_model": self
-                .chat_calls_by_model
-                .iter()
-                .map(|(model, n)| (model.clone(), load(n)))
-                .collect::<BTreeMap<_, _>>(),
         })
     }
 }
