@@ -5,14 +5,21 @@
 //! account is identified by a fingerprint of the API key (a truncated SHA-256), never by the
 //! key. A line that does not parse (a crash mid-write, a hand edit) is skipped with a warning:
 //! losing a cache entry costs one upload, never a run.
+//!
+//! Runs with different results files can share one state folder. Each holds a shared
+//! `flock(2)` on `<state dir>/uploads.lock` while it has the cache open; the end-of-run
+//! compaction, which replaces the file, needs the lock exclusively and is skipped when another
+//! run has the cache open (that run compacts when it ends). Without this, a run appending to
+//! the replaced file would write into a deleted inode and its records would be lost.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
 
 /// Temporary files live 48 h after upload.
@@ -22,6 +29,7 @@ pub const OSS_LIFETIME: Duration = Duration::from_secs(48 * 3600);
 pub const REUSE_MARGIN: Duration = Duration::from_secs(2 * 3600);
 
 const FILE_NAME: &str = "uploads.jsonl";
+const LOCK_NAME: &str = "uploads.lock";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -39,9 +47,18 @@ pub struct UploadCache {
     path: PathBuf,
     account: String,
     entries: Mutex<HashMap<Key, (String, i64)>>,
-    /// Append handle; `None` when the state folder cannot be written (then the cache only
-    /// serves what it loaded, and says so once).
-    file: Mutex<Option<File>>,
+    /// The append handle and the lock. A mutex because workers record uploads concurrently;
+    /// held only for one append or for the compaction.
+    file: Mutex<Appender>,
+}
+
+struct Appender {
+    /// `None` when the state folder cannot be written (then the cache only serves what it
+    /// loaded, and says so once).
+    file: Option<File>,
+    /// `uploads.lock`, locked shared while `file` is open (see the module notes); `None`
+    /// when it could not be locked, and then this run never compacts.
+    lock: Option<File>,
 }
 
 impl std::fmt::Debug for UploadCache {
@@ -55,40 +72,20 @@ impl std::fmt::Debug for UploadCache {
 impl UploadCache {
     /// Loads the records of `account` (a key fingerprint) from `dir`, creating the folder.
     /// Problems are warnings, logged here, never errors.
+    ///
+    /// Waits while another run compacts the cache (a read and a rewrite of a small file).
     pub fn open(dir: &Path, account: &str, now: i64) -> Self {
         let path = dir.join(FILE_NAME);
-        let mut entries = HashMap::new();
-        let mut corrupt = 0u64;
-        if let Ok(file) = File::open(&path) {
-            for line in BufReader::new(file).split(b'\n') {
-                let Ok(line) = line else {
-                    corrupt += 1;
-                    break;
-                };
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match parse(&line) {
-                    Some((rec, sha)) if rec.account == account => {
-                        if fresh(rec.uploaded_at, now) {
-                            entries.insert((rec.model, sha), (rec.url, rec.uploaded_at));
-                        }
-                    }
-                    Some(_) => {}
-                    None => corrupt += 1,
-                }
+        let lock = std::fs::create_dir_all(dir).and_then(|()| lock_shared(&dir.join(LOCK_NAME)));
+        if lock.is_ok() {
+            // No compaction can be running while we hold the shared lock, so a temp file of
+            // one is left from a run that was killed.
+            if let Err(err) = super::resume::remove_stale_temps(&path) {
+                tracing::debug!("upload cache {}: {err}", path.display());
             }
         }
-        if corrupt > 0 {
-            tracing::warn!(
-                "upload cache {}: skipped {corrupt} unreadable line(s); those files will be \
-                 uploaded again",
-                path.display()
-            );
-        }
-        let file = std::fs::create_dir_all(dir)
-            .and_then(|()| OpenOptions::new().create(true).append(true).open(&path));
-        let file = match file {
+        let entries = load(&path, account, now);
+        let file = match open_append(&path) {
             Ok(f) => Some(f),
             Err(err) => {
                 tracing::warn!(
@@ -99,11 +96,24 @@ impl UploadCache {
                 None
             }
         };
+        let lock = match lock {
+            Ok(lock) => Some(lock),
+            Err(err) => {
+                if file.is_some() {
+                    tracing::warn!(
+                        "upload cache {}: cannot lock {LOCK_NAME} ({err}); this run will not \
+                         tidy the cache",
+                        path.display()
+                    );
+                }
+                None
+            }
+        };
         Self {
             path,
             account: account.to_owned(),
             entries: Mutex::new(entries),
-            file: Mutex::new(file),
+            file: Mutex::new(Appender { file, lock }),
         }
     }
 
@@ -133,12 +143,12 @@ impl UploadCache {
             return;
         };
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = file.as_mut()
+        let mut appender = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = appender.file.as_mut()
             && let Err(err) = f.write_all(&line)
         {
             tracing::warn!("upload cache {}: cannot append: {err}", self.path.display());
-            *file = None;
+            appender.file = None;
         }
     }
 
@@ -152,13 +162,42 @@ impl UploadCache {
     }
 
     /// Rewrites the file without expired or unreadable lines (of any account), atomically.
+    /// Skipped when another run has the cache open: that run compacts when it ends.
     pub fn compact(&self, now: i64) -> std::io::Result<()> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = file.as_mut() {
-            f.sync_data()?;
-        } else {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let Appender { file, lock } = &mut *guard;
+        let (Some(f), Some(lock_file)) = (file.as_mut(), lock.as_ref()) else {
             return Ok(());
+        };
+        f.sync_data()?;
+        // flock cannot turn a shared lock into an exclusive one atomically: let go of ours,
+        // then take the exclusive one only if no other run holds the shared one.
+        FileExt::unlock(lock_file)?;
+        let exclusive = FileExt::try_lock_exclusive(lock_file);
+        let result = match exclusive {
+            Ok(true) => self.rewrite(now),
+            Ok(false) => {
+                tracing::debug!(
+                    "upload cache {}: another run has it open and will tidy it",
+                    self.path.display()
+                );
+                Ok(())
+            }
+            Err(err) => Err(err),
+        };
+        // Shared again (a downgrade, or a wait while another run that took the exclusive
+        // lock meanwhile compacts), and then a handle on the file now at the path: while we
+        // held no lock, it may have been replaced.
+        if let Err(err) = FileExt::lock_shared(lock_file) {
+            *lock = None;
+            return Err(err);
         }
+        *file = open_append(&self.path).ok();
+        result
+    }
+
+    /// The compaction itself, under the exclusive lock.
+    fn rewrite(&self, now: i64) -> std::io::Result<()> {
         let Ok(source) = File::open(&self.path) else {
             return Ok(());
         };
@@ -171,10 +210,77 @@ impl UploadCache {
                 kept.push(b'\n');
             }
         }
-        super::resume::atomic_rewrite(&self.path, |f| f.write_all(&kept))?;
-        *file = OpenOptions::new().append(true).open(&self.path).ok();
-        Ok(())
+        super::resume::atomic_rewrite(&self.path, |f| f.write_all(&kept))
     }
+}
+
+/// The records of `account` in `path` that are still fresh at `now`.
+fn load(path: &Path, account: &str, now: i64) -> HashMap<Key, (String, i64)> {
+    let mut entries = HashMap::new();
+    let mut corrupt = 0u64;
+    if let Ok(file) = File::open(path) {
+        for line in BufReader::new(file).split(b'\n') {
+            let Ok(line) = line else {
+                corrupt += 1;
+                break;
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match parse(&line) {
+                Some((rec, sha)) if rec.account == account => {
+                    if fresh(rec.uploaded_at, now) {
+                        entries.insert((rec.model, sha), (rec.url, rec.uploaded_at));
+                    }
+                }
+                Some(_) => {}
+                None => corrupt += 1,
+            }
+        }
+    }
+    if corrupt > 0 {
+        tracing::warn!(
+            "upload cache {}: skipped {corrupt} unreadable line(s); those files will be \
+             uploaded again",
+            path.display()
+        );
+    }
+    entries
+}
+
+/// `uploads.lock`, locked shared. Blocks while another run holds it exclusively (compacts).
+fn lock_shared(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // Called through the trait: std's inherent `File::lock_shared` is newer than our MSRV.
+    FileExt::lock_shared(&file)?;
+    Ok(file)
+}
+
+/// The append handle. A crash mid-append leaves a last line without its newline; one is
+/// added, so that the next record starts a line of its own instead of being glued to the
+/// partial one (and lost with it). Adding a newline rather than trimming the partial line
+/// cannot cut into a line another run is appending at the same moment.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok(file)
 }
 
 fn parse(line: &[u8]) -> Option<(Record, [u8; 32])> {
@@ -238,6 +344,85 @@ mod tests {
         assert!(cache.lookup("m", &sha, NOW).is_some());
         cache.compact(NOW).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn a_record_after_a_crash_mid_append_is_not_glued_to_the_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let cache = UploadCache::open(dir.path(), "a", NOW);
+        cache.record("m", &[1; 32], "oss://d/1.png", NOW);
+        drop(cache);
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"{\"account\":\"a\",\"mod");
+        std::fs::write(&path, text).unwrap();
+
+        let cache = UploadCache::open(dir.path(), "a", NOW);
+        cache.record("m", &[2; 32], "oss://d/2.png", NOW);
+        drop(cache);
+        let cache = UploadCache::open(dir.path(), "a", NOW);
+        assert!(cache.lookup("m", &[1; 32], NOW).is_some());
+        assert_eq!(
+            cache.lookup("m", &[2; 32], NOW).as_deref(),
+            Some("oss://d/2.png"),
+            "the record after the partial line"
+        );
+    }
+
+    /// Lines of the cache file that parse.
+    fn records(dir: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        text.lines()
+            .filter(|l| parse(l.as_bytes()).is_some())
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().url)
+            .collect()
+    }
+
+    #[test]
+    fn compaction_waits_for_the_last_run_sharing_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let expired = NOW - OSS_LIFETIME.as_secs() as i64;
+        let old = UploadCache::open(dir.path(), "a", expired);
+        old.record("m", &[9; 32], "oss://d/expired.png", expired);
+        drop(old);
+
+        // Two runs with different results files, one state folder.
+        let a = UploadCache::open(dir.path(), "a", NOW);
+        let b = UploadCache::open(dir.path(), "b", NOW);
+        a.record("m", &[1; 32], "oss://d/a1.png", NOW);
+        b.record("m", &[2; 32], "oss://d/b1.png", NOW);
+        a.compact(NOW).unwrap();
+        assert!(
+            records(dir.path()).contains(&"oss://d/expired.png".to_owned()),
+            "skipped while b has the cache open"
+        );
+        // Had a replaced the file, this would go to a deleted inode.
+        b.record("m", &[3; 32], "oss://d/b2.png", NOW);
+        drop(b);
+
+        // Alone now: a compacts, and keeps appending to the new file.
+        a.compact(NOW).unwrap();
+        a.record("m", &[4; 32], "oss://d/a2.png", NOW);
+        drop(a);
+        assert_eq!(
+            records(dir.path()),
+            [
+                "oss://d/a1.png",
+                "oss://d/b1.png",
+                "oss://d/b2.png",
+                "oss://d/a2.png"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stale_compaction_temp_file_is_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".uploads.jsonl.dashbatch-Ab12Cd.tmp");
+        std::fs::write(&stale, "half").unwrap();
+        let cache = UploadCache::open(dir.path(), "a", NOW);
+        assert!(!stale.exists());
+        drop(cache);
     }
 
     #[test]
