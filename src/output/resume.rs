@@ -562,7 +562,11 @@ fn umask() -> u32 {
 /// Call it only while no rewrite of `target` can be running (under its lock).
 pub fn remove_stale_temps(target: &Path) -> std::io::Result<()> {
     let prefix = temp_prefix(target);
-    for entry in std::fs::read_dir(parent_dir(target))? {
+    let entries = match std::fs::read_dir(parent_dir(target)) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
         let entry = entry?;
         if !is_temp_of(&entry.file_name(), &prefix) || !entry.file_type()?.is_file() {
             continue;
