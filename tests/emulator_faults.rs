@@ -272,3 +272,43 @@ async fn a_slow_response_stalls_at_least_fault_slow() {
     }
     assert!(slow_seen >= 1, "no slow response in 60 faulted requests");
 }
+
+/// A fresh, always-faulting emulator whose first getPolicy (for `model`) is answered by
+/// an injected error (500, 503 or 429) before the handler runs; tries seeds until one
+/// starts that way (the sequence is fixed per seed, so this is deterministic).
+async fn first_policy_request_meets_an_error_fault(model: &str) -> Emu {
+    for seed in 0..100 {
+        let emu = start(EmulatorConfig {
+            fault_rate: 1.0,
+            fault_seed: seed,
+            fault_slow: Duration::from_millis(1),
+            ..EmulatorConfig::default()
+        })
+        .await;
+        let request = emu
+            .http
+            .get(emu.url(&format!("/api/v1/uploads?action=getPolicy&model={model}")))
+            .bearer_auth("sk-demo");
+        if let Outcome::Complete(500 | 503 | 429, body) = outcome(request).await {
+            assert!(body.contains("request_id"), "{body}");
+            return emu;
+        }
+    }
+    panic!("no seed starts with an error fault");
+}
+
+#[tokio::test]
+async fn injected_credential_faults_count_in_the_window() {
+    let emu = first_policy_request_meets_an_error_fault(MODEL).await;
+    let stats = emu.stats().await;
+    assert_eq!(stats["faults_injected"], 1, "{stats}");
+    assert_eq!(stats["credential_calls"], 0, "{stats}");
+    assert_eq!(stats["credential_max_in_window"], 1, "{stats}");
+
+    // A request the handler would refuse before the window (an unknown model) is not
+    // counted when a fault answers it either.
+    let emu = first_policy_request_meets_an_error_fault("no-such-model").await;
+    let stats = emu.stats().await;
+    assert_eq!(stats["faults_injected"], 1, "{stats}");
+    assert_eq!(stats["credential_max_in_window"], 0, "{stats}");
+}

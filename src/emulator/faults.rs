@@ -23,6 +23,7 @@ use axum::response::Response;
 
 use super::errors::{ApiError, OssError, Shape};
 use super::oss::oss_request_id;
+use super::policy;
 use super::state::State;
 use super::stats::bump;
 
@@ -178,6 +179,11 @@ pub async fn realism(
         }
         Fault::Drop => truncate(next.run(request).await).await,
         Fault::Internal | Fault::Unavailable | Fault::Throttle => {
+            // The handler never runs, so it cannot count this request in the credential
+            // window; count it here (the other faults run the handler, which does).
+            if endpoint == Endpoint::Credential {
+                policy::record_faulted(&state, request.headers(), request.uri());
+            }
             error_response(&state, endpoint, fault)
         }
     }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State as AxumState};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -61,14 +61,14 @@ pub async fn get_policy(
     }
 }
 
-fn issue(
+/// The checks that come before the rate window: a valid key, `action=getPolicy`, and a
+/// model that exists. Returns the account, the model and its index.
+fn requester<'q>(
     state: &State,
     headers: &HeaderMap,
-    query: Option<HashMap<String, String>>,
-    request_id: uuid::Uuid,
-) -> Result<Value, ApiError> {
+    query: &'q HashMap<String, String>,
+) -> Result<(Account, &'q str, u16), ApiError> {
     let account = Account::from_headers(headers)?;
-    let query = query.unwrap_or_default();
     if query.get("action").map(String::as_str) != Some("getPolicy") {
         return Err(ApiError::invalid_parameter(
             "The parameter action is invalid, it must be getPolicy.",
@@ -82,10 +82,36 @@ fn issue(
             ));
         }
     };
-    let config = &state.config;
-    let model_index = config
+    let model_index = state
+        .config
         .model_index(model)
         .ok_or_else(|| ApiError::invalid_parameter(format!("Model not exist: {model}.")))?;
+    Ok((account, model, model_index))
+}
+
+/// Records in the credential window a getPolicy request that an injected fault answers
+/// before [`get_policy`] runs, so `credential_max_in_window` counts requests of every
+/// outcome, faults included. Only a request the handler would itself have counted (valid
+/// key, action and model) is recorded; the fault's answer stands whatever the window says.
+pub fn record_faulted(state: &State, headers: &HeaderMap, uri: &Uri) {
+    let Ok(Query(query)) = Query::<HashMap<String, String>>::try_from_uri(uri) else {
+        return;
+    };
+    if let Ok((account, model, _)) = requester(state, headers, &query) {
+        state
+            .credential_window
+            .hit(&account.name, model, Instant::now());
+    }
+}
+
+fn issue(
+    state: &State,
+    headers: &HeaderMap,
+    query: Option<HashMap<String, String>>,
+    request_id: uuid::Uuid,
+) -> Result<Value, ApiError> {
+    let query = query.unwrap_or_default();
+    let (account, model, model_index) = requester(state, headers, &query)?;
     // Counted once the account and the model are known to exist (so made-up names cannot
     // grow the window's map), and before the limit is applied: every request of a real
     // account and model fills the window, refused ones included.
@@ -96,6 +122,7 @@ fn issue(
         bump(&state.stats.credential_throttled);
         return Err(ApiError::throttled());
     }
+    let config = &state.config;
 
     let now = state.clock.now();
     let ttl_s = config.policy_ttl_s;
