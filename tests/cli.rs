@@ -98,11 +98,7 @@ fn an_empty_manifest_has_nothing_to_do() {
             .stderr(predicate::str::contains("nothing to do"));
         let metrics = std::fs::read_to_string(&metrics).unwrap();
         assert_eq!(metric(&metrics, "dashbatch_last_run_success"), "1");
-        dashbatch()
-            .arg("validate")
-            .arg(&manifest)
-            .assert()
-            .code(0);
+        dashbatch().arg("validate").arg(&manifest).assert().code(0);
     }
 }
 
@@ -420,7 +416,11 @@ async fn a_base_url_flag_overrides_a_job_files_emulator() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stats(&em).await["chat_calls"], 1, "the row reached this emulator");
+    assert_eq!(
+        stats(&em).await["chat_calls"],
+        1,
+        "the row reached this emulator"
+    );
 }
 
 #[test]

@@ -185,7 +185,9 @@ async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
                     eprintln!("error: {err}");
                     exit::LOCKED
                 }
-                PipelineError::Locked(_) | PipelineError::Manifest(_) | PipelineError::Resume(_) => {
+                PipelineError::Locked(_)
+                | PipelineError::Manifest(_)
+                | PipelineError::Resume(_) => {
                     eprintln!("error: {err}");
                     exit::USAGE
                 }
@@ -309,9 +311,7 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             .or(job.state_dir)
             .unwrap_or_else(|| default_state_dir(&output)),
         fresh: args.fresh,
-        drain_timeout: Duration::from_secs(
-            args.drain_timeout.or(job.drain_timeout).unwrap_or(30),
-        ),
+        drain_timeout: Duration::from_secs(args.drain_timeout.or(job.drain_timeout).unwrap_or(30)),
         api: match api {
             ApiFlag::Compatible => Api::Compatible,
             ApiFlag::Native => Api::Native,
