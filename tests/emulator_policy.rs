@@ -392,3 +392,77 @@ async fn the_clock_stops_at_the_end_of_year_9999_and_nothing_panics() {
     assert_eq!(status, 400);
     round_trip_works(&emu, "still.png").await;
 }
+
+#[tokio::test]
+async fn wrong_methods_get_405_in_each_endpoints_own_shape() {
+    let emu = start_default().await;
+    let send = |method: reqwest::Method, path: &str| {
+        let request = emu
+            .http
+            .request(method, emu.url(path))
+            .bearer_auth("sk-demo");
+        async move { Answer::read(request.send().await.expect("sent")).await }
+    };
+    let allow = |answer: &Answer| answer.headers["allow"].to_str().expect("ASCII").to_owned();
+
+    // The upload host speaks OSS XML.
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let answer = send(method.clone(), "/").await;
+        assert_eq!(answer.status, 405, "{method}");
+        let error = answer.oss_error();
+        assert_eq!(error.code, "MethodNotAllowed");
+        assert_eq!(
+            error.message,
+            "The specified method is not allowed against this resource."
+        );
+        assert!(!error.request_id.is_empty());
+        assert_eq!(allow(&answer), "POST");
+    }
+
+    // getPolicy and the native API speak native JSON.
+    for (method, path, allowed) in [
+        (reqwest::Method::POST, "/api/v1/uploads", "GET, HEAD"),
+        (reqwest::Method::DELETE, "/api/v1/uploads", "GET, HEAD"),
+        (
+            reqwest::Method::GET,
+            "/api/v1/services/aigc/multimodal-generation/generation",
+            "POST",
+        ),
+    ] {
+        let answer = send(method, path).await;
+        assert_eq!(answer.status, 405, "{path}");
+        assert_eq!(answer.content_type(), "application/json", "{path}");
+        assert_eq!(answer.native_code(), "MethodNotAllowed", "{path}");
+        assert_eq!(allow(&answer), allowed);
+    }
+
+    // Compatible mode speaks OpenAI-shaped JSON.
+    let answer = send(reqwest::Method::GET, "/compatible-mode/v1/chat/completions").await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.content_type(), "application/json");
+    assert_eq!(answer.compat_code(), "method_not_allowed");
+    assert_eq!(allow(&answer), "POST");
+
+    // The control endpoints answer in their own JSON.
+    for (method, path) in [
+        (reqwest::Method::GET, "/__emulator/clock"),
+        (reqwest::Method::POST, "/__emulator/stats"),
+        (reqwest::Method::POST, "/__emulator/config"),
+    ] {
+        let answer = send(method, path).await;
+        assert_eq!(answer.status, 405, "{path}");
+        assert!(
+            answer.json()["error"].is_string(),
+            "{path}: {}",
+            answer.body
+        );
+    }
+    // None of this counts as an upload or a model call.
+    let stats = emu.stats().await;
+    assert_eq!(stats["upload_errors"], json!({}));
+    assert_eq!(stats["chat_errors"], json!({}));
+}

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::clock::iso_millis;
+use super::errors::with_allow;
 use super::state::State;
 
 /// `GET /__emulator/stats`.
@@ -49,6 +50,16 @@ pub async fn advance_clock(
         )
             .into_response(),
     }
+}
+
+/// 405 on a control endpoint, in the control endpoints' own `{"error": ..}` shape.
+pub async fn wrong_method(allow: &'static str) -> Response {
+    let response = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": format!("this endpoint takes only {allow}")})),
+    )
+        .into_response();
+    with_allow(response, allow)
 }
 
 /// Anything else: a native-shaped 404, as the service's gateway would answer.

@@ -84,6 +84,15 @@ impl OssError {
         )
     }
 
+    /// A method the upload host does not serve (it takes only `POST /`).
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+        )
+    }
+
     pub fn response(&self, request_id: &str) -> Response {
         #[derive(Serialize)]
         #[serde(rename_all = "PascalCase")]
@@ -248,6 +257,18 @@ impl ApiError {
         )
     }
 
+    /// A method the endpoint does not serve. *Unverified*: no documented body; this follows
+    /// the API's error shape with a self-explanatory code.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method_not_allowed",
+            "invalid_request_error",
+            "The HTTP method is not allowed for this resource.",
+        )
+    }
+
     /// The code a statistic or a log should use for this error in `shape`.
     pub fn code_in(&self, shape: Shape) -> &'static str {
         match shape {
@@ -275,6 +296,14 @@ impl ApiError {
         };
         (self.status, axum::Json(body)).into_response()
     }
+}
+
+/// Adds `Allow: <methods>` to a 405 answer, as HTTP asks.
+pub fn with_allow(mut response: Response, methods: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(methods));
+    response
 }
 
 #[cfg(test)]

@@ -43,12 +43,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use errors::{ApiError, Shape, with_allow};
 pub use state::{DEFAULT_MODELS, EmulatorConfig};
 
 /// Model-call bodies are small JSON; media travel as URLs. 10 MiB leaves room for inline
@@ -63,26 +65,56 @@ pub fn app(config: EmulatorConfig) -> Router {
         // policy's content-length-range is the limit.
         .route(
             "/",
-            post(oss::post_object).layer(DefaultBodyLimit::disable()),
+            post(oss::post_object)
+                .layer(DefaultBodyLimit::disable())
+                .fallback(|| async {
+                    let err = errors::OssError::method_not_allowed();
+                    with_allow(err.response(&oss::oss_request_id()), "POST")
+                }),
         )
-        .route("/api/v1/uploads", get(policy::get_policy))
+        .route(
+            "/api/v1/uploads",
+            get(policy::get_policy).fallback(|| wrong_method(Shape::Native, "GET, HEAD")),
+        )
         .route(
             "/compatible-mode/v1/chat/completions",
-            post(model::compatible).layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)),
+            post(model::compatible)
+                .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+                .fallback(|| wrong_method(Shape::Compatible, "POST")),
         )
         .route(
             "/api/v1/services/aigc/multimodal-generation/generation",
-            post(model::native).layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)),
+            post(model::native)
+                .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+                .fallback(|| wrong_method(Shape::Native, "POST")),
         )
-        .route("/__emulator/stats", get(control::stats))
-        .route("/__emulator/config", get(control::config))
-        .route("/__emulator/clock", post(control::advance_clock))
+        .route(
+            "/__emulator/stats",
+            get(control::stats).fallback(|| control::wrong_method("GET, HEAD")),
+        )
+        .route(
+            "/__emulator/config",
+            get(control::config).fallback(|| control::wrong_method("GET, HEAD")),
+        )
+        .route(
+            "/__emulator/clock",
+            post(control::advance_clock).fallback(|| control::wrong_method("POST")),
+        )
         .fallback(control::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             faults::realism,
         ))
         .with_state(state)
+}
+
+/// 405 in a DashScope API's own error shape (axum's default has an empty body).
+async fn wrong_method(shape: Shape, allow: &'static str) -> Response {
+    let err = ApiError::method_not_allowed();
+    with_allow(
+        err.response(shape, &state::State::request_id().to_string()),
+        allow,
+    )
 }
 
 /// Serves `app(config)` on `listener` until `shutdown` resolves, then drains gracefully.
