@@ -479,3 +479,32 @@ async fn undecodable_data_urls_are_invalid_parameters_in_each_shape() {
     }
     assert_eq!(emu.stats().await["chat_calls"], 0);
 }
+
+/// OpenAI-shaped clients replay earlier assistant turns with `"content": null`.
+#[tokio::test]
+async fn compatible_mode_accepts_null_assistant_content_in_history() {
+    let emu = start_default().await;
+    let url = emu.upload_ok("sk-demo", MODEL, "cat.png", CAT).await;
+    let body = json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": "First question"},
+            {"role": "assistant", "content": null},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "And this?"},
+            ]},
+        ],
+    });
+    let text = compat_text(&emu.compatible("sk-demo", true, &body).await);
+    assert!(text.contains("First question\nAnd this?"), "{text}");
+    assert!(text.contains(&sha256_hex(CAT)), "{text}");
+    // Only an assistant turn may be empty.
+    let body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": null}],
+    });
+    let answer = emu.compatible("sk-demo", false, &body).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.compat_code(), "invalid_parameter_error");
+}

@@ -488,3 +488,40 @@ async fn a_5_mib_upload_is_stored_whole_with_its_hash() {
         "{text}"
     );
 }
+
+/// The official Python SDK's request: its fields in its order, a `Date` header, and the
+/// file part named `File` (field names are case-insensitive).
+#[tokio::test]
+async fn the_python_sdk_form_with_a_date_header_and_a_capitalised_file_part_is_accepted() {
+    let emu = start_default().await;
+    let (policy, key, fields) = prepared(&emu).await;
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in fields {
+        form = form.text(name, value);
+    }
+    form = form.part(
+        "File",
+        reqwest::multipart::Part::bytes(BYTES.to_vec()).file_name("cat.png"),
+    );
+    let date = chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let response = emu
+        .http
+        .post(s(&policy, "upload_host"))
+        .header("Date", date)
+        .multipart(form)
+        .send()
+        .await
+        .expect("sent");
+    let answer = Answer::read(response).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body = json!({
+        "model": MODEL,
+        "input": {"messages": [{"role": "user", "content": [
+            {"image": format!("oss://{key}")}, {"text": "?"},
+        ]}]},
+    });
+    let text = native_text(&emu.native("sk-demo", true, &body).await);
+    assert!(text.contains(&sha256_hex(BYTES)), "{text}");
+}

@@ -267,6 +267,9 @@ fn parse_compatible(request: &Value) -> Result<Conversation, ApiError> {
                     }
                 }
             }
+            // OpenAI-shaped clients replay earlier assistant turns with `"content": null`
+            // (e.g. turns that only made tool calls); they carry no prompt.
+            Some(Value::Null) | None if role == "assistant" => {}
             _ => return Err(bad("A message needs content.")),
         }
     }
