@@ -148,7 +148,10 @@ fn each_bad_row_fails_alone_with_its_line_and_the_rest_run() {
         .args(["run", "--emulator"])
         .arg(&manifest)
         .assert()
-        .code(1);
+        .code(1)
+        // The summary says which kinds of failure to look for.
+        .stderr(predicate::str::contains("file_not_found 1"))
+        .stderr(predicate::str::contains("bad_row 3"));
     let rows = results(&job.output());
     assert_eq!(rows.len(), 12, "one line per manifest row");
     let at = |line: u32| rows.iter().find(|r| r["line"] == line.to_string()).unwrap();
@@ -170,9 +173,9 @@ fn each_bad_row_fails_alone_with_its_line_and_the_rest_run() {
         assert_eq!(r["error_code"], code, "line {line}: {r:?}");
         assert!(!r["error_message"].is_empty());
     }
-    for line in [3, 4, 9, 10, 12] {
+    for line in [3, 4, 5, 6, 8, 9, 10, 12, 13] {
         let msg = &at(line)["error_message"];
-        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        assert!(msg.contains(&format!("manifest.csv, line {line}")), "{msg}");
     }
     if can_stage_unreadable {
         assert_eq!(at(7)["error_code"], "unreadable_file");

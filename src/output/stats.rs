@@ -97,8 +97,19 @@ impl Stats {
                 .collect();
             format!(" ({})", parts.join(", "))
         };
+        // Which kinds of failure, so a cron log says what to look for in the results file.
+        let failures = if self.failures.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = self
+                .failures
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect();
+            format!(" ({})", parts.join(", "))
+        };
         format!(
-            "{ok} ok, {failed} failed, {skipped} skipped{not_attempted} of {total} rows; \
+            "{ok} ok, {failed} failed{failures}, {skipped} skipped{not_attempted} of {total} rows; \
              uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
              {retries} retries{by_cause}; {throttled} 429s; tokens {tin} in / {tout} out; \
              {elapsed:.1}s, {rate:.1} rows/s{pace}",

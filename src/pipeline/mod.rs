@@ -121,6 +121,7 @@ pub async fn run(
     ));
     let credentials = Credentials::new(client.clone(), config.credentials.clone());
     let worker = Arc::new(Worker {
+        manifest: config.manifest.clone(),
         client: client.clone(),
         uploads: Uploads::new(
             client,

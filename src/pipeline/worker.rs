@@ -17,6 +17,8 @@ use crate::manifest::{BadRow, Entry, Row, Source};
 use crate::output::{RowResult, Status, Tokens, UploadOutcome};
 
 pub struct Worker {
+    /// The manifest, named in every row's error message with the row's line.
+    pub manifest: std::path::PathBuf,
     pub client: Client,
     pub uploads: Uploads,
     pub api: Api,
@@ -52,7 +54,7 @@ impl Worker {
                         log.saw_429 += 1;
                     }
                 }
-                row_result(row, outcome, log, started)
+                row_result(row, outcome, log, started, &self.manifest)
             }
         }
     }
@@ -182,7 +184,9 @@ fn row_result(
     outcome: Result<Done, Failure>,
     log: RowLog,
     started: Instant,
+    manifest: &Path,
 ) -> RowResult {
+    let line = row.line;
     let mut result = RowResult {
         id: row.id,
         line: row.line,
@@ -222,7 +226,7 @@ fn row_result(
         Err(f) => {
             result.status = Status::Failed;
             result.error_code = f.code;
-            result.error_message = f.message;
+            result.error_message = format!("{}, line {line}: {}", manifest.display(), f.message);
             result.request_id = f.request_id.unwrap_or_default();
         }
     }
