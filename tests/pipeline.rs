@@ -272,12 +272,17 @@ async fn a_rejected_key_stops_the_run_and_every_row_still_gets_a_line() {
         let f = job.file(&format!("{i}.png"), &bytes(i, 10));
         job.row(&format!("r{i},qwen-vl-plus,{f},p"));
     }
-    let config = job.config(Api::Compatible, 2);
+    // Many rows in flight when the 401 comes: none of them may send the key again.
+    let config = job.config(Api::Compatible, 32);
     // "sk-" with no account is not a key the service knows.
     let outcome = pipeline::run(&config, client(&em, "sk-"), CancellationToken::new())
         .await
         .unwrap();
     assert!(outcome.stopped.unwrap().contains("API key"));
+    assert_eq!(
+        outcome.stats.credential_calls, 1,
+        "one refused getPolicy, then no request with the rejected key"
+    );
     let rows = results(&config.output);
     assert_eq!(rows.len(), 50);
     assert!(rows.iter().all(|r| r["status"] == "failed"));

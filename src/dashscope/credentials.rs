@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::client::Client;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorKind};
 use super::policy::Policy;
 use super::retry::{RetryPolicy, retry};
 
@@ -45,7 +45,8 @@ pub struct CredentialOptions {
     pub burst: NonZeroU32,
     /// Reuse a policy until it nearly expires (`false`: fetch one per call, still limited).
     pub reuse: bool,
-    /// A policy is handed out only while more than this is left of its lifetime.
+    /// A policy is handed out only while more than this (at most a quarter of the
+    /// lifetime) is left of its lifetime.
     pub safety_margin: Duration,
     pub retry: RetryPolicy,
 }
@@ -66,7 +67,9 @@ impl Default for CredentialOptions {
             // OSS checks expiry when the POST arrives, so the margin must cover the time
             // between `get` and the upload request reaching OSS: queueing for an upload
             // slot plus connection setup. A minute is generous; a late upload still gets a
-            // 403 "Policy expired", which the pipeline handles with `invalidate`.
+            // 403 "Policy expired", which the pipeline handles with `invalidate`. For a
+            // lifetime under four minutes the margin shrinks to a quarter of it
+            // (`Policy::reusable_until`), so short-lived policies are still reused.
             safety_margin: Duration::from_secs(60),
             retry: RetryPolicy::default(),
         }
@@ -90,6 +93,10 @@ struct Inner {
     limiter: DefaultKeyedRateLimiter<String>,
     slots: Mutex<HashMap<String, Slot>>,
     fetches: AtomicU64,
+    /// The 401 of the first fetch the service refused. A key does not come back to life
+    /// mid-run, so every later `get` fails at once with it instead of sending the rejected
+    /// key again, whatever the model.
+    rejected: std::sync::OnceLock<ApiError>,
 }
 
 #[derive(Default)]
@@ -122,6 +129,7 @@ impl Credentials {
                 options,
                 slots: Mutex::new(HashMap::new()),
                 fetches: AtomicU64::new(0),
+                rejected: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -129,6 +137,9 @@ impl Credentials {
     /// A policy for `model` with more than `safety_margin` of its lifetime left, fetched if
     /// need be (single-flight, rate-limited, retried per `options.retry`).
     pub async fn get(&self, model: &str) -> Result<Arc<Policy>, ApiError> {
+        if let Some(err) = self.inner.rejected.get() {
+            return Err(err.clone());
+        }
         if !self.inner.options.reuse {
             return self.fetch(model).await.map(Arc::new);
         }
@@ -144,6 +155,9 @@ impl Credentials {
         };
 
         let _refreshing = refresh.lock().await;
+        if let Some(err) = self.inner.rejected.get() {
+            return Err(err.clone());
+        }
         {
             let slots = self.slots();
             if let Some(slot) = slots.get(model) {
@@ -239,7 +253,12 @@ impl Credentials {
             Ok(policy) => {
                 tracing::debug!(model, attempts, request_id = %policy.request_id, "upload policy fetched")
             }
-            Err(err) => tracing::warn!(model, attempts, %err, "getPolicy failed"),
+            Err(err) => {
+                if err.kind == ErrorKind::Unauthorized {
+                    let _ = self.inner.rejected.set(err.clone());
+                }
+                tracing::warn!(model, attempts, %err, "getPolicy failed")
+            }
         }
         result
     }

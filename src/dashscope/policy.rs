@@ -70,10 +70,14 @@ impl Policy {
         self.fetched_at + Duration::from_secs(self.expire_in_seconds)
     }
 
-    /// Until when it is safe to hand out: `expire_in_seconds - margin` after the fetch.
-    /// A margin at least as long as the lifetime means "never reuse".
+    /// Until when it is safe to hand out: `expire_in_seconds - margin` after the fetch, the
+    /// margin capped at a quarter of the lifetime. Without the cap, a short-lived policy
+    /// (a lifetime at or under the margin) would never be reused and every upload would
+    /// spend a getPolicy call of the 100 QPS; a quarter of the lifetime still leaves the
+    /// upload that time to reach OSS, and a late one gets "Policy expired", which is retried.
     pub fn reusable_until(&self, margin: Duration) -> Instant {
-        self.fetched_at + Duration::from_secs(self.expire_in_seconds).saturating_sub(margin)
+        let lifetime = Duration::from_secs(self.expire_in_seconds);
+        self.fetched_at + lifetime.saturating_sub(margin.min(lifetime / 4))
     }
 }
 
@@ -353,7 +357,11 @@ pub(crate) mod tests {
             p.reusable_until(Duration::from_secs(60)),
             p.fetched_at + Duration::from_secs(240)
         );
-        assert_eq!(p.reusable_until(Duration::from_secs(900)), p.fetched_at);
+        // A margin longer than the lifetime is capped at a quarter of it (300 s / 4).
+        assert_eq!(
+            p.reusable_until(Duration::from_secs(900)),
+            p.fetched_at + Duration::from_secs(225)
+        );
     }
 
     proptest::proptest! {

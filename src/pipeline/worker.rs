@@ -59,6 +59,20 @@ impl Worker {
         }
     }
 
+    /// Fails a row in flight before its next request once the key has been rejected: every
+    /// request would carry the same key, and another 401 teaches nothing. The row is
+    /// `not_attempted`, so the next run (with a good key) does it.
+    fn still_running(&self) -> Result<(), Failure> {
+        let reason = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+        match reason.as_deref() {
+            None => Ok(()),
+            Some(reason) => Err(Failure::local(
+                "not_attempted",
+                format!("not attempted: {reason}"),
+            )),
+        }
+    }
+
     fn stop_run(&self, message: &str) {
         let mut reason = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
         if reason.is_none() {
@@ -75,6 +89,7 @@ impl Worker {
             Source::Local(path) => {
                 let metadata = check_local_file(path)?;
                 let mut content = self.uploads.content(path, &metadata).await?;
+                self.still_running()?;
                 let up = self
                     .uploads
                     .ensure(&row.model, path, &mut content, None, log)
@@ -134,6 +149,7 @@ impl Worker {
                 format: (kind == MediaKind::Audio).then(|| extension(&row.file)),
             }),
         };
+        self.still_running()?;
         let model = row.model.as_str();
         let attempt = || async {
             // Awaited just before the request it guards, so a retry is paced too.

@@ -142,10 +142,22 @@ async fn reuses_the_policy_and_invalidates_only_the_current_one() {
 }
 
 #[tokio::test]
-async fn a_policy_inside_the_margin_is_not_reused() {
-    // 30 s lifetime, 60 s margin: never handed out twice to callers that come one
-    // after the other.
+async fn a_short_lived_policy_is_still_reused_for_three_quarters_of_its_life() {
+    // 30 s lifetime, 60 s margin: the margin is capped at 7.5 s, so callers that come one
+    // after the other share the policy instead of spending a getPolicy call each.
     let (fake, base, _rx) = start("30", vec![], false).await;
+    let creds = credentials(&base, true);
+    let a = creds.get("m").await.unwrap();
+    let b = creds.get("m").await.unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_policy_inside_the_margin_is_not_reused() {
+    // A 1 s lifetime is inside its (capped) margin of 0.25 s only after 0.75 s, so use a
+    // lifetime of 0: never handed out twice to callers that come one after the other.
+    let (fake, base, _rx) = start("0", vec![], false).await;
     let creds = credentials(&base, true);
     let a = creds.get("m").await.unwrap();
     let b = creds.get("m").await.unwrap();
@@ -223,15 +235,19 @@ async fn retries_retryable_errors_and_counts_every_request() {
 }
 
 #[tokio::test]
-async fn does_not_retry_unauthorized_and_tries_again_on_the_next_call() {
+async fn a_rejected_key_is_not_retried_nor_sent_again() {
     let (fake, base, _rx) = start("300", vec![401], false).await;
     let creds = credentials(&base, true);
     let err = creds.get("m").await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unauthorized);
     assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
-    // A later caller is not served the old error: it makes a new attempt.
-    assert!(creds.get("m").await.is_ok());
-    assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+    // Later callers, for any model, get the same answer without a request: the key does
+    // not come back to life mid-run.
+    for model in ["m", "other"] {
+        let again = creds.get(model).await.unwrap_err();
+        assert_eq!(again.kind, ErrorKind::Unauthorized);
+    }
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
 }
 
 /// The default quota never lets more than burst + qps through in any 1 s window, per
