@@ -224,6 +224,8 @@ async fn bad_rows_fail_alone_with_a_reason() {
     let code = |id: &str| rows[id]["error_code"].clone();
     assert_eq!(rows["ok"]["status"], "ok");
     assert_eq!(code("model"), "InvalidParameter");
+    assert!(rows["model"]["error_message"].contains("check the model column"));
+    assert!(rows["big"]["error_message"].contains("http(s):// URL"));
     assert_eq!(code("missing"), "file_not_found");
     assert_eq!(code("folder"), "not_a_file");
     assert_eq!(code("big"), "file_too_large");

@@ -109,7 +109,8 @@ fn check_size(policy: &Policy, len: u64, shown: impl FnOnce() -> String) -> Resu
             ErrorKind::Rejected,
             "file_too_large",
             format!(
-                "{} is {len} bytes; model limit is {} MB",
+                "{} is {len} bytes; model limit is {} MB; shrink or split the file, or give \
+                 the model a public http(s):// URL of it instead",
                 shown(),
                 policy.max_file_size_mb
             ),

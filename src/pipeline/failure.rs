@@ -29,8 +29,16 @@ impl Failure {
             .status
             .map(|s| format!("HTTP {s}, "))
             .unwrap_or_default();
+        // A 400 to getPolicy is almost always the model name (the service says only
+        // "Model not exist" or the like): say where to look.
+        let hint = if stage == "upload credential" && err.status == Some(400) {
+            " (hint: check the model column: the model must exist in Model Studio and take \
+             files)"
+        } else {
+            ""
+        };
         Self {
-            message: format!("{stage}: {status}{}", err.message),
+            message: format!("{stage}: {status}{}{hint}", err.message),
             code: err.code,
             request_id: err.request_id,
             kind: Some(err.kind),

@@ -301,7 +301,9 @@ impl Uploads {
                 return Err(Failure::local(
                     "file_too_large",
                     format!(
-                        "{} is {} bytes; model {model} accepts files up to {} MB ({limit} bytes)",
+                        "{} is {} bytes; model {model} accepts files up to {} MB ({limit} \
+                         bytes); shrink or split the file, or give the model a public \
+                         http(s):// URL of it instead",
                         path.display(),
                         size,
                         policy.max_file_size_mb
