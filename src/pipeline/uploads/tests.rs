@@ -155,3 +155,75 @@ async fn unreadable_files_are_row_failures() {
     // The permit taken for the read is given back.
     assert_eq!(up.reads.available_permits(), 1);
 }
+
+/// A 409 FileAlreadyExists on our own content-addressed key means the bytes are already
+/// there (an earlier attempt landed but its answer was lost): the row goes on with the URL.
+#[tokio::test]
+async fn a_409_on_our_own_key_is_success() {
+    use axum::routing::{get, post};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let root = format!("http://{}", listener.local_addr().unwrap());
+    let upload_host = format!("{root}/oss");
+    // A test double: one getPolicy answer, and an OSS host where every key already exists.
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/uploads",
+            get(move || {
+                let upload_host = upload_host.clone();
+                async move {
+                    axum::Json(serde_json::json!({"request_id": "r1", "data": {
+                        "policy": "cG9saWN5", "signature": "c2ln",
+                        "upload_dir": "dashscope-instant/t/2026-11-26/r1",
+                        "upload_host": upload_host, "expire_in_seconds": 300,
+                        "max_file_size_mb": 1024, "capacity_limit_mb": 999999999,
+                        "oss_access_key_id": "LTAI", "x_oss_object_acl": "private",
+                        "x_oss_forbid_overwrite": "true"}}))
+                }
+            }),
+        )
+        .route(
+            "/oss",
+            post(|| async {
+                (
+                    axum::http::StatusCode::CONFLICT,
+                    [("content-type", "application/xml")],
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>FileAlreadyExists</Code>\
+                     <Message>The object you specified already exists and can not be overwritten.\
+                     </Message><RequestId>R</RequestId><HostId>h</HostId></Error>",
+                )
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(
+        ApiKey::new("sk-unit-test-key-0123456789").unwrap(),
+        ClientConfig {
+            base_url: root,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let credentials = Credentials::new(client.clone(), CredentialOptions::default());
+    let cache = Arc::new(UploadCache::open(dir.path(), "test", 0));
+    let uploads = Uploads::new(client, credentials, cache, RetryPolicy::default(), 4);
+    let path = dir.path().join("cat.png");
+    std::fs::write(&path, b"the same bytes as before").unwrap();
+    let metadata = std::fs::metadata(&path).unwrap();
+    let mut content = uploads.content(&path, &metadata).await.unwrap();
+    let mut log = RowLog::default();
+    let up = uploads
+        .ensure("qwen-vl-plus", &path, &mut content, None, &mut log)
+        .await
+        .unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
+    let hex = hex::encode(sha(b"the same bytes as before"));
+    assert!(
+        up.url
+            .starts_with("oss://dashscope-instant/t/2026-11-26/r1/")
+            && up.url.contains(&hex[..8])
+            && up.url.ends_with("_cat.png"),
+        "{}",
+        up.url
+    );
+    assert_eq!(log.attempts, 1, "a 409 is not retried");
+}
