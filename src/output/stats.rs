@@ -87,27 +87,9 @@ impl Stats {
             format!("; paced {}", parts.join(", "))
         };
         let retries: u64 = self.retries.values().sum();
-        let by_cause = if self.retries.is_empty() {
-            String::new()
-        } else {
-            let parts: Vec<String> = self
-                .retries
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            format!(" ({})", parts.join(", "))
-        };
+        let by_cause = counts(&self.retries);
         // Which kinds of failure, so a cron log says what to look for in the results file.
-        let failures = if self.failures.is_empty() {
-            String::new()
-        } else {
-            let parts: Vec<String> = self
-                .failures
-                .iter()
-                .map(|(code, n)| format!("{code} {n}"))
-                .collect();
-            format!(" ({})", parts.join(", "))
-        };
+        let failures = counts(&self.failures);
         format!(
             "{ok} ok, {failed} failed{failures}, {skipped} skipped{not_attempted} of {total} rows; \
              uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
@@ -133,4 +115,13 @@ impl Stats {
             rate = self.rows_per_s,
         )
     }
+}
+
+/// `" (a 1, b 2)"` for a non-empty map, else nothing.
+fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
+    if map.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = map.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!(" ({})", parts.join(", "))
 }
