@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use dashbatch::output::resume::{atomic_rewrite, open_for_append};
-use dashbatch::output::{RowResult, Status, UploadOutcome};
+use dashbatch::output::{RowResult, Status};
 
 fn row(id: &str, prompt: &str, note: &str) -> RowResult {
     RowResult {
@@ -16,19 +16,11 @@ fn row(id: &str, prompt: &str, note: &str) -> RowResult {
         prompt: prompt.into(),
         status: Status::Ok,
         response: "r".into(),
-        finish_reason: String::new(),
-        tokens: None,
-        oss_url: String::new(),
-        upload: UploadOutcome::None,
         attempts: 1,
-        error_code: String::new(),
-        error_message: String::new(),
-        request_id: String::new(),
         latency_ms: 1,
         finished_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
         extra: vec![note.into()],
-        retries: vec![],
-        saw_429: 0,
+        ..RowResult::default()
     }
 }
 

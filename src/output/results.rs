@@ -27,9 +27,11 @@ pub const COLUMNS: [&str; 19] = [
     "finished_at",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Defaults to `Failed`: a row is `ok` only when something says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Status {
     Ok,
+    #[default]
     Failed,
 }
 
@@ -43,7 +45,7 @@ impl Status {
 }
 
 /// How the row's media got its URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UploadOutcome {
     /// This row uploaded the file.
     New,
@@ -52,6 +54,7 @@ pub enum UploadOutcome {
     /// A URL from an earlier run, still young enough to use.
     Cached,
     /// No upload: the row used a URL as written, or failed before uploading.
+    #[default]
     None,
 }
 
@@ -66,8 +69,9 @@ impl UploadOutcome {
     }
 }
 
-/// Everything known about one finished row.
-#[derive(Debug, Clone)]
+/// Everything known about one finished row. `Default` is a failed row with nothing filled
+/// in (and `finished_at` at the epoch), for building one field by field.
+#[derive(Debug, Clone, Default)]
 pub struct RowResult {
     pub id: String,
     pub line: u64,

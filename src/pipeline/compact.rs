@@ -104,30 +104,17 @@ pub enum CompactError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::results::{RowResult, Status, UploadOutcome};
+    use crate::output::results::{RowResult, Status};
 
     fn result(id: &str, status: Status, response: &str) -> RowResult {
         RowResult {
             id: id.into(),
-            line: 0,
             model: "m".into(),
             file: "f.png".into(),
             prompt: "p".into(),
             status,
             response: response.into(),
-            finish_reason: String::new(),
-            tokens: None,
-            oss_url: String::new(),
-            upload: UploadOutcome::None,
-            attempts: 1,
-            error_code: String::new(),
-            error_message: String::new(),
-            request_id: String::new(),
-            latency_ms: 1,
-            finished_at: chrono::Utc::now(),
-            extra: vec![],
-            retries: vec![],
-            saw_429: 0,
+            ..RowResult::default()
         }
     }
 

@@ -210,20 +210,13 @@ fn row_result(
         file: row.file,
         prompt: row.prompt,
         status: Status::Ok,
-        response: String::new(),
-        finish_reason: String::new(),
-        tokens: None,
-        oss_url: String::new(),
-        upload: UploadOutcome::None,
         attempts: log.attempts,
-        error_code: String::new(),
-        error_message: String::new(),
-        request_id: String::new(),
         latency_ms: started.elapsed().as_millis() as u64,
         finished_at: chrono::Utc::now(),
         extra: row.extra,
         retries: log.retries,
         saw_429: log.saw_429,
+        ..RowResult::default()
     };
     match outcome {
         Ok(done) => {
@@ -258,19 +251,11 @@ pub fn bad_row_result(bad: BadRow, started: Instant) -> RowResult {
         file: bad.file,
         prompt: bad.prompt,
         status: Status::Failed,
-        response: String::new(),
-        finish_reason: String::new(),
-        tokens: None,
-        oss_url: String::new(),
-        upload: UploadOutcome::None,
-        attempts: 0,
         error_code: bad.code.to_owned(),
         error_message: bad.message,
-        request_id: String::new(),
         latency_ms: started.elapsed().as_millis() as u64,
         finished_at: chrono::Utc::now(),
         extra: bad.extra,
-        retries: Vec::new(),
-        saw_429: 0,
+        ..RowResult::default()
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::output::results::{RowResult, Status, UploadOutcome};
+use crate::output::results::{RowResult, Status};
 
 fn row(id: &str, status: Status) -> RowResult {
     RowResult {
@@ -10,19 +10,10 @@ fn row(id: &str, status: Status) -> RowResult {
         prompt: "multi\nline, \"quoted\"".into(),
         status,
         response: "r".into(),
-        finish_reason: String::new(),
-        tokens: None,
-        oss_url: String::new(),
-        upload: UploadOutcome::None,
         attempts: 1,
-        error_code: String::new(),
-        error_message: String::new(),
-        request_id: String::new(),
         latency_ms: 1,
         finished_at: chrono::Utc::now(),
-        extra: vec![],
-        retries: vec![],
-        saw_429: 0,
+        ..RowResult::default()
     }
 }
 
