@@ -154,8 +154,9 @@ async fn a_second_run_on_the_same_output_exits_3_naming_the_lock_and_pid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_compacts_and_exits_130_then_a_rerun_finishes() {
+    // Model calls slow enough that rows are always in flight when the signal comes.
     let em = start(EmulatorConfig {
-        chat_latency: Duration::from_millis(30),
+        chat_latency: Duration::from_millis(150),
         ..EmulatorConfig::default()
     })
     .await;
@@ -188,6 +189,11 @@ async fn sigterm_drains_compacts_and_exits_130_then_a_rerun_finishes() {
         "ok {ok}, not attempted {not_attempted}"
     );
     assert_eq!(ok + not_attempted, 200);
+    // Drained: every call the service answered became an ok line; none was in flight and
+    // dropped at exit.
+    assert_eq!(stats(&em).await["chat_calls"], ok as u64, "{stderr}");
+    assert!(stderr.contains("stopping: no new rows"), "{stderr}");
+    assert!(stderr.contains(&format!("{ok} ok, ")), "summary: {stderr}");
     // Compaction keeps manifest order.
     let lines: Vec<u64> = rows.iter().map(|r| r["line"].parse().unwrap()).collect();
     assert!(lines.windows(2).all(|w| w[0] < w[1]));
@@ -234,4 +240,102 @@ async fn uploads_are_reused_across_runs_until_they_expire() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stats(&em).await["uploads"], 24, "{stderr}");
     assert!(results(&job.output()).iter().all(|r| r["status"] == "ok"));
+}
+
+/// Spawns a run of `rows` rows against an emulator whose model calls hang for a minute,
+/// and returns once some rows are waiting on their model call.
+async fn run_with_rows_stuck_in_flight(
+    em: &dashbatch::emulator::Running,
+    job: &Job,
+    extra_args: &[&str],
+) -> Child {
+    let mut child = run_cmd(&em.base_url(), &job.manifest(), "sk-acme")
+        .args(extra_args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Uploads come before model calls: once files are stored, their rows are calling.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats(em).await["uploads"].as_u64().unwrap_or(0) < 4 {
+        assert!(child.try_wait().unwrap().is_none(), "dashbatch ended early");
+        assert!(tokio::time::Instant::now() < deadline, "no uploads");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval, with a deadline
+    }
+    child
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_ends_at_drain_timeout_and_rows_still_in_flight_are_not_attempted() {
+    let em = start(EmulatorConfig {
+        chat_latency: Duration::from_secs(60),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let job = slow_job(20);
+    let child = run_with_rows_stuck_in_flight(&em, &job, &["--drain-timeout", "1"]).await;
+    sigterm(&child);
+    // Far longer than the 1 s drain, far shorter than the 60 s model call.
+    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .expect("the drain stops at --drain-timeout")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let rows = results(&job.output());
+    assert_eq!(rows.len(), 20, "compacted to one line per row");
+    assert!(
+        rows.iter().all(|r| r["error_code"] == "not_attempted"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_and_the_next_run_finishes() {
+    use tokio::io::AsyncBufReadExt;
+    let em = start(EmulatorConfig {
+        chat_latency: Duration::from_secs(60),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let job = slow_job(20);
+    let mut child = run_with_rows_stuck_in_flight(&em, &job, &[]).await;
+    sigterm(&child);
+    // The second signal goes once the first has been taken.
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        let first_taken = line.contains("stopping: no new rows");
+        seen.push(line);
+        if first_taken {
+            break;
+        }
+    }
+    sigterm(&child);
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("a second signal does not wait for the 60 s calls")
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{seen:?}");
+    assert!(seen.iter().any(|l| l.contains("aborted")), "{seen:?}");
+
+    // As after a crash: the next run (with a quick service) does every row.
+    let quick = start(EmulatorConfig::default()).await;
+    let (code, _, stderr) =
+        finish(&mut run_cmd(&quick.base_url(), &job.manifest(), "sk-acme")).await;
+    assert_eq!(code, 0, "{stderr}");
+    let rows = results(&job.output());
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r["status"] == "ok"));
 }
