@@ -453,3 +453,6 @@ fn watch_signals(shutdown: CancellationToken, drain: Duration) {
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
 }
+
+#[cfg(test)]
+mod tests;
