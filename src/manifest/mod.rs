@@ -6,8 +6,14 @@
 //! header, a required column missing) is a [`ManifestError`] and stops the run before any
 //! work. A problem with one record is an [`Entry::Bad`]: it fails that row only.
 //!
+//! Each entry carries the physical line where its record starts, as an editor shows it, for
+//! any file a spreadsheet may write (`\r\n` or `\n` line ends, blank lines, a BOM, quoted
+//! fields over several lines). The `lines` module counts them: the csv crate's own count is
+//! off for all but `\n`-only files without blank lines.
+//!
 //! This module does not look at the files rows point to; the pipeline does that per row.
 
+mod lines;
 mod row;
 
 use std::fs::File;
@@ -15,6 +21,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::spill::{self, Spill, SpillError};
+use lines::Lines;
 
 pub use row::{BadRow, Entry, Row, Source, classify_source, derived_id};
 
@@ -47,6 +54,16 @@ pub enum ManifestError {
     DuplicateColumn { path: PathBuf, column: String },
     #[error("manifest {path}, line 1: the header is not valid UTF-8")]
     HeaderEncoding { path: PathBuf },
+    #[error(
+        "manifest {path}, line 1: column {column:?} would appear twice in the results; \
+         rename the column; results already have a column of that name"
+    )]
+    ResultsColumn { path: PathBuf, column: String },
+    #[error(
+        "manifest {path}, line {line}: a quoted field in the header is never closed, so the \
+         header runs to the end of the file; close the quote or double the \" inside the field"
+    )]
+    UnclosedHeader { path: PathBuf, line: u64 },
     #[error(transparent)]
     Spill(#[from] SpillError),
 }
@@ -68,7 +85,7 @@ struct Columns {
 pub struct Manifest<R = File> {
     path: PathBuf,
     base_dir: PathBuf,
-    reader: csv::Reader<R>,
+    reader: csv::Reader<Lines<R>>,
     columns: Columns,
     record: csv::ByteRecord,
     done: bool,
@@ -105,7 +122,7 @@ impl<R: Read> Manifest<R> {
             // Rows with the wrong number of fields are reported per row, not as a stream error.
             .flexible(true)
             .has_headers(true)
-            .from_reader(reader);
+            .from_reader(Lines::new(reader));
         let header = reader
             .byte_headers()
             .map_err(|source| ManifestError::Header {
@@ -116,6 +133,15 @@ impl<R: Read> Manifest<R> {
         if header.is_empty() {
             return Err(ManifestError::NoHeader {
                 path: path.to_owned(),
+            });
+        }
+        let lines = reader.get_mut();
+        if let (Some(start), Some(open)) = (lines.start_at(0), lines.unclosed())
+            && open.record == start.offset
+        {
+            return Err(ManifestError::UnclosedHeader {
+                path: path.to_owned(),
+                line: open.line,
             });
         }
         let columns = parse_header(&header, path)?;
@@ -138,7 +164,9 @@ impl<R: Read> Manifest<R> {
         &self.path
     }
 
-    fn entry(&self, line: u64) -> Entry {
+    /// The entry for the record just read, which starts at `start`.
+    fn entry(&self, start: lines::Start) -> Entry {
+        let line = start.line;
         let cols = &self.columns;
         let rec = &self.record;
         let text = |i: usize| -> Result<&str, usize> {
@@ -172,6 +200,20 @@ impl<R: Read> Manifest<R> {
             })
         };
 
+        // Checked first: a quote left open swallows the rest of the file into this record, so
+        // its field count means nothing.
+        if let Some(open) = self.reader.get_ref().unclosed()
+            && open.record == start.offset
+        {
+            return bad(
+                "bad_row",
+                format!(
+                    "a quoted field opened on line {} is never closed, so this row runs to the \
+                     end of the manifest; close the quote or double the \" inside the field",
+                    open.line
+                ),
+            );
+        }
         if rec.len() != cols.width {
             return bad(
                 "bad_row",
@@ -198,7 +240,9 @@ impl<R: Read> Manifest<R> {
         }
         let get = |i: usize| text(i).unwrap_or_default().to_owned();
         let model = get(cols.model).trim().to_owned();
-        let file = get(cols.file);
+        // A space before a URL would make it a local path; no file name starts or ends with one
+        // on purpose.
+        let file = get(cols.file).trim().to_owned();
         let prompt = get(cols.prompt);
         let system = cols.system.map(get).filter(|s| !s.trim().is_empty());
         let id = match cols.id.map(get).filter(|s| !s.trim().is_empty()) {
@@ -208,7 +252,7 @@ impl<R: Read> Manifest<R> {
 
         let problem = if model.is_empty() {
             Some("the model column is empty; name the model, e.g. qwen-vl-plus")
-        } else if file.trim().is_empty() {
+        } else if file.is_empty() {
             Some("the file column is empty; give a path relative to the manifest, or a URL")
         } else if file.contains('\0') {
             Some("the file column contains a NUL byte, which no path can hold")
@@ -255,8 +299,17 @@ impl<R: Read> Iterator for Manifest<R> {
         }
         match self.reader.read_byte_record(&mut self.record) {
             Ok(true) => {
-                let line = self.record.position().map_or(0, |p| p.line());
-                Some(self.entry(line))
+                // The csv reader began this record where its previous read stopped; the record
+                // itself starts at the first start the line counter saw from there.
+                let from = self.record.position().map_or(0, |p| p.byte());
+                let lines = self.reader.get_mut();
+                let start = lines.start_at(from);
+                debug_assert!(start.is_some(), "no record start at or after byte {from}");
+                let start = start.unwrap_or(lines::Start {
+                    offset: from,
+                    line: lines.line(),
+                });
+                Some(self.entry(start))
             }
             Ok(false) => {
                 self.done = true;
@@ -265,7 +318,9 @@ impl<R: Read> Iterator for Manifest<R> {
             Err(err) => {
                 // The csv reader resynchronises after a bad record, but an I/O error means the
                 // rest of the file cannot be trusted: report it on the row and stop.
-                let line = err.position().map_or(0, |p| p.line());
+                let from = self.record.position().map_or(0, |p| p.byte());
+                let lines = self.reader.get_mut();
+                let line = lines.start_at(from).map_or(lines.line(), |s| s.line);
                 if matches!(err.kind(), csv::ErrorKind::Io(_)) {
                     self.done = true;
                 }
@@ -319,12 +374,24 @@ fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, Manife
     let id = find("id");
     let system = find("system");
     let known = [Some(model), Some(file), Some(prompt), id, system];
-    let extra = names
+    let extra: Vec<(usize, String)> = names
         .iter()
         .enumerate()
         .filter(|(i, _)| !known.contains(&Some(*i)))
         .map(|(i, n)| (i, n.clone()))
         .collect();
+    // Pass-through columns are written after the results' own, so a name they share would
+    // appear twice in the results header (ignoring case, as for the manifest's own columns).
+    let results = &crate::output::COLUMNS;
+    if let Some((_, column)) = extra
+        .iter()
+        .find(|(_, n)| results.iter().any(|c| c.eq_ignore_ascii_case(n)))
+    {
+        return Err(ManifestError::ResultsColumn {
+            path: path.to_owned(),
+            column: column.clone(),
+        });
+    }
     Ok(Columns {
         model,
         file,

@@ -48,6 +48,19 @@ impl Row {
             message,
         }
     }
+
+    /// Whether the id is the one [`derived_id`] gives this row: the manifest has no `id`
+    /// column, or this row's cell is empty. Two rows with the same derived id are the same
+    /// work, which calls for other advice than two rows given the same id.
+    pub fn has_derived_id(&self) -> bool {
+        self.id
+            == derived_id(
+                &self.model,
+                &self.file,
+                &self.prompt,
+                self.system.as_deref(),
+            )
+    }
 }
 
 /// A row that did not parse. It still becomes a results line: the fields that could be read
@@ -126,6 +139,23 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_ne!(a, derived_id("m", "a.pn", "gp", None));
         assert_ne!(a, derived_id("m", "a.png", "p", Some("s")));
+    }
+
+    #[test]
+    fn a_derived_id_is_told_from_a_given_one() {
+        let row = |id: &str| Row {
+            line: 2,
+            id: id.to_owned(),
+            model: "m".into(),
+            file: "a.png".into(),
+            source: Source::Local("a.png".into()),
+            prompt: "p".into(),
+            system: Some("s".into()),
+            extra: vec![],
+        };
+        assert!(row(&derived_id("m", "a.png", "p", Some("s"))).has_derived_id());
+        assert!(!row(&derived_id("m", "a.png", "p", None)).has_derived_id());
+        assert!(!row("a1").has_derived_id());
     }
 
     #[test]

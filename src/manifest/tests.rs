@@ -55,6 +55,141 @@ fn line_numbers_count_physical_lines_of_multiline_fields() {
 }
 
 #[test]
+fn line_numbers_are_physical_for_crlf_lone_cr_and_blank_lines() {
+    for (text, want) in [
+        // Excel's CSV: CRLF throughout.
+        (
+            &b"model,file,prompt\r\nm,a.png,p\r\nm,b.png,q\r\n"[..],
+            &[2, 3][..],
+        ),
+        // Old Mac line ends.
+        (b"model,file,prompt\rm,a.png,p\rm,b.png,q", &[2, 3]),
+        // Blank lines before, between and after rows, in all three kinds.
+        (
+            b"model,file,prompt\n\nm,a.png,p\n\n\nm,b.png,q\n\n",
+            &[3, 6],
+        ),
+        (
+            b"model,file,prompt\r\n\r\nm,a.png,p\r\n\r\r\nm,b.png,q\r\n",
+            &[3, 6],
+        ),
+        // A quoted field with CRLF and a lone CR inside, then a blank line.
+        (
+            b"model,file,prompt\r\nm,a.png,\"two\r\nlines\rand\r\n\"\r\n\r\nm,b.png,p\r\n",
+            &[2, 7],
+        ),
+    ] {
+        let (_, rows) = read(text).unwrap();
+        let lines: Vec<u64> = rows.iter().map(Entry::line).collect();
+        assert_eq!(lines, want, "{:?}", String::from_utf8_lossy(text));
+        assert!(rows.iter().all(|e| matches!(e, Entry::Row(_))), "{rows:?}");
+    }
+}
+
+#[test]
+fn a_bom_is_dropped_however_the_file_is_read() {
+    // csv-core drops a BOM only if its first read holds all three bytes. Read one byte at a
+    // time, the BOM would otherwise make `"model"` an unquoted field with quotes in its name.
+    let text = b"\xef\xbb\xbf\"model\",file,prompt\r\nm,a.png,p\r\n\r\nm,b.png,p\r\n";
+    for size in [1, 2, 3, 4, 8192] {
+        let (rows, records) = read_chunked(text, size);
+        let lines: Vec<u64> = rows.iter().map(Entry::line).collect();
+        assert_eq!(lines, [2, 4], "chunks of {size}");
+        assert!(rows.iter().all(|e| matches!(e, Entry::Row(_))), "{rows:?}");
+        assert_eq!(records, 3);
+    }
+}
+
+#[test]
+fn a_quote_never_closed_fails_its_row_instead_of_swallowing_the_rest() {
+    let (_, rows) = read(
+        b"id,model,file,prompt\n\
+          z,m,w.png,\"fine\"\n\
+          a,m,x.png,\"Say \"\"hi\n\
+          b,m,y.png,p\n\
+          c,m,z.png,p\n",
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(matches!(rows[0], Entry::Row(_)), "{:?}", rows[0]);
+    let b = bad(&rows[1]);
+    assert_eq!((b.line, b.code, b.id.as_str()), (3, "bad_row", "a"));
+    assert!(
+        b.message.contains(
+            "m.csv, line 3: a quoted field opened on line 3 is never closed, so this row runs \
+             to the end of the manifest; close the quote or double the \" inside the field"
+        ),
+        "{}",
+        b.message
+    );
+
+    // The quote that opens may sit on a later line than the record's start.
+    let (_, rows) = read(b"model,file,prompt\nm,\"x\ny.png\",\"Say\nb,m,y.png,p\n").unwrap();
+    let b = bad(&rows[0]);
+    assert_eq!(b.line, 2);
+    assert!(b.message.contains("opened on line 3"), "{}", b.message);
+
+    // Closed at the very end, with no line end after it: a good row.
+    let (_, rows) = read(b"model,file,prompt\nm,a.png,\"p \"\"q\"\"\"").unwrap();
+    let Entry::Row(row) = &rows[0] else {
+        panic!("{:?}", rows[0])
+    };
+    assert_eq!(row.prompt, "p \"q\"");
+}
+
+#[test]
+fn a_quote_never_closed_in_the_header_is_a_manifest_error() {
+    let err = read(b"model,file,\"prompt\nm,a.png,p\n").unwrap_err();
+    assert!(
+        matches!(err, ManifestError::UnclosedHeader { line: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("m.csv, line 1"), "{err}");
+}
+
+#[test]
+fn a_pass_through_column_named_like_a_results_column_is_refused() {
+    for (header, column) in [
+        ("model,file,prompt,status\n", "status"),
+        ("id,model,file,prompt,batch,Line\n", "Line"),
+    ] {
+        let err = read(header.as_bytes()).unwrap_err();
+        assert!(matches!(err, ManifestError::ResultsColumn { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("manifest m.csv, line 1: column {column:?}"))
+                && msg.contains("rename the column"),
+            "{msg}"
+        );
+    }
+    // The manifest's own columns share names with results columns, and are no pass-through.
+    let (extra, _) = read(b"id,Model,file,prompt,system,batch\n").unwrap();
+    assert_eq!(extra, ["batch"]);
+}
+
+#[test]
+fn the_file_column_is_trimmed() {
+    let (_, rows) = read(
+        b"model,file,prompt\n\
+          m, a.jpg ,p\n\
+          m,\" https://example.com/a.png\",p\n\
+          m,\" \t\",p\n",
+    )
+    .unwrap();
+    let Entry::Row(local) = &rows[0] else {
+        panic!("{:?}", rows[0])
+    };
+    assert_eq!(local.file, "a.jpg");
+    assert_eq!(local.source, Source::Local("/base/a.jpg".into()));
+    assert_eq!(local.id, derived_id("m", "a.jpg", "p", None));
+    let Entry::Row(url) = &rows[1] else {
+        panic!("{:?}", rows[1])
+    };
+    assert_eq!(url.source, Source::Http("https://example.com/a.png".into()));
+    assert!(bad(&rows[2]).message.contains("file column is empty"));
+}
+
+#[test]
 fn missing_required_column_is_a_manifest_error() {
     let err = read(b"model,path,prompt\nm,a.png,p\n").unwrap_err();
     let msg = err.to_string();
@@ -120,15 +255,146 @@ fn duplicate_header_column_is_rejected() {
     ));
 }
 
+/// A reader that hands out at most `size` bytes per read, as a pipe or a slow disk may.
+struct Chunked<'a> {
+    data: &'a [u8],
+    size: usize,
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.size).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Reads `text` in chunks of `size` bytes; also returns how many records (header included)
+/// the line counter saw, which must agree with the csv reader.
+fn read_chunked(text: &[u8], size: usize) -> (Vec<Entry>, u64) {
+    let reader = Chunked { data: text, size };
+    let mut m = Manifest::from_reader(reader, Path::new("m.csv"), PathBuf::from("/base")).unwrap();
+    let entries: Vec<Entry> = m.by_ref().collect();
+    (entries, m.reader.get_ref().records())
+}
+
+/// Line ends a manifest may use; a lone `\r` ends a record for the csv reader too.
+const ENDS: [&str; 3] = ["\n", "\r\n", "\r"];
+
+/// Appends line end `kind` to `text` and counts it. A `\n` right after a `\r` would merge
+/// with it into one `\r\n`, so there it is written as `\r\n`: still one more line.
+fn push_end(text: &mut Vec<u8>, kind: usize, line: &mut u64) {
+    let end = if ENDS[kind] == "\n" && text.last() == Some(&b'\r') {
+        "\r\n"
+    } else {
+        ENDS[kind]
+    };
+    text.extend_from_slice(end.as_bytes());
+    *line += 1;
+}
+
+/// A field: pieces of text, or (with `Err(kind)`) line ends inside it.
+type Field = Vec<Result<String, usize>>;
+
+fn field() -> impl proptest::strategy::Strategy<Value = (Field, bool)> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        3 => "[a-z ,\"]{0,4}".prop_map(Ok),
+        1 => (0..3usize).prop_map(Err),
+    ];
+    (proptest::collection::vec(piece, 0..4), any::<bool>())
+}
+
 proptest::proptest! {
-    /// Arbitrary bytes never panic the reader, and every entry it yields names a line.
+    /// Arbitrary bytes never panic the reader; every entry names a line after the header's,
+    /// later than the one before; and the line counter finds the records the csv reader finds.
     #[test]
-    fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+    fn arbitrary_bytes_never_panic(
+        body in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(b"\",\r\n\"a".to_vec()),
+            ],
+            0..512,
+        ),
+        size in 1..64usize,
+    ) {
         let mut text = b"model,file,prompt,extra\n".to_vec();
         text.extend_from_slice(&body);
-        let (_, rows) = read(&text).unwrap();
-        for entry in rows {
-            proptest::prop_assert!(entry.line() >= 2);
+        let (rows, records) = read_chunked(&text, size);
+        let mut last = 1;
+        for entry in &rows {
+            proptest::prop_assert!(entry.line() > last, "{} after {last}", entry.line());
+            last = entry.line();
+        }
+        proptest::prop_assert_eq!(records, rows.len() as u64 + 1);
+    }
+
+    /// A manifest built from random rows, with random line ends, blank lines, quoted fields
+    /// spanning lines and a BOM, read in random chunk sizes: every entry names the line its
+    /// row starts on, counted while building the file.
+    #[test]
+    fn every_entry_names_the_line_its_row_starts_on(
+        bom in proptest::bool::ANY,
+        header_end in 0..3usize,
+        rows in proptest::collection::vec(
+            (
+                proptest::collection::vec(0..3usize, 0..3),
+                [field(), field(), field()],
+                0..3usize,
+            ),
+            0..12,
+        ),
+        last_end in proptest::bool::ANY,
+        size in 1..64usize,
+    ) {
+        let mut text = Vec::new();
+        if bom {
+            text.extend_from_slice(b"\xef\xbb\xbf");
+        }
+        let mut line = 1;
+        text.extend_from_slice(b"model,file,prompt");
+        push_end(&mut text, header_end, &mut line);
+        let mut expected = Vec::new();
+        for (i, (blanks, fields, end)) in rows.iter().enumerate() {
+            for &blank in blanks {
+                push_end(&mut text, blank, &mut line);
+            }
+            expected.push(line);
+            for (f, (pieces, quote)) in fields.iter().enumerate() {
+                if f > 0 {
+                    text.push(b',');
+                }
+                let special = pieces.iter().any(|p| match p {
+                    Ok(s) => s.contains([',', '"']),
+                    Err(_) => true,
+                });
+                let quote = *quote || special;
+                if quote {
+                    text.push(b'"');
+                }
+                for piece in pieces {
+                    match piece {
+                        Ok(s) => text.extend_from_slice(s.replace('"', "\"\"").as_bytes()),
+                        Err(kind) => push_end(&mut text, *kind, &mut line),
+                    }
+                }
+                if quote {
+                    text.push(b'"');
+                }
+            }
+            if i + 1 < rows.len() || last_end {
+                push_end(&mut text, *end, &mut line);
+            }
+        }
+        let (entries, _) = read_chunked(&text, size);
+        let lines: Vec<u64> = entries.iter().map(Entry::line).collect();
+        proptest::prop_assert_eq!(lines, expected, "{:?}", String::from_utf8_lossy(&text));
+        for entry in &entries {
+            if let Entry::Bad(b) = entry {
+                proptest::prop_assert!(!b.message.contains("never closed"), "{}", b.message);
+            }
         }
     }
 }
