@@ -420,3 +420,30 @@ fn the_id_scan_counts_rows_and_finds_repeated_ids() {
         );
     }
 }
+
+proptest::proptest! {
+    /// Wholly arbitrary bytes, header included, read in arbitrary chunks: the reader either
+    /// refuses the file with a `ManifestError` or yields entries, and never panics. Headers
+    /// that name the required columns are common enough to reach the rows.
+    #[test]
+    fn arbitrary_files_are_refused_or_read_never_panic(
+        head in proptest::sample::select(vec![&b""[..], b"model,file,prompt", b"id,prompt,file,model,x"]),
+        body in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(b"\",\r\n\xef\xbb\xbfmodel".to_vec()),
+            ],
+            0..512,
+        ),
+        size in 1..64usize,
+    ) {
+        let mut text = head.to_vec();
+        text.extend_from_slice(&body);
+        let reader = Chunked { data: &text, size };
+        if let Ok(manifest) = Manifest::from_reader(reader, Path::new("m.csv"), PathBuf::from("/b")) {
+            for entry in manifest {
+                proptest::prop_assert!(entry.line() >= 2);
+            }
+        }
+    }
+}
