@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use dashbatch::output::resume::{atomic_rewrite, open_for_append};
+use dashbatch::output::atomic::atomic_rewrite;
+use dashbatch::output::resume::open_for_append;
 use dashbatch::output::{RowResult, Status};
 
 fn row(id: &str, prompt: &str, note: &str) -> RowResult {

@@ -8,6 +8,7 @@ pub mod stats;
 pub use reporter::{Event, Progress, Reporter};
 pub use results::{COLUMNS, ResultsWriter, RowResult, Status, Tokens, UploadOutcome};
 pub use stats::Stats;
+pub mod atomic;
 pub mod lock;
 pub mod report;
 pub mod resume;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::resume::atomic_rewrite;
+use super::atomic::atomic_rewrite;
 use super::stats::Stats;
 
 /// What both reports say about a run.

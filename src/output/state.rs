@@ -80,7 +80,7 @@ impl UploadCache {
         if lock.is_ok() {
             // No compaction can be running while we hold the shared lock, so a temp file of
             // one is left from a run that was killed.
-            if let Err(err) = super::resume::remove_stale_temps(&path) {
+            if let Err(err) = super::atomic::remove_stale_temps(&path) {
                 tracing::debug!("upload cache {}: {err}", path.display());
             }
         }
@@ -210,7 +210,7 @@ impl UploadCache {
                 kept.push(b'\n');
             }
         }
-        super::resume::atomic_rewrite(&self.path, |f| f.write_all(&kept))
+        super::atomic::atomic_rewrite(&self.path, |f| f.write_all(&kept))
     }
 }
 

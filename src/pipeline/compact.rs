@@ -44,7 +44,7 @@ pub fn compact(
     let entries = Manifest::open(manifest)?;
     let mut counts = Compacted::default();
     let mut repeats = Repeats::new(duplicates);
-    resume::atomic_rewrite(out, |file| {
+    crate::output::atomic::atomic_rewrite(out, |file| {
         let mut writer = ResultsWriter::new(file, extra, true).map_err(std::io::Error::other)?;
         let mut index = LineIndex::default();
         let mut left_in_window = 0usize;

@@ -1,5 +1,7 @@
 use super::*;
+use crate::output::atomic::atomic_rewrite;
 use crate::output::results::{RowResult, Status};
+use std::io::Write;
 
 fn row(id: &str, status: Status) -> RowResult {
     RowResult {
