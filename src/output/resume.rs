@@ -18,7 +18,7 @@ use super::results::{COLUMNS, ResultsWriter};
 use crate::spill::SpillError;
 
 pub use crate::manifest::id_key;
-pub use index::{LineIndex, LineReader, Lines, index_lines};
+pub use index::{LineIndex, LineOffsets, LineReader, index_lines};
 
 mod index;
 

@@ -1,4 +1,4 @@
-//! Compaction's view of a results file: every line's id and offset ([`Lines`]), the line
+//! Compaction's view of a results file: every line's id and offset ([`LineOffsets`]), the line
 //! kept per id for one window of manifest rows ([`LineIndex`]), and reading a kept line back
 //! ([`LineReader`]).
 
@@ -18,7 +18,7 @@ const OK: u64 = 1 << 63;
 ///
 /// A sorted `Vec` of `(id key, offset)` pairs rather than a `HashMap`: 16 bytes a line, with
 /// no table slack and no resize doubling. Compaction builds one per window of manifest rows
-/// ([`Lines::index`]) and looks ids up in manifest order, one binary search each.
+/// ([`LineOffsets::index`]) and looks ids up in manifest order, one binary search each.
 #[derive(Debug, Default)]
 pub struct LineIndex {
     /// Sorted by key, one entry per key.
@@ -74,9 +74,9 @@ impl std::ops::Index<&u64> for LineIndex {
 /// compaction builds a [`LineIndex`] for one window of manifest rows at a time. Held in a
 /// [`Spill`], so a results file of any length costs the same memory.
 #[derive(Debug)]
-pub struct Lines(Spill<2>);
+pub struct LineOffsets(Spill<2>);
 
-impl Lines {
+impl LineOffsets {
     /// The index of the lines whose id key is in `keys` (sorted).
     pub fn index(&mut self, keys: &[u64]) -> Result<LineIndex, SpillError> {
         let mut lines = Vec::with_capacity(keys.len());
@@ -89,9 +89,9 @@ impl Lines {
     }
 }
 
-/// Reads the lines of results file `out` for [`Lines::index`]. Lines marked `duplicate_id`
+/// Reads the lines of results file `out` for [`LineOffsets::index`]. Lines marked `duplicate_id`
 /// and lines with another field count than the header are left out. Up to `in_memory` lines are held in memory, the rest spill.
-pub fn index_lines(out: &Path, in_memory: usize) -> Result<Lines, ResumeError> {
+pub fn index_lines(out: &Path, in_memory: usize) -> Result<LineOffsets, ResumeError> {
     let csv_err = |source| ResumeError::Csv {
         path: out.to_owned(),
         source,
@@ -120,7 +120,7 @@ pub fn index_lines(out: &Path, in_memory: usize) -> Result<Lines, ResumeError> {
         let key = id_key(std::str::from_utf8(&record[0]).unwrap_or_default());
         lines.push([key, start | if ok { OK } else { 0 }])?;
     }
-    Ok(Lines(lines))
+    Ok(LineOffsets(lines))
 }
 
 /// Reads the line starting at `offset` and returns it, its `line` column set to `line`.
