@@ -54,6 +54,20 @@ impl ApiKey {
     }
 }
 
+/// What the key is replaced with wherever a response quotes it back.
+pub(crate) const REDACTED: &str = "****";
+
+/// `text` with every occurrence of `secret` replaced by [`REDACTED`]. Applied to every text a
+/// response gives us, *before* it is cut to length: a cut first could leave most of a key
+/// that no longer matches in full. An empty secret changes nothing.
+pub(crate) fn scrub(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(secret, REDACTED)
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ApiKey(****)")
@@ -105,6 +119,12 @@ mod tests {
             assert!(!msg.contains("sk-ab"), "{msg}");
             assert!(!format!("{err:?}").contains("sk-ab"));
         }
+    }
+
+    #[test]
+    fn scrub_replaces_every_occurrence() {
+        assert_eq!(scrub("a sk-x b sk-x", "sk-x"), "a **** b ****");
+        assert_eq!(scrub("nothing", ""), "nothing");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP plumbing shared by every call: configuration, the `reqwest::Client`, the
-//! `Authorization` header, and turning a response into bytes or a classified [`ApiError`].
+//! `Authorization` header, and turning a response into bytes (read under the call's
+//! [`BodyLimit`]) or a classified [`ApiError`] with the key scrubbed from it.
 //!
 //! Each public call (`get_policy` in [`super::policy`], `upload` in [`super::upload`],
 //! `call_model` in [`super::model`]) makes exactly one attempt. Retrying is the caller's
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::auth::ApiKey;
+use super::body::{self, BodyLimit, ERROR_BODY_LIMIT, Read};
 use super::error::ApiError;
 
 /// Where the service is and how long to wait for it.
@@ -144,29 +146,63 @@ impl Client {
         format!("{}{}", self.inner.root, path)
     }
 
-    /// Sends one request and returns the 2xx status, headers and whole body, or the
-    /// classified error (network trouble included). The key is scrubbed from any error text.
+    /// The raw key, for scrubbing what a response quotes back. Never for output.
+    pub(super) fn secret(&self) -> &str {
+        self.inner.key.expose()
+    }
+
+    /// Sends one request and returns the 2xx status, headers and body, or the classified
+    /// error (network trouble included). The key is scrubbed from every error field.
+    ///
+    /// A 2xx body over `limit` is [`ErrorKind::BodyTooLarge`](super::ErrorKind::BodyTooLarge),
+    /// failing before any byte is read when Content-Length already says so. An error body is
+    /// read up to [`ERROR_BODY_LIMIT`] and classified from that start.
     pub(super) async fn send(
         &self,
         request: reqwest::RequestBuilder,
+        limit: BodyLimit,
     ) -> Result<(u16, HeaderMap, Bytes), ApiError> {
-        let secret = self.inner.key.expose();
-        let response = request
+        let secret = self.secret();
+        let mut response = request
             .send()
             .await
             .map_err(|e| ApiError::from_transport(&e).redact(secret))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        let ok = (200..300).contains(&status);
+        let cap = if ok { limit.bytes() } else { ERROR_BODY_LIMIT };
+        let host = response.url().origin().ascii_serialization();
+        let too_large = |read: String| {
+            let cap = body::human(cap as u64);
+            ApiError::body_too_large(status, &headers, limit.what(), &cap, &read, &host)
+                .redact(secret)
+        };
+        if ok && let Some(announced) = response.content_length().filter(|&n| n > cap as u64) {
+            return Err(too_large(format!("{} long", body::human(announced))));
+        }
         // A body cut short surfaces here as a transport (body) error: Network, retryable.
-        let body = response
-            .bytes()
+        let read = body::read_capped(&mut response, cap)
             .await
             .map_err(|e| ApiError::from_transport(&e).redact(secret))?;
-        if (200..300).contains(&status) {
-            Ok((status, headers, body))
-        } else {
-            Err(ApiError::from_response(status, &headers, &body, SystemTime::now()).redact(secret))
+        match read {
+            Read::Whole(body) if ok => Ok((status, headers, body)),
+            Read::Cut(_) if ok => Err(too_large(format!(
+                "longer than {}",
+                body::human(cap as u64)
+            ))),
+            Read::Whole(body) => Err(self.classify(status, &headers, &body)),
+            // The cut can split a key quoted back: drop its start, so that redaction (which
+            // matches whole keys) leaves nothing of it.
+            Read::Cut(body) => {
+                let body = body::drop_partial_secret(body, secret);
+                Err(self.classify(status, &headers, &body))
+            }
         }
+    }
+
+    /// A non-2xx answer, classified, with the key scrubbed out.
+    fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
+        ApiError::from_response(status, headers, body, SystemTime::now()).redact(self.secret())
     }
 }
 

@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
 
+use super::auth::scrub;
+
 /// What kind of failure this is, as far as a caller's next step is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -35,6 +37,9 @@ pub enum ErrorKind {
     InvalidOssUrl,
     /// Every other 4xx (and anything else unexpected): fail the row with code and message.
     Rejected,
+    /// A 2xx whose body is larger than the call may read ([`super::client::BodyLimit`]). Not
+    /// retryable: the same request to the same server would only do it again.
+    BodyTooLarge,
 }
 
 impl ErrorKind {
@@ -49,6 +54,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::InvalidOssUrl => "invalid_oss_url",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::BodyTooLarge => "response_too_large",
         }
     }
 }
@@ -59,8 +65,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// One failed attempt of one remote call. Never contains the API key (see
-/// [`ApiError::redact`]).
+/// One failed attempt of one remote call. Never contains the API key once it leaves the
+/// client: [`super::Client`] passes every error through [`ApiError::redact`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ApiError {
     pub kind: ErrorKind,
@@ -68,7 +74,7 @@ pub struct ApiError {
     pub status: Option<u16>,
     /// The service's code (`Throttling.RateQuota`, `AccessDenied`, …) or one of ours:
     /// `http_<status>`, `timeout`, `connect`, `network`, `invalid_body`, `file_unreadable`,
-    /// `file_too_large`.
+    /// `file_too_large`, `response_too_large`, `invalid_upload_host`, `policy_quotes_key`.
     pub code: String,
     pub message: String,
     pub request_id: Option<String>,
@@ -91,6 +97,9 @@ impl fmt::Display for ApiError {
 
 /// Bodies can be large HTML pages; a result row only needs the start.
 const MAX_MESSAGE_CHARS: usize = 500;
+/// Codes and request ids are short names (a request id is a UUID or 24 hex digits); a
+/// server that sends a page instead gets it cut here.
+const MAX_ID_CHARS: usize = 128;
 
 impl ApiError {
     /// Throttling, server errors and network trouble are worth another attempt; everything
@@ -125,7 +134,7 @@ impl ApiError {
             kind: ErrorKind::Network,
             status: Some(status),
             code: "invalid_body".to_owned(),
-            message: truncate(&format!("unexpected response body: {detail}")),
+            message: format!("unexpected response body: {detail}"),
             request_id,
             retry_after: None,
         }
@@ -155,7 +164,7 @@ impl ApiError {
             kind: ErrorKind::Network,
             status: err.status().map(|s| s.as_u16()),
             code: code.to_owned(),
-            message: truncate(&message),
+            message,
             request_id: None,
             retry_after: None,
         }
@@ -186,19 +195,47 @@ impl ApiError {
             kind: classify(status, &code, &message),
             status: Some(status),
             code,
-            message: truncate(&message),
+            message,
             request_id,
             retry_after,
         }
     }
 
-    /// Replaces any occurrence of `secret` in the text fields. A defence in depth: DashScope
-    /// does not echo keys, but some gateways quote the Authorization header back.
-    pub fn redact(mut self, secret: &str) -> ApiError {
-        if !secret.is_empty() {
-            self.message = self.message.replace(secret, "****");
-            self.code = self.code.replace(secret, "****");
+    /// A 2xx body over the call's cap. `read` says how much was seen: the announced
+    /// Content-Length, or "more than" the cap when the body was cut off while streaming.
+    pub fn body_too_large(
+        status: u16,
+        headers: &HeaderMap,
+        what: &str,
+        limit: &str,
+        read: &str,
+        host: &str,
+    ) -> ApiError {
+        ApiError {
+            kind: ErrorKind::BodyTooLarge,
+            status: Some(status),
+            code: "response_too_large".to_owned(),
+            message: format!(
+                "the {what} from {host} is {read}, over the {limit} dashbatch reads for it; \
+                 stopped reading (hint: a genuine answer is far smaller; check that the \
+                 service URL points at DashScope and not at a proxy or a look-alike)"
+            ),
+            request_id: header_request_id(headers),
+            retry_after: None,
         }
+    }
+
+    /// Replaces any occurrence of `secret` in every text field taken from a response (code,
+    /// message, request id), then cuts each to its length, in that order: a cut first could
+    /// leave most of a key that no longer matches in full. A defence in depth: DashScope
+    /// does not echo keys, but some gateways quote the Authorization header back. Every
+    /// error leaving [`super::Client`] has been through this.
+    pub fn redact(mut self, secret: &str) -> ApiError {
+        self.code = truncate(&scrub(&self.code, secret), MAX_ID_CHARS);
+        self.message = truncate(&scrub(&self.message, secret), MAX_MESSAGE_CHARS);
+        self.request_id = self
+            .request_id
+            .map(|id| truncate(&scrub(&id, secret), MAX_ID_CHARS));
         self
     }
 }
@@ -321,8 +358,9 @@ fn fallback_message(status: u16, body: &[u8]) -> String {
     }
 }
 
-fn truncate(text: &str) -> String {
-    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+/// `text` cut to `max` characters, with an ellipsis when something was cut.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }

@@ -8,6 +8,8 @@
 //! - [`auth`]: the API key ([`ApiKey`]): validation, redaction, a non-reversible fingerprint.
 //! - [`client`]: [`ClientConfig`] and [`Client`], the shared HTTP plumbing (one attempt per
 //!   call, every non-2xx turned into an [`ApiError`]).
+//! - [`body`]: how much of each answer a call may read ([`BodyLimit`]), and reading it
+//!   under that cap.
 //! - [`policy`]: the upload credential (`getPolicy`) and content-addressed object keys.
 //! - [`upload`]: the streamed OSS PostObject form.
 //! - [`model`]: request and reply shapes of the compatible-mode and native model APIs.
@@ -22,6 +24,7 @@
 //! which owns getPolicy end to end and so also owns its retries).
 
 pub mod auth;
+pub mod body;
 pub mod client;
 pub mod credentials;
 pub mod error;
@@ -35,6 +38,7 @@ pub mod upload;
 mod testing;
 
 pub use auth::{ApiKey, InvalidApiKey};
+pub use body::BodyLimit;
 pub use client::{Client, ClientConfig, ClientError};
 pub use credentials::{CredentialOptions, Credentials};
 pub use error::{ApiError, ErrorKind};

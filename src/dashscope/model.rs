@@ -17,8 +17,10 @@
 use reqwest::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
 
+use super::auth::scrub;
+use super::body::BodyLimit;
 use super::client::Client;
-use super::error::ApiError;
+use super::error::{ApiError, truncate};
 use super::media::{Media, MediaKind};
 
 /// Which of the two HTTP APIs to call.
@@ -76,14 +78,34 @@ impl Client {
             .header(OSS_RESOLVE, "enable")
             .json(&body)
             .timeout(self.inner.config.request_timeout);
-        let (status, headers, bytes) = self.send(http).await?;
+        let (status, headers, bytes) = self.send(http, BodyLimit::Model).await?;
         let header_id = ["x-request-id", "x-dashscope-request-id"]
             .iter()
             .find_map(|n| headers.get(*n)?.to_str().ok())
             .map(str::to_owned);
-        match api {
+        let reply = match api {
             Api::Compatible => parse_compatible(&bytes, status, header_id),
             Api::Native => parse_native(&bytes, status, header_id),
+        };
+        let secret = self.secret();
+        reply
+            .map(|reply| reply.redact(secret))
+            .map_err(|err| err.redact(secret))
+    }
+}
+
+impl ModelReply {
+    /// Every text copied from the reply, with the key scrubbed out (a gateway that quotes
+    /// the Authorization header back could put it in any of them). The answer itself is
+    /// kept whole; the short fields are also cut to a length a results line can carry.
+    fn redact(self, secret: &str) -> ModelReply {
+        const MAX_SHORT: usize = 128;
+        let short = |text: &str| truncate(&scrub(text, secret), MAX_SHORT);
+        ModelReply {
+            text: scrub(&self.text, secret),
+            finish_reason: self.finish_reason.as_deref().map(short),
+            request_id: self.request_id.as_deref().map(short),
+            usage: self.usage,
         }
     }
 }

@@ -21,6 +21,7 @@ use reqwest::Body;
 use reqwest::multipart::{Form, Part};
 use tokio_util::io::ReaderStream;
 
+use super::body::BodyLimit;
 use super::client::Client;
 use super::error::{ApiError, ErrorKind};
 use super::policy::Policy;
@@ -98,7 +99,7 @@ impl Client {
             .multipart(form)
             .timeout(self.inner.config.upload_timeout);
         // Any 2xx: we ask for 200, and 204 (OSS's default) also means the object is stored.
-        self.send(request).await.map(|_| ())
+        self.send(request, BodyLimit::Upload).await.map(|_| ())
     }
 }
 

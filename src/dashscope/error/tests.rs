@@ -199,8 +199,10 @@ fn empty_and_non_json_bodies() {
     assert_eq!(e.kind, ErrorKind::Server);
     assert_eq!(e.code, "http_408");
 
+    // The message is bounded by `redact`, which every error leaving the client goes through.
     let long = "x".repeat(5000);
-    assert!(classify_body(400, &long).message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+    let e = classify_body(400, &long).redact("");
+    assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
 }
 
 #[test]
@@ -260,8 +262,52 @@ fn display_format_and_redaction() {
     );
 }
 
+/// Finding 9 of issue 8: the key is scrubbed from every field a response fills (code,
+/// message, request id from the body or a header), and before the message is cut, so a key
+/// straddling the cut leaves nothing of itself.
+#[test]
+fn redaction_covers_every_field_before_the_cut() {
+    const KEY: &str = "sk-CANARY-0123456789abcdef";
+    let scrubbed = |e: &ApiError| {
+        for text in [&e.code, &e.message, e.request_id.as_deref().unwrap_or("")] {
+            assert!(!text.contains("CANARY"), "{e:?}");
+        }
+    };
+    let body = format!(r#"{{"code":"Bad {KEY}","message":"m","request_id":"Bearer {KEY}"}}"#);
+    let e = classify_body(400, &body).redact(KEY);
+    scrubbed(&e);
+    assert_eq!(e.request_id.as_deref(), Some("Bearer ****"));
+    assert_eq!(e.code, "Bad ****");
+
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_str(&format!("Bearer {KEY}")).unwrap(),
+    );
+    let e = ApiError::from_response(502, &headers, b"", SystemTime::now()).redact(KEY);
+    scrubbed(&e);
+    assert_eq!(e.request_id.as_deref(), Some("Bearer ****"));
+
+    // 490 characters, then the key: a cut at 500 before redaction kept "sk-CANARY-".
+    for body in [
+        format!("{}{KEY} and more", "x".repeat(490)),
+        format!(r#"{{"message":"{}{KEY}"}}"#, "y".repeat(490)),
+        oss_xml("AccessDenied", &format!("{}{KEY}", "z".repeat(490))),
+    ] {
+        let e = classify_body(403, &body).redact(KEY);
+        scrubbed(&e);
+        assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+        assert!(e.to_string().len() < 700, "{e}");
+    }
+
+    // A server that sends a page as its request id gets it cut.
+    let e = classify_body(400, &format!(r#"{{"request_id":"{}"}}"#, "r".repeat(5000))).redact(KEY);
+    assert_eq!(e.request_id.unwrap().chars().count(), MAX_ID_CHARS + 1);
+}
+
 #[test]
 fn kind_names() {
+    assert_eq!(ErrorKind::BodyTooLarge.as_str(), "response_too_large");
     assert_eq!(ErrorKind::Throttled.as_str(), "throttled");
     assert_eq!(ErrorKind::InvalidOssUrl.as_str(), "invalid_oss_url");
 }

@@ -252,6 +252,33 @@ mod http {
         assert!(!format!("{e} {e:?}").contains(TEST_KEY));
     }
 
+    /// Finding 9 of issue 8: a gateway that quotes the Authorization header into the answer,
+    /// the finish reason and the request id (body and header) leaves no key in the reply.
+    #[tokio::test]
+    async fn a_reply_quoting_the_key_is_scrubbed() {
+        async fn echo(headers: HeaderMap, uri: Uri) -> Response {
+            let auth = headers["authorization"].to_str().unwrap().to_owned();
+            let body = if uri.path().starts_with("/compatible-mode") {
+                json!({"choices": [{"message": {"content": format!("said {auth}")},
+                    "finish_reason": auth}]})
+            } else {
+                json!({"request_id": auth, "output": {"choices": [{"finish_reason": auth,
+                    "message": {"content": [{"text": format!("said {auth}")}]}}]}})
+            };
+            ([("x-request-id", auth)], axum::Json(body)).into_response()
+        }
+        let root = serve(Router::new().fallback(post(echo))).await;
+        for api in [Api::Compatible, Api::Native] {
+            let reply = client(&root)
+                .call_model(api, &request(None, None))
+                .await
+                .unwrap();
+            assert_eq!(reply.text, "said Bearer ****");
+            assert_eq!(reply.finish_reason.as_deref(), Some("Bearer ****"));
+            assert_eq!(reply.request_id.as_deref(), Some("Bearer ****"));
+        }
+    }
+
     #[tokio::test]
     async fn a_truncated_200_is_a_retryable_network_error() {
         let root = serve_raw(
