@@ -195,11 +195,17 @@ async fn endless_bodies_fail_their_rows_with_response_too_large() {
     let (code, printed) = run(&job, &server.root, &["--max-attempts", "3"]).await;
     assert_eq!(code, 1, "{printed}");
     let rows = by_id(&results(&job.output()));
-    for id in ["1", "2", "3"] {
+    for (id, what, cap) in [
+        ("1", "upload credential (getPolicy) answer", "64 KiB"),
+        ("2", "upload host's answer", "64 KiB"),
+        ("3", "model answer", "16 MiB"),
+    ] {
         let row = &rows[id];
         assert_eq!(row["status"], "failed", "{row:?}");
         assert_eq!(row["error_code"], "response_too_large", "{row:?}");
-        assert!(row["error_message"].contains("KiB") || row["error_message"].contains("MiB"));
+        let message = &row["error_message"];
+        assert!(message.contains(what) && message.contains(cap), "{message}");
+        assert!(message.contains(&server.root), "names the host: {message}");
     }
     assert_eq!(server.hits("policy endless-policy"), 1, "not retried");
     assert_eq!(server.hits("upload endless"), 1, "not retried");

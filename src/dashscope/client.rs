@@ -172,13 +172,21 @@ impl Client {
         let ok = (200..300).contains(&status);
         let cap = if ok { limit.bytes() } else { ERROR_BODY_LIMIT };
         let host = response.url().origin().ascii_serialization();
-        let too_large = |read: String| {
-            let cap = body::human(cap as u64);
-            ApiError::body_too_large(status, &headers, limit.what(), &cap, &read, &host)
-                .redact(secret)
+        let too_large = |what_happened: String| {
+            let message = format!(
+                "the {} from {host} {what_happened} (hint: a genuine answer is far smaller; \
+                 check that the service URL points at DashScope, whose credentials name the \
+                 upload host)",
+                limit.what()
+            );
+            ApiError::body_too_large(status, &headers, message).redact(secret)
         };
+        let shown_cap = body::human(cap as u64);
         if ok && let Some(announced) = response.content_length().filter(|&n| n > cap as u64) {
-            return Err(too_large(format!("{} long", body::human(announced))));
+            return Err(too_large(format!(
+                "announces {}, over the {shown_cap} dashbatch reads for it; nothing was read",
+                body::human(announced)
+            )));
         }
         // A body cut short surfaces here as a transport (body) error: Network, retryable.
         let read = body::read_capped(&mut response, cap)
@@ -187,8 +195,7 @@ impl Client {
         match read {
             Read::Whole(body) if ok => Ok((status, headers, body)),
             Read::Cut(_) if ok => Err(too_large(format!(
-                "longer than {}",
-                body::human(cap as u64)
+                "went on past the {shown_cap} dashbatch reads for it; it stopped reading there"
             ))),
             Read::Whole(body) => Err(self.classify(status, &headers, &body)),
             // The cut can split a key quoted back: drop its start, so that redaction (which

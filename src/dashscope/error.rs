@@ -37,7 +37,7 @@ pub enum ErrorKind {
     InvalidOssUrl,
     /// Every other 4xx (and anything else unexpected): fail the row with code and message.
     Rejected,
-    /// A 2xx whose body is larger than the call may read ([`super::client::BodyLimit`]). Not
+    /// A 2xx whose body is larger than the call may read ([`super::body::BodyLimit`]). Not
     /// retryable: the same request to the same server would only do it again.
     BodyTooLarge,
 }
@@ -201,25 +201,14 @@ impl ApiError {
         }
     }
 
-    /// A 2xx body over the call's cap. `read` says how much was seen: the announced
-    /// Content-Length, or "more than" the cap when the body was cut off while streaming.
-    pub fn body_too_large(
-        status: u16,
-        headers: &HeaderMap,
-        what: &str,
-        limit: &str,
-        read: &str,
-        host: &str,
-    ) -> ApiError {
+    /// A 2xx body over the call's cap; `message` says which answer, from where, and how far
+    /// it was read. The request id comes from the headers, the body being unread.
+    pub fn body_too_large(status: u16, headers: &HeaderMap, message: String) -> ApiError {
         ApiError {
             kind: ErrorKind::BodyTooLarge,
             status: Some(status),
             code: "response_too_large".to_owned(),
-            message: format!(
-                "the {what} from {host} is {read}, over the {limit} dashbatch reads for it; \
-                 stopped reading (hint: a genuine answer is far smaller; check that the \
-                 service URL points at DashScope and not at a proxy or a look-alike)"
-            ),
+            message,
             request_id: header_request_id(headers),
             retry_after: None,
         }

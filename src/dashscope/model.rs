@@ -257,7 +257,7 @@ fn parse_compatible(
             completion_tokens: usage.completion_tokens,
             total_tokens: usage
                 .total_tokens
-                .unwrap_or(usage.prompt_tokens + usage.completion_tokens),
+                .unwrap_or(usage.prompt_tokens.saturating_add(usage.completion_tokens)),
         },
         request_id,
     })
@@ -381,7 +381,7 @@ fn parse_native(
             completion_tokens: usage.output_tokens,
             total_tokens: usage
                 .total_tokens
-                .unwrap_or(usage.input_tokens + usage.output_tokens),
+                .unwrap_or(usage.input_tokens.saturating_add(usage.output_tokens)),
         },
         request_id,
     })

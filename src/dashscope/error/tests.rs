@@ -244,6 +244,23 @@ fn retry_after_seconds_and_dates() {
     assert_eq!(e.retry_after, Some(Duration::from_secs(12)));
 }
 
+/// A Retry-After is the service's number: dates at either end of what RFC 2822 can say and
+/// delay-seconds up to u64::MAX parse without panicking (the retry layer clamps the wait).
+#[test]
+fn extreme_retry_after_values_do_not_panic() {
+    let now = SystemTime::now();
+    assert_eq!(
+        parse_retry_after("18446744073709551615", now),
+        Some(Duration::from_secs(u64::MAX))
+    );
+    assert_eq!(
+        parse_retry_after("Mon, 01 Jan 0001 00:00:00 GMT", now),
+        Some(Duration::ZERO)
+    );
+    assert!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).is_some());
+    assert_eq!(parse_retry_after("99999999999999999999999", now), None);
+}
+
 #[test]
 fn display_format_and_redaction() {
     let e = classify_body(

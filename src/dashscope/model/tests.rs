@@ -133,6 +133,22 @@ fn parses_the_documented_native_reply() {
     );
 }
 
+/// Token counts are the service's numbers: summing two of them saturates, never overflows.
+#[test]
+fn huge_token_counts_saturate() {
+    let max = u64::MAX;
+    let compat = format!(
+        r#"{{"choices":[{{"message":{{"content":"a"}}}}],"usage":{{"prompt_tokens":{max},"completion_tokens":1}}}}"#
+    );
+    let reply = parse_compatible(compat.as_bytes(), 200, None).unwrap();
+    assert_eq!(reply.usage.total_tokens, max);
+    let native = format!(
+        r#"{{"output":{{"choices":[{{"message":{{"content":[]}}}}]}},"usage":{{"input_tokens":{max},"output_tokens":{max}}}}}"#
+    );
+    let reply = parse_native(native.as_bytes(), 200, None).unwrap();
+    assert_eq!(reply.usage.total_tokens, max);
+}
+
 #[test]
 fn truncated_or_unexpected_replies_are_retryable() {
     for body in [
