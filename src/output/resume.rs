@@ -17,16 +17,20 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::atomic::{atomic_rewrite, remove_stale_temps};
+use super::atomic::remove_stale_temps;
 use super::results::{COLUMNS, COLUMNS_V1, ResultsWriter, col};
 use crate::spill::SpillError;
 
 pub use crate::manifest::id_key;
 pub use digest::{InputDigest, line_digest, row_digests};
+pub use done::{Done, Resumed};
 pub use index::{LineIndex, LineOffsets, LineReader, Lines, index_lines};
+use upgrade::add_digest_column;
 
 mod digest;
+mod done;
 mod index;
+mod upgrade;
 
 /// The side file of results file `out`: `ok` lines no manifest row took at the last
 /// compaction, in the same columns, named `OUT.orphans.csv`.
@@ -34,59 +38,6 @@ pub fn side_path(out: &Path) -> PathBuf {
     let mut name = out.as_os_str().to_owned();
     name.push(".orphans.csv");
     PathBuf::from(name)
-}
-
-/// The `ok` lines of a results file (and its side file) as sorted `(id key, digest)` pairs:
-/// 16 bytes a line, where a hash map takes two to three times that.
-#[derive(Debug, Default, Clone)]
-pub struct Done(Vec<(u64, u64)>);
-
-/// What the earlier lines of a row's id say about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumed {
-    /// An `ok` line answers what the row asks now.
-    Done,
-    /// `ok` lines exist for the id, but they answer something else (the row changed).
-    Changed,
-    /// No `ok` line for the id.
-    New,
-}
-
-impl Done {
-    /// Builds the set from pairs in any order.
-    pub fn from_unsorted(mut pairs: Vec<(u64, u64)>) -> Self {
-        pairs.sort_unstable();
-        pairs.dedup();
-        pairs.shrink_to_fit();
-        Self(pairs)
-    }
-
-    /// Whether the row with id key `key`, whose lines may carry one of `digests` (see
-    /// [`row_digests`]), is done.
-    pub fn check(&self, key: u64, digests: [u64; 2]) -> Resumed {
-        let start = self.0.partition_point(|&(k, _)| k < key);
-        let mut lines = self.0[start..].iter().take_while(|&&(k, _)| k == key);
-        match lines.next() {
-            None => Resumed::New,
-            Some(first)
-                if std::iter::once(first)
-                    .chain(lines)
-                    .any(|(_, d)| digests.contains(d)) =>
-            {
-                Resumed::Done
-            }
-            Some(_) => Resumed::Changed,
-        }
-    }
-
-    /// `ok` lines held (one per id and digest).
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// What an earlier results file holds.
@@ -224,40 +175,6 @@ pub fn open_for_append(
     file.seek(SeekFrom::End(0)).map_err(io)?;
     let writer = ResultsWriter::new(file, extra, false).map_err(csv_err)?;
     Ok((writer, previous))
-}
-
-/// Rewrites a results file of the version before `input_digest` (whose last line [`scan`]
-/// found complete) with the column, empty on every line. Lines of another width (hand edits)
-/// are copied as they are, to be skipped with a warning as before.
-fn add_digest_column(out: &Path, extra: &[String]) -> std::io::Result<()> {
-    let mut reader = reader_builder().from_path(out)?;
-    let at = col::INPUT_DIGEST;
-    let old_width = COLUMNS_V1.len() + extra.len();
-    atomic_rewrite(out, |file| {
-        let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(file);
-        let mut record = csv::ByteRecord::new();
-        let mut wider = csv::ByteRecord::new();
-        let mut first = true;
-        while reader.read_byte_record(&mut record)? {
-            if first || record.len() == old_width {
-                wider.clear();
-                for (i, field) in record.iter().enumerate() {
-                    if i == at {
-                        wider.push_field(if first { b"input_digest" } else { b"" });
-                    }
-                    wider.push_field(field);
-                }
-                if record.len() == at {
-                    wider.push_field(if first { b"input_digest" } else { b"" });
-                }
-                writer.write_byte_record(&wider)?;
-            } else {
-                writer.write_byte_record(&record)?;
-            }
-            first = false;
-        }
-        writer.flush()
-    })
 }
 
 /// One data line of a results file, as [`scan`] holds it until it knows whether the line is
