@@ -52,7 +52,7 @@ pub fn validate(
     let mut plan = Plan::default();
     // A results file that `run` would refuse is a problem now, not a surprise at night.
     let done = match resume::scan(output, &extra) {
-        Ok((previous, _)) => previous.ok,
+        Ok((previous, _)) => previous.done,
         Err(ResumeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Default::default()
         }
@@ -82,7 +82,7 @@ pub fn validate(
             }
             Entry::Row(row) => row,
         };
-        if done.contains(&id_key(&row.id)) {
+        if done.check(id_key(&row.id), resume::row_digests(&row)) == resume::Resumed::Done {
             plan.done += 1;
         }
         *plan.models.entry(row.model.clone()).or_default() += 1;

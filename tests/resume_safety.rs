@@ -37,7 +37,9 @@ fn read_back(path: &Path) -> Vec<(String, String)> {
         .records()
         .map(|r| {
             let r = r.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (r[0].to_owned(), r[19].to_owned())
+            // The pass-through column follows the fixed ones.
+            let note = dashbatch::output::COLUMNS.len();
+            (r[0].to_owned(), r[note].to_owned())
         })
         .collect()
 }

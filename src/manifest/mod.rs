@@ -275,6 +275,7 @@ impl<R: Read> Manifest<R> {
             prompt,
             system,
             extra,
+            input_digest: None,
         })
     }
 

@@ -31,6 +31,10 @@ pub struct Row {
     pub system: Option<String>,
     /// Values of the pass-through columns, in header order.
     pub extra: Vec<String>,
+    /// What the row asks, as the run's reader found it before the row ran (see
+    /// [`crate::output::resume::InputDigest`]); `None` until then. Written to the row's
+    /// results line, so that a later run can tell whether the row has changed.
+    pub input_digest: Option<crate::output::resume::InputDigest>,
 }
 
 impl Row {
@@ -152,6 +156,7 @@ mod tests {
             prompt: "p".into(),
             system: Some("s".into()),
             extra: vec![],
+            input_digest: None,
         };
         assert!(row(&derived_id("m", "a.png", "p", Some("s"))).has_derived_id());
         assert!(!row(&derived_id("m", "a.png", "p", None)).has_derived_id());

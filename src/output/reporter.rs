@@ -21,6 +21,8 @@ pub enum Event {
     Total(u64),
     /// Rows an earlier run finished `ok`, not attempted again.
     Skipped(u64),
+    /// Rows whose earlier `ok` line answered something else, run again.
+    Changed(u64),
 }
 
 /// A sink whose written data can be forced to stable storage.
@@ -104,6 +106,7 @@ impl<W: Durable> Reporter<W> {
                     bar.set_length(self.stats.rows_total.saturating_sub(skipped));
                 }
             }
+            Event::Changed(changed) => self.stats.rows_changed = changed,
             Event::Row(result) => {
                 self.writer.write(&result)?;
                 // Flushed per row: a crash loses at most the rows still in flight.
@@ -227,6 +230,7 @@ mod tests {
             request_id: String::new(),
             latency_ms: 1,
             finished_at: chrono::Utc::now(),
+            input_digest: None,
             extra: vec![],
             saw_429: retries.iter().filter(|c| **c == "throttled").count() as u32
                 + u32::from(status == Status::Failed),

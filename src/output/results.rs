@@ -4,8 +4,10 @@ use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-/// The fixed columns, in order. Pass-through manifest columns follow them.
-pub const COLUMNS: [&str; 19] = [
+/// The fixed columns, in order. Pass-through manifest columns follow them. A new column goes
+/// last (before the pass-through ones), so that scripts that read the others by position keep
+/// working; code reads them through [`column`].
+pub const COLUMNS: [&str; 20] = [
     "id",
     "line",
     "model",
@@ -25,7 +27,52 @@ pub const COLUMNS: [&str; 19] = [
     "request_id",
     "latency_ms",
     "finished_at",
+    "input_digest",
 ];
+
+/// The columns of a results file written before `input_digest` existed (they are the first
+/// ones of [`COLUMNS`]); such a file is upgraded when a run resumes it.
+pub const COLUMNS_V1: &[&str] = COLUMNS.split_at(col::INPUT_DIGEST).0;
+
+/// Positions of the columns code reads back, from [`COLUMNS`].
+pub mod col {
+    use super::column;
+    pub const ID: usize = column("id");
+    pub const LINE: usize = column("line");
+    pub const MODEL: usize = column("model");
+    pub const FILE: usize = column("file");
+    pub const PROMPT: usize = column("prompt");
+    pub const STATUS: usize = column("status");
+    pub const ERROR_CODE: usize = column("error_code");
+    pub const INPUT_DIGEST: usize = column("input_digest");
+}
+
+/// The position of `name` in [`COLUMNS`], at compile time: `column("nope")` does not build.
+pub const fn column(name: &str) -> usize {
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        if str_eq(COLUMNS[i], name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("no such results column")
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// Defaults to `Failed`: a row is `ok` only when something says so.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,6 +138,9 @@ pub struct RowResult {
     pub request_id: String,
     pub latency_ms: u64,
     pub finished_at: DateTime<Utc>,
+    /// What the row asked (see [`super::resume::InputDigest`]); empty for a row that never
+    /// parsed into one.
+    pub input_digest: Option<super::resume::InputDigest>,
     pub extra: Vec<String>,
     /// One cause per retry this row waited for (for the summary, not the CSV).
     pub retries: Vec<&'static str>,
@@ -163,6 +213,10 @@ impl<W: Write> ResultsWriter<W> {
         c.write_field(&r.request_id)?;
         c.write_field(num.format(r.latency_ms))?;
         c.write_field(r.finished_at.to_rfc3339_opts(SecondsFormat::Millis, true))?;
+        match r.input_digest {
+            Some(digest) => c.write_field(digest.to_string())?,
+            None => c.write_field("")?,
+        }
         // A row always carries one value per pass-through column; pad defensively so a
         // short row can never shift the columns of the file.
         for i in 0..self.extra {
@@ -226,6 +280,7 @@ mod tests {
             request_id: "r1".into(),
             latency_ms: 120,
             finished_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            input_digest: Some(super::super::resume::InputDigest(0xabc)),
             extra: vec!["x".into()],
             retries: vec![],
             saw_429: 0,
@@ -240,9 +295,9 @@ mod tests {
         let bytes = w.get_ref().clone();
         let mut r = csv::Reader::from_reader(bytes.as_slice());
         let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(header.len(), 20);
-        assert_eq!(&header[..19], COLUMNS);
-        assert_eq!(header[19], "batch");
+        assert_eq!(header.len(), 21);
+        assert_eq!(&header[..20], COLUMNS);
+        assert_eq!(header[20], "batch");
         let row = r.records().next().unwrap().unwrap();
         assert_eq!(&row[0], "a");
         assert_eq!(&row[4], "What, \"exactly\"?\nSay it.");
@@ -250,6 +305,8 @@ mod tests {
         assert_eq!(&row[10], "13");
         assert_eq!(&row[12], "new");
         assert_eq!(&row[18], "2023-11-14T22:13:20.000Z");
-        assert_eq!(&row[19], "x");
+        assert_eq!(&row[col::INPUT_DIGEST], "0000000000000abc");
+        assert_eq!(&row[20], "x");
+        assert_eq!(COLUMNS_V1.len(), 19);
     }
 }

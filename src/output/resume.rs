@@ -2,60 +2,53 @@
 //!
 //! During a run, result lines are only ever appended, so a crash can at worst cut the last
 //! line short, possibly just after a newline inside a quoted field. On start the file is read
-//! once: the ids of `ok` lines are remembered (as 64-bit hashes, to keep memory small on huge
-//! manifests), a cut-off tail is trimmed, and a malformed line elsewhere (a hand edit) is
-//! skipped with a warning rather than trusted or cut. At the end, the file is rewritten in
-//! manifest order with exactly one line per manifest row, through a temp file in the same
-//! folder that is fsynced and renamed over the old one, so a crash during compaction leaves
-//! either the old file or the new one (and a temp file the next run removes), never a mix.
+//! once: the ids of `ok` lines are remembered with what each line answered (its
+//! [`InputDigest`]; both as 64-bit hashes, to keep memory small on huge manifests), a cut-off
+//! tail is trimmed, and a malformed line elsewhere (a hand edit) is skipped with a warning
+//! rather than trusted or cut. A row is done only while a line's digest matches what the row
+//! asks now. At the end, the file is rewritten in manifest order with exactly one line per
+//! manifest row, through a temp file in the same folder that is fsynced and renamed over the
+//! old one, so a crash during compaction leaves either the old file or the new one (and a temp
+//! file the next run removes), never a mix. `ok` lines that no manifest row takes (the row was
+//! removed, or asks something else now) go to a side file beside it ([`side_path`]), which the
+//! next run reads too: a paid answer is never dropped.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::atomic::remove_stale_temps;
-use super::results::{COLUMNS, ResultsWriter};
+use super::results::{COLUMNS, COLUMNS_V1, ResultsWriter, col};
 use crate::spill::SpillError;
 
 pub use crate::manifest::id_key;
-pub use index::{LineIndex, LineOffsets, LineReader, index_lines};
+pub use digest::{InputDigest, line_digest, row_digests};
+pub use done::{Done, Resumed};
+pub use index::{LineIndex, LineOffsets, LineReader, Lines, index_lines};
+use upgrade::add_digest_column;
 
+mod digest;
+mod done;
 mod index;
+mod upgrade;
 
-/// A set of id keys as a sorted `Vec`: 8 bytes an id, where a hash set takes two to three
-/// times that (buckets, control bytes, and both tables while it grows).
-#[derive(Debug, Default, Clone)]
-pub struct IdSet(Vec<u64>);
-
-impl IdSet {
-    /// Builds the set from keys in any order.
-    pub fn from_unsorted(mut keys: Vec<u64>) -> Self {
-        keys.sort_unstable();
-        keys.dedup();
-        keys.shrink_to_fit();
-        Self(keys)
-    }
-
-    pub fn contains(&self, key: &u64) -> bool {
-        self.0.binary_search(key).is_ok()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+/// The side file of results file `out`: `ok` lines no manifest row took at the last
+/// compaction, in the same columns, named `OUT.orphans.csv`.
+pub fn side_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".orphans.csv");
+    PathBuf::from(name)
 }
 
 /// What an earlier results file holds.
 #[derive(Debug, Default)]
 pub struct Previous {
-    /// Ids with an `ok` line.
-    pub ok: IdSet,
+    /// `ok` lines, of the results file and of its side file.
+    pub done: Done,
     /// Complete lines read (all statuses).
     pub lines: u64,
+    /// The file was written before `input_digest` existed (see [`open_for_append`]).
+    pub legacy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +69,8 @@ pub enum ResumeError {
     Spill(#[from] SpillError),
 }
 
-fn expected_header(extra: &[String]) -> Vec<String> {
-    COLUMNS
+fn expected_header(columns: &[&str], extra: &[String]) -> Vec<String> {
+    columns
         .iter()
         .map(|c| c.to_string())
         .chain(extra.iter().cloned())
@@ -85,9 +78,11 @@ fn expected_header(extra: &[String]) -> Vec<String> {
 }
 
 /// Opens `out` for appending this run's lines, creating it (with a header) when absent, when
-/// it holds no complete header line, or when `fresh`. Returns what the earlier file held. A
-/// last line cut short by a crash is trimmed first, and temp files an interrupted compaction
-/// of `out` left behind are removed.
+/// it holds no complete header line, or when `fresh`. Returns what the earlier file and its
+/// side file ([`side_path`]) held; `fresh` starts both over. A last line cut short by a crash
+/// is trimmed first, temp files an interrupted compaction of `out` left behind are removed,
+/// and a file written before the `input_digest` column existed is rewritten with the column
+/// (empty on its lines), so that every line this run appends has the header's width.
 ///
 /// Call it while holding `out`'s run lock: the temp files it removes would otherwise belong
 /// to a compaction that is still running.
@@ -104,29 +99,79 @@ pub fn open_for_append(
         path: out.to_owned(),
         source,
     };
-    if let Err(err) = remove_stale_temps(out) {
-        tracing::warn!(
-            "cannot remove temp files an interrupted run left beside {}: {err}",
-            out.display()
-        );
+    let side = side_path(out);
+    for file in [out, side.as_path()] {
+        if let Err(err) = remove_stale_temps(file) {
+            tracing::warn!(
+                "cannot remove temp files an interrupted run left beside {}: {err}",
+                file.display()
+            );
+        }
     }
+    if fresh {
+        match std::fs::remove_file(&side) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ResumeError::Io {
+                    path: side,
+                    source: err,
+                });
+            }
+            _ => {}
+        }
+    }
+    let aside = if !fresh && side.exists() {
+        let (aside, _) = scan(&side, extra)?;
+        if aside.legacy {
+            // Side files came with the column: this one is not ours as it stands.
+            return Err(ResumeError::Header {
+                path: side,
+                found: COLUMNS_V1.join(","),
+            });
+        }
+        aside.done.0
+    } else {
+        Vec::new()
+    };
     let exists = std::fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false);
     let earlier = if fresh || !exists {
         None
     } else {
         Some(scan(out, extra)?).filter(|&(_, valid_len)| valid_len > 0)
     };
-    let Some((previous, valid_len)) = earlier else {
+    let Some((mut previous, valid_len)) = earlier else {
         let file = File::create(out).map_err(io)?;
         let writer = ResultsWriter::new(file, extra, true).map_err(csv_err)?;
-        return Ok((writer, Previous::default()));
+        let previous = Previous {
+            done: Done::from_unsorted(aside),
+            ..Previous::default()
+        };
+        return Ok((writer, previous));
     };
+    if !aside.is_empty() {
+        let mut all = std::mem::take(&mut previous.done).0;
+        all.extend(aside);
+        previous.done = Done::from_unsorted(all);
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(out)
         .map_err(io)?;
     file.set_len(valid_len).map_err(io)?;
+    if previous.legacy {
+        drop(file);
+        add_digest_column(out, extra).map_err(io)?;
+        tracing::info!(
+            "results file {}: added the input_digest column (its earlier lines are matched \
+             to rows by model, file and prompt)",
+            out.display()
+        );
+        file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(out)
+            .map_err(io)?;
+    }
     file.seek(SeekFrom::End(0)).map_err(io)?;
     let writer = ResultsWriter::new(file, extra, false).map_err(csv_err)?;
     Ok((writer, previous))
@@ -142,11 +187,14 @@ struct ScannedLine {
     fields: usize,
     ok: bool,
     key: u64,
+    /// What it answered ([`line_digest`]).
+    digest: u64,
 }
 
-/// Reads ok ids and finds where the last complete line ends, without changing the file.
+/// Reads ok lines and finds where the last complete line ends, without changing the file.
 /// The returned length is 0 when the file holds no complete header line (a crash while it
-/// was being created): the caller then starts the file over.
+/// was being created): the caller then starts the file over. A file with the columns of the
+/// version before `input_digest` is read too ([`Previous::legacy`]).
 ///
 /// Only the last line can have been cut short by a crash, since lines are only ever
 /// appended; it is left out of the length. A line in the middle with the wrong number of
@@ -179,7 +227,7 @@ fn scan_with(
     }
     let mut reader = reader_builder().from_path(out).map_err(csv_err)?;
     let mut record = csv::ByteRecord::new();
-    let want = expected_header(extra);
+    let want = expected_header(&COLUMNS, extra);
     if !reader.read_byte_record(&mut record).map_err(csv_err)? {
         return Ok((Previous::default(), 0));
     }
@@ -187,12 +235,17 @@ fn scan_with(
         .iter()
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    if found != want {
+    let legacy = found != want && found == expected_header(COLUMNS_V1, extra);
+    if found != want && !legacy {
         return Err(ResumeError::Header {
             path: out.to_owned(),
             found: found.join(","),
         });
     }
+    let width = found.len();
+    // Read by name: the digest column is absent from a legacy file; the others sit where
+    // COLUMNS puts them in both versions.
+    let digest_at = (!legacy).then_some(col::INPUT_DIGEST);
     let mut kept = Kept::default();
     // A line is known to be complete once another one follows it; the last one is checked
     // against the end of the file below.
@@ -203,17 +256,27 @@ fn scan_with(
             break;
         }
         if let Some(done) = last.take() {
-            kept.settle(out, done, want.len(), warn);
+            kept.settle(out, done, width, warn);
         }
         let fields = record.len();
-        let whole = fields == want.len();
+        let whole = fields == width;
         last = Some(ScannedLine {
             start: position.byte(),
             line: position.line(),
             fields,
-            ok: whole && &record[5] == b"ok",
+            ok: whole && &record[col::STATUS] == b"ok",
             key: if whole {
-                id_key(std::str::from_utf8(&record[0]).unwrap_or_default())
+                id_key(std::str::from_utf8(&record[col::ID]).unwrap_or_default())
+            } else {
+                0
+            },
+            digest: if whole {
+                line_digest(
+                    digest_at.map(|i| &record[i]),
+                    &record[col::MODEL],
+                    &record[col::FILE],
+                    &record[col::PROMPT],
+                )
             } else {
                 0
             },
@@ -223,7 +286,7 @@ fn scan_with(
     if let Some(last) = last {
         let tail = read_from(out, last.start).map_err(io)?;
         if ends_a_record(&tail) {
-            kept.settle(out, last, want.len(), warn);
+            kept.settle(out, last, width, warn);
         } else {
             warn(format!(
                 "results file {}, line {}: the last line was cut short (by a crash of an \
@@ -242,8 +305,9 @@ fn scan_with(
         ));
     }
     let previous = Previous {
-        ok: IdSet::from_unsorted(kept.ok_keys),
+        done: Done::from_unsorted(kept.ok),
         lines: kept.lines,
+        legacy,
     };
     Ok((previous, valid_len))
 }
@@ -252,7 +316,8 @@ fn scan_with(
 #[derive(Default)]
 struct Kept {
     lines: u64,
-    ok_keys: Vec<u64>,
+    /// `(id key, digest)` of ok lines.
+    ok: Vec<(u64, u64)>,
     skipped: u64,
 }
 
@@ -279,7 +344,7 @@ impl Kept {
         }
         self.lines += 1;
         if line.ok {
-            self.ok_keys.push(line.key);
+            self.ok.push((line.key, line.digest));
         }
     }
 }

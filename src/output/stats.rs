@@ -17,6 +17,16 @@ pub struct Stats {
     pub rows_skipped: u64,
     /// Rows the run stopped before reaching (written as `not_attempted`).
     pub rows_not_attempted: u64,
+    /// Rows with an earlier `ok` line that answered something else (the row changed since),
+    /// run again.
+    pub rows_changed: u64,
+    /// `ok` lines that no manifest row asks for now, kept in `orphans_file`.
+    pub rows_orphaned: u64,
+    /// The side file beside the results holding them; empty when there are none.
+    pub orphans_file: String,
+    /// The manifest was replaced or rewritten during the run: the total is that of the
+    /// manifest as it was at the end, not of the rows the run read.
+    pub manifest_changed: bool,
     pub uploads_new: u64,
     pub uploads_reused: u64,
     pub uploads_cached: u64,
@@ -90,9 +100,39 @@ impl Stats {
         let by_cause = counts(&self.retries);
         // Which kinds of failure, so a cron log says what to look for in the results file.
         let failures = counts(&self.failures);
+        let rows = |n: u64| if n == 1 { "row" } else { "rows" };
+        let changed = if self.rows_changed > 0 {
+            format!(
+                ", {} changed {} run again",
+                self.rows_changed,
+                rows(self.rows_changed)
+            )
+        } else {
+            String::new()
+        };
+        // "of N rows" would mislead when N is not the manifest the run read.
+        let of_total = if self.manifest_changed {
+            format!(
+                "; the manifest changed during the run and now has {} {}",
+                self.rows_total,
+                rows(self.rows_total)
+            )
+        } else {
+            format!(" of {} {}", self.rows_total, rows(self.rows_total))
+        };
+        let orphaned = if self.rows_orphaned > 0 {
+            format!(
+                "; {} finished {} no longer in the manifest kept in {}",
+                self.rows_orphaned,
+                rows(self.rows_orphaned),
+                self.orphans_file
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{ok} ok, {failed} failed{failures}, {skipped} skipped{not_attempted} of {total} rows; \
-             uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
+            "{ok} ok, {failed} failed{failures}, {skipped} skipped{changed}{not_attempted}\
+             {of_total}{orphaned}; uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
              {retries} retries{by_cause}; {throttled} 429s; tokens {tin} in / {tout} out; \
              {elapsed:.1}s, {rate:.1} rows/s{pace}",
             ok = self.rows_ok,
@@ -103,7 +143,6 @@ impl Stats {
             } else {
                 String::new()
             },
-            total = self.rows_total,
             new = self.uploads_new,
             reused = self.uploads_reused,
             cached = self.uploads_cached,

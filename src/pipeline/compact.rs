@@ -1,15 +1,19 @@
 //! The end of a run: rewrite the results file in manifest order with exactly one line per
 //! manifest row. Rows with no line yet (never dispatched, or in flight when the run was
 //! stopped) get a `not_attempted` line, so the file always accounts for every row and a rerun
-//! knows what is left.
+//! knows what is left. A row's `ok` line is its own only while it answers what the row asks
+//! now; every other `ok` line (its row left the manifest, or asks something else) goes to the
+//! side file beside the results, so no paid answer is dropped, and a manifest that changed
+//! during the run is reported.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::manifest::{Entry, Manifest};
-use crate::output::ResultsWriter;
-use crate::output::resume::{self, LineIndex, LineReader, id_key};
-use crate::spill;
+use crate::output::resume::{self, LineIndex, Lines, id_key, row_digests};
+use crate::output::{ResultsWriter, Stats};
+use crate::spill::{self, Spill};
 
 use super::not_attempted;
 use super::reader::{Repeats, duplicate};
@@ -20,29 +24,83 @@ use super::worker::bad_row_result;
 pub const WINDOW: usize = spill::PER_PASS;
 
 /// Lines written, by kind.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Compacted {
     pub rows: u64,
     pub not_attempted: u64,
+    /// `ok` lines no row took, kept in `side`.
+    pub orphaned: u64,
+    pub side: PathBuf,
+    /// The manifest was replaced or rewritten between the start of the run and compaction.
+    pub manifest_changed: bool,
+}
+
+impl Compacted {
+    /// Puts what compaction found into the run's figures.
+    pub fn record(&self, stats: &mut Stats) {
+        stats.rows_total = self.rows;
+        stats.rows_not_attempted = self.not_attempted;
+        stats.rows_orphaned = self.orphaned;
+        stats.orphans_file = if self.orphaned > 0 {
+            self.side.display().to_string()
+        } else {
+            String::new()
+        };
+        stats.manifest_changed = self.manifest_changed;
+    }
+}
+
+/// Which file a manifest path named, and its size and modification time: a generator that
+/// rewrites the manifest in place changes the last two, one that renames a new file over it
+/// changes the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestStamp(Option<(u64, u64, u64, Option<SystemTime>)>);
+
+impl ManifestStamp {
+    pub fn of(path: &Path) -> Self {
+        Self(std::fs::metadata(path).ok().map(|m| {
+            #[cfg(unix)]
+            let (dev, ino) = {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            };
+            #[cfg(not(unix))]
+            let (dev, ino) = (0, 0);
+            (dev, ino, m.len(), m.modified().ok())
+        }))
+    }
 }
 
 /// Rewrites `out` in manifest order, reading `window` manifest rows at a time (see
-/// [`WINDOW`]).
+/// [`WINDOW`]), and its side file ([`resume::side_path`]) with the `ok` lines no row took.
+/// `started` is the manifest's stamp when the run began.
+#[allow(clippy::too_many_arguments)]
 pub fn compact(
     manifest: &Path,
     out: &Path,
     extra: &[String],
     stop_reason: &str,
     duplicates: &HashSet<u64>,
+    started: &ManifestStamp,
     window: usize,
 ) -> Result<Compacted, CompactError> {
-    let mut all_lines = resume::index_lines(out, spill::IN_MEMORY.min(window))?;
-    let mut lines = LineReader::open(out)?;
+    let before = ManifestStamp::of(manifest);
+    let side = resume::side_path(out);
+    let side_now = side.exists().then_some(side.as_path());
+    let in_memory = spill::IN_MEMORY.min(window);
+    let mut all_lines = resume::index_lines(out, side_now, in_memory)?;
+    let mut lines = Lines::open(out, side_now)?;
+    // `(id key, digest)` of every ok line written to `out`: a line of the same pair is the
+    // same answer, not an orphan.
+    let mut taken = Spill::<2>::new(in_memory);
     // Two readers of the manifest: `ahead` takes the ids of the next window of rows, for
     // which the line index is built; `entries` then writes that window's rows.
     let mut ahead = Manifest::open(manifest)?;
     let entries = Manifest::open(manifest)?;
-    let mut counts = Compacted::default();
+    let mut counts = Compacted {
+        side: side.clone(),
+        ..Compacted::default()
+    };
     let mut repeats = Repeats::new(duplicates);
     crate::output::atomic::atomic_rewrite(out, |file| {
         let mut writer = ResultsWriter::new(file, extra, true).map_err(std::io::Error::other)?;
@@ -56,7 +114,7 @@ pub fn compact(
                 left_in_window = keys.len();
                 index = all_lines.index(&keys).map_err(std::io::Error::other)?;
             }
-            left_in_window -= 1;
+            left_in_window = left_in_window.saturating_sub(1);
             counts.rows += 1;
             let key = id_key(entry.id());
             let line = entry.line();
@@ -67,27 +125,80 @@ pub fn compact(
                     .map_err(std::io::Error::other)?;
                 continue;
             }
-            let copied = match index.get(&key) {
-                Some(&offset) => lines.read_at(offset, line).map_err(std::io::Error::other)?,
+            // A row that does not parse now is failed now, whatever an earlier line says.
+            let row = match entry {
+                Entry::Bad(bad) => {
+                    writer
+                        .write(&bad_row_result(bad, std::time::Instant::now()))
+                        .map_err(std::io::Error::other)?;
+                    continue;
+                }
+                Entry::Row(row) => row,
+            };
+            let copied = match index.choose(key, row_digests(&row)) {
+                Some([digest, value]) => {
+                    let record = lines
+                        .read(value, Some(line))
+                        .map_err(std::io::Error::other)?;
+                    if record.is_some() && Lines::is_ok(value) {
+                        taken.push([key, digest]).map_err(std::io::Error::other)?;
+                    }
+                    record
+                }
                 None => None,
             };
             match copied {
                 Some(record) => writer.write_raw(&record).map_err(std::io::Error::other)?,
                 None => {
-                    let result = match entry {
-                        Entry::Bad(bad) => bad_row_result(bad, std::time::Instant::now()),
-                        row => {
-                            counts.not_attempted += 1;
-                            not_attempted(row, stop_reason)
-                        }
-                    };
+                    counts.not_attempted += 1;
+                    let result = not_attempted(Entry::Row(row), stop_reason);
                     writer.write(&result).map_err(std::io::Error::other)?;
                 }
             }
         }
-        writer.flush()
+        writer.flush()?;
+        // The side file is replaced before the new results file replaces the old one: a
+        // crash in between leaves a line in both files, never in neither.
+        crate::output::atomic::atomic_rewrite(&side, |file| {
+            let mut writer =
+                ResultsWriter::new(file, extra, true).map_err(std::io::Error::other)?;
+            counts.orphaned =
+                all_lines.orphans(&mut taken, spill::PER_PASS, |value| {
+                    match lines.read(value, None).map_err(std::io::Error::other)? {
+                        Some(record) => writer.write_raw(&record).map_err(std::io::Error::other),
+                        None => Ok(()),
+                    }
+                })?;
+            writer.flush()
+        })
     })
     .map_err(CompactError::Io)?;
+    if counts.orphaned == 0 {
+        // Only now that the results file holds every line it had.
+        if let Err(err) = std::fs::remove_file(&side) {
+            tracing::warn!("cannot remove {}: {err}", side.display());
+        }
+    } else {
+        tracing::warn!(
+            "{} finished row(s) that no row of manifest {} asks for now (removed or changed \
+             rows) are kept in {}; a run whose manifest asks for them again takes them from \
+             there",
+            counts.orphaned,
+            manifest.display(),
+            side.display()
+        );
+    }
+    counts.manifest_changed = &before != started || ManifestStamp::of(manifest) != before;
+    if counts.manifest_changed {
+        tracing::warn!(
+            "manifest {} changed during the run: the results now follow the manifest as it is \
+             ({} rows); every finished row is kept, in {} or in {}",
+            manifest.display(),
+            counts.rows,
+            out.display(),
+            side.display()
+        );
+    }
     Ok(counts)
 }
 
@@ -141,6 +252,7 @@ mod tests {
             &[],
             "stopped",
             &duplicates,
+            &ManifestStamp::of(&dir.join("m.csv")),
             window,
         )
         .unwrap();

@@ -77,13 +77,15 @@ pub async fn run(
 ) -> Result<Outcome, PipelineError> {
     // Taken before the results file is touched, held until the function returns.
     let _lock = RunLock::acquire(&config.output)?;
+    // Before the manifest is read: compaction tells whether it changed since.
+    let stamp = compact::ManifestStamp::of(&config.manifest);
     let manifest = Manifest::open(&config.manifest)?;
     let extra = manifest.extra_columns();
     let (writer, previous) = resume::open_for_append(&config.output, &extra, config.fresh)?;
     if previous.lines > 0 {
         tracing::info!(
-            "resuming: {} of the earlier run's rows are ok and will be skipped",
-            previous.ok.len()
+            "resuming: {} of the earlier runs' lines are ok; rows they still answer are skipped",
+            previous.done.len()
         );
     }
 
@@ -107,7 +109,7 @@ pub async fn run(
     let reader = tokio::task::spawn_blocking(move || {
         reader::read(
             manifest,
-            &previous.ok,
+            &previous.done,
             &reader_duplicates,
             rows_tx,
             reader_events,
@@ -184,6 +186,7 @@ pub async fn run(
             &extra,
             &reason,
             &duplicates,
+            &stamp,
             compact::WINDOW,
         )
     })
@@ -193,8 +196,7 @@ pub async fn run(
         path: config.output.clone(),
         source,
     })?;
-    stats.rows_total = compacted.rows;
-    stats.rows_not_attempted = compacted.not_attempted;
+    compacted.record(&mut stats);
     if let Err(err) = cache.compact(unix_now()) {
         tracing::warn!("cannot tidy the upload cache: {err}");
     }

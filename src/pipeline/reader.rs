@@ -1,5 +1,5 @@
 //! The manifest reader thread: streams entries to the workers, skipping rows an earlier run
-//! finished and turning repeated ids into per-row errors.
+//! finished (while what they ask is unchanged) and turning repeated ids into per-row errors.
 //!
 //! It runs on a blocking thread (CSV parsing is synchronous) and hands rows over a bounded
 //! channel, so it runs ahead of the workers by at most one channel's worth of rows.
@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::manifest::{BadRow, Entry, Manifest, id_key};
 use crate::output::Event;
-use crate::output::resume::IdSet;
+use crate::output::resume::{Done, InputDigest, Resumed};
 
 /// Tells the second and later rows of a repeated id from the first. Only ids known to repeat
 /// are remembered, so this costs nothing per ordinary row.
@@ -32,35 +32,48 @@ impl<'a> Repeats<'a> {
     }
 }
 
-/// Reads `manifest` to the end or until the workers stop listening. `done` holds the ids an
-/// earlier run finished `ok`; `duplicates` the ids a first pass found more than once
-/// ([`crate::manifest::scan_ids`]). Sends the number of skipped rows to the reporter at the
-/// end.
+/// Reads `manifest` to the end or until the workers stop listening. `done` holds the `ok`
+/// lines of earlier runs; `duplicates` the ids a first pass found more than once
+/// ([`crate::manifest::scan_ids`]). A row is skipped when a line answers what it asks now;
+/// each row sent carries its [`InputDigest`], taken here, before its file is read, so that a
+/// file rewritten later gives a digest that no longer matches. Sends the numbers of skipped
+/// and changed rows to the reporter at the end.
 pub fn read(
     manifest: Manifest,
-    done: &IdSet,
+    done: &Done,
     duplicates: &HashSet<u64>,
     rows: mpsc::Sender<Entry>,
     events: mpsc::Sender<Event>,
 ) {
     let mut repeats = Repeats::new(duplicates);
-    let mut skipped = 0u64;
+    let (mut skipped, mut changed) = (0u64, 0u64);
     let path = manifest.path().to_owned();
     for entry in manifest {
         let key = id_key(entry.id());
-        let entry = if repeats.seen_before(key) {
-            Entry::Bad(duplicate(entry, &path))
-        } else if done.contains(&key) {
-            skipped += 1;
-            continue;
-        } else {
-            entry
+        let entry = match entry {
+            entry if repeats.seen_before(key) => Entry::Bad(duplicate(entry, &path)),
+            Entry::Row(mut row) => {
+                let digest = InputDigest::of(&row);
+                let legacy = InputDigest::legacy(&row.model, &row.file, &row.prompt);
+                match done.check(key, [digest.0, legacy.0]) {
+                    Resumed::Done => {
+                        skipped += 1;
+                        continue;
+                    }
+                    Resumed::Changed => changed += 1,
+                    Resumed::New => {}
+                }
+                row.input_digest = Some(digest);
+                Entry::Row(row)
+            }
+            bad => bad,
         };
         if rows.blocking_send(entry).is_err() {
             break; // the run stopped; compaction accounts for the rest
         }
     }
     let _ = events.blocking_send(Event::Skipped(skipped));
+    let _ = events.blocking_send(Event::Changed(changed));
 }
 
 /// The error row for a second (or later) row with an id already used.

@@ -216,6 +216,7 @@ fn row_result(
         extra: row.extra,
         retries: log.retries,
         saw_429: log.saw_429,
+        input_digest: row.input_digest,
         ..RowResult::default()
     };
     match outcome {

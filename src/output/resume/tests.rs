@@ -19,6 +19,17 @@ fn row(id: &str, status: Status) -> RowResult {
     }
 }
 
+/// Whether `previous` holds an ok line for `id` (of any digest).
+fn has_ok(previous: &Previous, id: &str) -> bool {
+    previous.done.0.iter().any(|&(k, _)| k == id_key(id))
+}
+
+/// What the lines of [`row`] answer: they carry no digest, so the legacy one.
+fn row_digest() -> [u64; 2] {
+    let d = InputDigest::legacy("m", "f.png", "multi\nline, \"quoted\"").0;
+    [d, d]
+}
+
 fn write(out: &Path, rows: &[RowResult]) {
     let (mut w, _) = open_for_append(out, &[], false).unwrap();
     for r in rows {
@@ -40,12 +51,9 @@ fn ok_ids_are_remembered_and_a_cut_off_tail_is_trimmed() {
 
     let (_, previous) = open_for_append(&out, &[], false).unwrap();
     assert_eq!(previous.lines, 2);
-    assert!(previous.ok.contains(&id_key("a")));
-    assert!(!previous.ok.contains(&id_key("b")));
-    assert!(
-        !previous.ok.contains(&id_key("c")),
-        "a cut-off line is not done"
-    );
+    assert!(has_ok(&previous, "a"));
+    assert!(!has_ok(&previous, "b"));
+    assert!(!has_ok(&previous, "c"), "a cut-off line is not done");
     assert_eq!(std::fs::metadata(&out).unwrap().len(), good_len);
 }
 
@@ -66,7 +74,7 @@ fn fresh_starts_over() {
     let out = dir.path().join("r.csv");
     write(&out, &[row("a", Status::Ok)]);
     let (_, previous) = open_for_append(&out, &[], true).unwrap();
-    assert!(previous.ok.is_empty());
+    assert!(previous.done.is_empty());
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
 }
 
@@ -91,22 +99,29 @@ fn the_index_prefers_ok_lines_then_later_ones() {
     // In memory, and spilled to a temp file after two lines: the same index.
     let mut keys = vec![id_key("a"), id_key("b")];
     keys.sort_unstable();
-    let index = index_lines(&out, 100).unwrap().index(&keys).unwrap();
-    let spilled = index_lines(&out, 2).unwrap().index(&keys).unwrap();
+    let index = index_lines(&out, None, 100).unwrap().index(&keys).unwrap();
+    let spilled = index_lines(&out, None, 2).unwrap().index(&keys).unwrap();
     assert_eq!(format!("{index:?}"), format!("{spilled:?}"));
-    let only_b = index_lines(&out, 2).unwrap().index(&[id_key("b")]).unwrap();
-    assert_eq!((only_b.len(), only_b.get(&id_key("a"))), (1, None));
-    let mut lines = LineReader::open(&out).unwrap();
-    let first = lines
-        .read_at(index[&id_key("a")] & !(1 << 63), 1)
+    let only_b = index_lines(&out, None, 2)
         .unwrap()
+        .index(&[id_key("b")])
         .unwrap();
+    assert_eq!(only_b.len(), 2);
+    assert_eq!(only_b.choose(id_key("a"), row_digest()), None);
+    let mut lines = Lines::open(&out, None).unwrap();
+    let [_, first_a] = index.choose(id_key("a"), row_digest()).unwrap();
+    let first = lines.read(first_a, None).unwrap().unwrap();
     assert_eq!(&first[0], b"a", "the first data line is not the header");
-    let a = lines.read_at(index[&id_key("a")], 7).unwrap().unwrap();
+    let a = lines.read(first_a, Some(7)).unwrap().unwrap();
     assert_eq!(&a[6], b"the ok one");
     assert_eq!(&a[1], b"7", "line column is rewritten");
-    let b = lines.read_at(index[&id_key("b")], 3).unwrap().unwrap();
+    let [_, b] = index.choose(id_key("b"), row_digest()).unwrap();
+    let b = lines.read(b, Some(3)).unwrap().unwrap();
     assert_eq!(&b[15], b"later");
+    // An ok line that answers another question is not the row's: its last failed line is.
+    let [_, other] = index.choose(id_key("a"), [1, 2]).unwrap();
+    let other = lines.read(other, None).unwrap().unwrap();
+    assert_eq!(&other[5], b"failed");
 }
 
 #[test]
@@ -118,41 +133,6 @@ fn atomic_rewrite_replaces_the_file() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "new");
     let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(leftovers, 1, "no temp file left behind");
-}
-
-#[test]
-fn line_index_keeps_last_ok_else_last_line_per_id() {
-    let ok = |offset: u64| offset | (1 << 63);
-    // (key, value) in file order: offsets grow down the file.
-    let index = LineIndex::from_lines(vec![
-        (7, 10),
-        (3, ok(20)),
-        (7, ok(30)),
-        (3, 40),
-        (7, 50),
-        (9, 60),
-        (9, 70),
-        (5, ok(80)),
-        (5, ok(90)),
-    ]);
-    assert_eq!(index.len(), 4);
-    assert_eq!(
-        index.get(&7),
-        Some(&ok(30)),
-        "an ok line beats a later failed one"
-    );
-    assert_eq!(index.get(&3), Some(&ok(20)));
-    assert_eq!(
-        index.get(&9),
-        Some(&70),
-        "a later failed line beats an earlier one"
-    );
-    assert_eq!(
-        index.get(&5),
-        Some(&ok(90)),
-        "a later ok line beats an earlier one"
-    );
-    assert_eq!(index.get(&4), None);
 }
 
 #[test]
@@ -188,18 +168,12 @@ fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
     assert_eq!(valid_len, len, "nothing trimmed");
     assert_eq!(previous.lines, 3, "a, c and d");
     for id in ["a", "c"] {
-        assert!(
-            previous.ok.contains(&id_key(id)),
-            "{id} after the bad lines"
-        );
+        assert!(has_ok(&previous, id), "{id} after the bad lines");
     }
-    assert!(
-        !previous.ok.contains(&id_key("x")),
-        "a short line is not done"
-    );
+    assert!(!has_ok(&previous, "x"), "a short line is not done");
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     // Physical lines: a's prompt spans lines 2 and 3.
-    let at = format!("r.csv, line 4 (byte {note_at}): 2 field(s) where 20 were expected");
+    let at = format!("r.csv, line 4 (byte {note_at}): 2 field(s) where 21 were expected");
     assert!(warnings[0].contains(&at), "{warnings:?}");
     assert!(warnings[1].contains("r.csv, line 5 (byte "), "{warnings:?}");
     open_for_append(&out, &extra, false).unwrap();
@@ -209,11 +183,11 @@ fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
         "nothing trimmed"
     );
 
-    // Compaction could not copy x's 19 fields under a 20-column header.
+    // Compaction could not copy x's 20 fields under a 21-column header.
     let mut keys = vec![id_key("a"), id_key("x"), id_key("c")];
     keys.sort_unstable();
-    let index = index_lines(&out, 100).unwrap().index(&keys).unwrap();
-    assert_eq!(index.get(&id_key("x")), None);
+    let index = index_lines(&out, None, 100).unwrap().index(&keys).unwrap();
+    assert_eq!(index.choose(id_key("x"), row_digest()), None);
     assert_eq!(index.len(), 2);
 }
 
