@@ -32,6 +32,7 @@ pub mod config;
 pub mod dashscope;
 pub mod emulator;
 pub mod exit;
+pub mod limit;
 pub mod manifest;
 pub mod output;
 pub mod pipeline;
