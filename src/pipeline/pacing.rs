@@ -22,18 +22,24 @@
 //!   slow probe past it. [`PROBE_AFTER`] the last cut the ceiling decays: the probe's step
 //!   doubles each second up to [`GROWTH`], so a storm of 429s costs seconds, not minutes.
 //!
-//! A governor limiter spaces the calls evenly at the rate. Each model has its own state, so
-//! one throttled model never slows another, and nothing pauses the whole run (unlike a
-//! global back-off after any 429). `--model-rps` sets a known limit up front; the rate then
-//! stays at or below it.
+//! A call asks for a [`Permit`] (`acquire(model, cost)`), which waits for the model's pace,
+//! and settles it with the call's outcome, which steers the pace. The decision above is
+//! [`Aimd`], a state machine with the clock injected; the waiting is a [`Limiter`] that
+//! spaces the calls evenly at the current rate, asked again by every waiter whenever the
+//! rate changes, so calls queued at a low pace go out at the new one as soon as it rises.
+//! Each model has its own state, so one throttled model never slows another, and nothing
+//! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
+//! limit up front; the rate then stays at or below it.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::watch;
 
+use crate::dashscope::ApiError;
+use crate::dashscope::error::ThrottleScope;
+use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
 use sample::{LastSecond, Tally};
 
 mod sample;
@@ -482,26 +488,73 @@ impl Aimd {
     }
 }
 
-/// One model's pacer: its AIMD state and the limiter that enforces the current rate.
-///
-/// governor's quota is fixed per limiter, so a rate change installs a new limiter. Callers
-/// already waiting on the old one must not then go out at the old pace *as well as* the new
-/// callers at the new one (two limiters at once would double the rate): `generation` lets a
-/// caller that got through an old limiter notice the change and queue on the new one.
-struct Model {
-    aimd: Aimd,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    generation: u64,
+/// What callers of one model wait on. Sent on every change, so that a caller waiting at the
+/// old pace wakes and waits again at the new one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pace {
+    /// Calls per second; `None`: unpaced, calls go at once.
+    rate: Option<f64>,
     /// No call before this instant: the pause that comes with a cut.
     not_before: Option<Instant>,
 }
 
+/// One model's pacer: its AIMD state and the pace it publishes to the callers.
+struct Model {
+    aimd: Aimd,
+    pace: watch::Sender<Pace>,
+}
+
 impl Model {
     fn apply(&mut self, change: Change, now: Instant) {
-        self.limiter = Some(limiter(change.rate));
-        self.generation += 1;
-        if !change.pause.is_zero() {
-            self.not_before = Some(now + change.pause);
+        // `send_modify` updates the value even while no caller is subscribed.
+        self.pace.send_modify(|pace| {
+            pace.rate = Some(change.rate);
+            if !change.pause.is_zero() {
+                pace.not_before = Some(now + change.pause);
+            }
+        });
+    }
+}
+
+/// What became of a paced call, as far as the pace is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered: the model took the call at this pace.
+    Ok,
+    /// Refused with a 429 of this scope.
+    Throttled(ThrottleScope),
+    /// Any other failure: says nothing about the pace.
+    Failed,
+}
+
+impl Outcome {
+    pub fn of<T>(result: &Result<T, ApiError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e
+                .throttle_scope()
+                .map_or(Outcome::Failed, Outcome::Throttled),
+        }
+    }
+}
+
+/// Leave to send one call to a model, from [`Pacing::acquire`]. Settle it with the call's
+/// outcome; a permit dropped unsettled (a cancelled row) teaches the pace nothing.
+#[must_use = "settle the permit with the call's outcome"]
+pub struct Permit<'a> {
+    pacing: &'a Pacing,
+    model: &'a str,
+    sent: Instant,
+}
+
+impl Permit<'_> {
+    pub fn settle(self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => self.pacing.on_success(self.model, self.sent),
+            // Every scope cuts the request rate for now: a token limit is met by fewer
+            // requests too. Issue 9's token budget will treat `Tokens` apart.
+            Outcome::Throttled(scope) => self.pacing.on_throttled(self.model, self.sent, scope),
+            Outcome::Failed => {}
         }
     }
 }
@@ -509,9 +562,16 @@ impl Model {
 /// The pacers of all models of a run.
 pub struct Pacing {
     cap: Option<f64>,
-    /// Locked briefly per call to clone the limiter's Arc or to record an outcome; never held
-    /// across an await.
+    /// Spaces the calls of each model (key: the model) at its current rate.
+    limiter: Arc<dyn Limiter>,
+    /// Locked briefly per call to subscribe to a model's pace or to record an outcome;
+    /// never held across an await.
     models: Mutex<HashMap<String, Model>>,
+}
+
+/// Tokio's clock, so that tests on a paused clock drive the pacing and the limiter alike.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Pacing {
@@ -519,6 +579,7 @@ impl Pacing {
     pub fn new(model_rps: Option<f64>) -> Self {
         Self {
             cap: model_rps.filter(|r| *r > 0.0),
+            limiter: Arc::new(LocalLimiter::new()),
             models: Mutex::new(HashMap::new()),
         }
     }
@@ -526,44 +587,59 @@ impl Pacing {
     fn with_model<T>(&self, model: &str, f: impl FnOnce(&mut Model) -> T) -> T {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if !models.contains_key(model) {
-            let aimd = Aimd::new(self.cap, Instant::now());
-            let limiter = aimd.rate().map(limiter);
-            models.insert(
-                model.to_owned(),
-                Model {
-                    aimd,
-                    limiter,
-                    generation: 0,
-                    not_before: None,
-                },
-            );
+            let aimd = Aimd::new(self.cap, now());
+            let pace = watch::Sender::new(Pace {
+                rate: aimd.rate(),
+                not_before: None,
+            });
+            models.insert(model.to_owned(), Model { aimd, pace });
         }
         let entry = models.get_mut(model).expect("inserted above");
         f(entry)
     }
 
-    /// Waits until `model` may be called. Free while the model has never been throttled.
-    pub async fn until_ready(&self, model: &str) {
+    /// Waits until `model` may be called, then lets one call of `cost` go. Free while the
+    /// model has never been throttled.
+    ///
+    /// A caller waits at the pace it read, until that pace changes: then it drops its place
+    /// (the limiter spends nothing for a dropped wait) and waits again at the new pace. A
+    /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
+    /// queued before a cut honours the cut's pause.
+    pub async fn acquire<'a>(&'a self, model: &'a str, cost: Cost) -> Permit<'a> {
+        let mut pace = self.with_model(model, |m| m.pace.subscribe());
         loop {
-            let (generation, limiter, not_before) =
-                self.with_model(model, |m| (m.generation, m.limiter.clone(), m.not_before));
-            let Some(limiter) = limiter else {
-                return;
+            let Pace { rate, not_before } = *pace.borrow_and_update();
+            let Some(rate) = rate else {
+                break;
             };
-            if let Some(at) = not_before {
-                tokio::time::sleep_until(at.into()).await;
+            let turn = async {
+                if let Some(at) = not_before {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                self.limiter
+                    .acquire(model, Rate::per_second(rate), cost)
+                    .await;
+            };
+            tokio::select! {
+                // A turn already granted is used, even if the pace changed at the same time.
+                biased;
+                () = turn => break,
+                // The sender lives as long as `self`, so `changed` does not fail; if it did,
+                // the branch would be disabled and the turn awaited at the old pace.
+                Ok(()) = pace.changed() => {}
             }
-            limiter.until_ready().await;
-            if self.with_model(model, |m| m.generation) == generation {
-                return;
-            }
+        }
+        Permit {
+            pacing: self,
+            model,
+            sent: now(),
         }
     }
 
     /// A call to `model` sent at `sent` succeeded.
-    pub fn on_success(&self, model: &str, sent: Instant) {
+    fn on_success(&self, model: &str, sent: Instant) {
         self.with_model(model, |m| {
-            let now = Instant::now();
+            let now = now();
             if let Some(change) = m.aimd.on_success(sent, now) {
                 tracing::debug!(model, rate = change.rate, "model pace set");
                 m.apply(change, now);
@@ -578,11 +654,16 @@ impl Pacing {
     /// so a cut alone leaves half a second of 429s. A short pause of this model lets the
     /// window drain instead: one window after the first 429 (which follows the unpaced
     /// start's burst), [`DRAIN`] after a later one. Other models are not paused.
-    pub fn on_throttled(&self, model: &str, sent: Instant) {
+    fn on_throttled(&self, model: &str, sent: Instant, scope: ThrottleScope) {
         self.with_model(model, |m| {
-            let now = Instant::now();
+            let now = now();
             if let Some(change) = m.aimd.on_throttled(sent, now) {
-                tracing::debug!(model, rate = change.rate, "model throttled: pacing calls");
+                tracing::debug!(
+                    model,
+                    rate = change.rate,
+                    scope = scope.as_str(),
+                    "model throttled: pacing calls"
+                );
                 m.apply(change, now);
             }
         });
@@ -602,17 +683,6 @@ impl Pacing {
             .filter_map(|(name, m)| m.aimd.rate().map(|r| (name.clone(), r)))
             .collect()
     }
-}
-
-/// Evenly spaced calls at `rate` per second, with no burst: a burst is exactly what a
-/// per-second window on the service side punishes.
-fn limiter(rate: f64) -> Arc<DefaultDirectRateLimiter> {
-    // A rate below the floor only comes from `--model-rps`; zero never reaches here.
-    let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::MIN);
-    Arc::new(RateLimiter::direct(quota))
 }
 
 #[cfg(test)]

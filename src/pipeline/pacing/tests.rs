@@ -1,6 +1,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use crate::limit::Cost;
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -237,17 +238,125 @@ fn a_known_limit_below_the_floor_is_kept() {
 fn models_are_paced_independently() {
     let pacing = Pacing::new(None);
     pacing.on_success("a", Instant::now());
-    pacing.on_throttled("a", Instant::now());
+    pacing.on_throttled("a", Instant::now(), ThrottleScope::Requests);
     assert!(pacing.rate("a").is_some());
     assert_eq!(pacing.rate("b"), None, "b never saw a 429");
 }
 
 #[test]
-fn a_throttled_model_gets_a_limiter_without_burst() {
+fn the_outcome_of_a_call_is_read_from_its_result() {
+    use crate::dashscope::ErrorKind;
+    let ok: Result<(), ApiError> = Ok(());
+    assert_eq!(Outcome::of(&ok), Outcome::Ok);
+    let mut err = ApiError::local(ErrorKind::Throttled, "Throttling.BurstRate", "slow down");
+    assert_eq!(
+        Outcome::of(&Err::<(), _>(err.clone())),
+        Outcome::Throttled(ThrottleScope::Burst)
+    );
+    err.kind = ErrorKind::Server;
+    assert_eq!(Outcome::of(&Err::<(), _>(err)), Outcome::Failed);
+}
+
+/// Acquires and drops one permit of `model`; returns how long after `t0` it was granted.
+async fn granted(pacing: &Pacing, model: &str, t0: tokio::time::Instant) -> Duration {
+    let _permit = pacing.acquire(model, Cost::REQUEST).await;
+    t0.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_model_spaces_its_calls_without_burst() {
     let pacing = Pacing::new(Some(5.0));
-    let limiter = pacing.with_model("a", |m| m.limiter.clone()).unwrap();
-    assert!(limiter.check().is_ok());
-    assert!(limiter.check().is_err(), "the next call must wait its turn");
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(granted(&pacing, "a", t0).await, Duration::ZERO);
+    assert_eq!(
+        granted(&pacing, "a", t0).await,
+        secs(0.2),
+        "the next call must wait its turn"
+    );
+    // An unpaced model is not held up.
+    assert_eq!(granted(&Pacing::new(None), "b", t0).await, secs(0.2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
+    // The case: the first burst paces the model at the floor (1/s) and pauses it;
+    // calls pile up; a window later the pace climbs to 60/s. The calls already queued must
+    // go out at 60/s, not drain at the 1/s they queued at.
+    const QUEUED: usize = 40;
+    let pacing = Arc::new(Pacing::new(None));
+    let t0 = tokio::time::Instant::now();
+    pacing.with_model("m", |m| {
+        m.apply(
+            Change {
+                rate: 1.0,
+                pause: SETTLE,
+            },
+            now(),
+        )
+    });
+    let (sent, mut sends) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..QUEUED {
+        let (pacing, sent) = (Arc::clone(&pacing), sent.clone());
+        tokio::spawn(async move {
+            let _permit = pacing.acquire("m", Cost::REQUEST).await;
+            sent.send(t0.elapsed()).unwrap();
+        });
+    }
+    drop(sent);
+    // At 1/s after the pause: one call at 1 s, 2 s, 3 s.
+    for expected in [1.0, 2.0, 3.0] {
+        assert_eq!(sends.recv().await, Some(secs(expected)));
+    }
+    pacing.with_model("m", |m| {
+        m.apply(
+            Change {
+                rate: 60.0,
+                pause: Duration::ZERO,
+            },
+            now(),
+        )
+    });
+    let mut last = secs(3.0);
+    let mut rest = 0;
+    while let Some(at) = sends.recv().await {
+        // At the new pace, not faster: tokio's timers round up to the millisecond.
+        assert!(at - last >= secs(1.0 / 60.0 - 0.001), "{last:?} -> {at:?}");
+        last = at;
+        rest += 1;
+    }
+    assert_eq!(rest, QUEUED - 3);
+    // 37 calls at 60/s take 0.62 s (0.65 s with the rounding); at 1/s they took 37 s.
+    assert!(
+        last <= secs(3.0 + 0.7),
+        "the last queued call went at {last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_holds_back_calls_already_queued_for_its_pause() {
+    let pacing = Arc::new(Pacing::new(None));
+    let t0 = tokio::time::Instant::now();
+    let set = |rate: f64, pause: f64| {
+        pacing.with_model("m", |m| {
+            m.apply(
+                Change {
+                    rate,
+                    pause: secs(pause),
+                },
+                now(),
+            )
+        })
+    };
+    set(1.0, 0.0);
+    assert_eq!(granted(&pacing, "m", t0).await, Duration::ZERO);
+    let queued = tokio::spawn({
+        let pacing = Arc::clone(&pacing);
+        async move { granted(&pacing, "m", t0).await }
+    });
+    tokio::time::sleep(secs(0.5)).await;
+    // A cut with a pause of 2 s, half-way through the queued call's wait.
+    set(0.9, 2.0);
+    assert_eq!(queued.await.unwrap(), secs(2.5));
 }
 
 // A virtual run: `concurrency` workers call one model through the pacer, each call answered
