@@ -13,6 +13,9 @@
 //! - [`dashscope`]: the client of the remote service: API key handling, upload credentials
 //!   (rate limit, policy cache), the OSS form upload, model calls, error classification and
 //!   retries. Written from the documentation alone.
+//! - [`limit`]: rate limits behind one async interface, "acquire this cost of this key at
+//!   this rate" ([`limit::Limiter`]), and its in-process implementation. Upload credentials
+//!   and model-call pacing both go through it; a new backend (Redis) is a new file there.
 //! - [`pipeline`]: orchestration. Rows flow through a bounded stream of workers; each worker
 //!   sends one event per finished row. Also the per-run upload de-duplication, the adaptive
 //!   per-model pacing of model calls, and the compaction of the results file at the end.
@@ -32,6 +35,7 @@ pub mod config;
 pub mod dashscope;
 pub mod emulator;
 pub mod exit;
+pub mod limit;
 pub mod manifest;
 pub mod output;
 pub mod pipeline;

@@ -3,7 +3,8 @@
 //!
 //! Owns every getPolicy request the program sends for one key. The documented limit is 100
 //! QPS per account per model and "cannot be scaled out", so all of them go through one
-//! keyed limiter (key = model; the account is implicit, one `Credentials` per key).
+//! [`Limiter`] (key = model; the account is implicit, one `Credentials` per key), which also
+//! queues the callers of a model in arrival order.
 //!
 //! Deliberately not here: knowing why a policy went bad. The pipeline sees the 403 "Policy
 //! expired" from OSS and calls [`Credentials::invalidate`] with the policy it used.
@@ -19,10 +20,8 @@
 //!   stale-policy stampede of N callers to one fetch. If the fetching task is cancelled its
 //!   guard drops without bumping `generation`, and the next waiter simply fetches itself:
 //!   nobody waits for a result that will never come.
-//! - `Slot::pacer` (tokio `Mutex`, one per model): held only while awaiting the limiter.
-//!   With `reuse = false` many callers want a token at once; governor's `until_key_ready`
-//!   would wake them all at every free slot (a thundering herd, and no fairness). Queueing
-//!   them on a FIFO mutex hands the tokens out in arrival order, one waiter awake at a time.
+//! - With `reuse = false` many callers want a getPolicy slot at once: the limiter hands the
+//!   slots out in arrival order, one waiter awake at a time (see `limit::local`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,12 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-
 use super::client::Client;
 use super::error::{ApiError, ErrorKind};
 use super::policy::Policy;
 use super::retry::{RetryPolicy, retry};
+use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
 
 #[derive(Debug, Clone)]
 pub struct CredentialOptions {
@@ -54,7 +52,7 @@ pub struct CredentialOptions {
 impl Default for CredentialOptions {
     fn default() -> Self {
         CredentialOptions {
-            // GCRA at 80/s with a burst of 10: in any 1 s window the sender emits at most
+            // 80/s with a burst of 10 (a GCRA): in any 1 s window the sender emits at most
             // 10 + 80 = 90 requests, 10% under the documented 100 QPS. The headroom absorbs
             // network bunching (requests released 12.5 ms apart can arrive closer together)
             // and the server counting windows on its own clock. With policy reuse, a run
@@ -76,9 +74,9 @@ impl Default for CredentialOptions {
     }
 }
 
-/// The quota for the options: `qps` per second sustained, `burst` at once.
-pub(crate) fn quota(options: &CredentialOptions) -> Quota {
-    Quota::per_second(options.qps).allow_burst(options.burst)
+/// The rate for the options: `qps` per second sustained, `burst` at once.
+pub(crate) fn rate(options: &CredentialOptions) -> Rate {
+    Rate::per_second(f64::from(options.qps.get())).with_burst(options.burst)
 }
 
 /// Upload credentials of one account. Cheap to clone.
@@ -90,7 +88,7 @@ pub struct Credentials {
 struct Inner {
     client: Client,
     options: CredentialOptions,
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: Arc<dyn Limiter>,
     slots: Mutex<HashMap<String, Slot>>,
     fetches: AtomicU64,
     /// The 401 of the first fetch the service refused. A key does not come back to life
@@ -107,7 +105,6 @@ struct Slot {
     /// The outcome of the last fetch if it failed: shared with the callers that waited for it.
     last_error: Option<ApiError>,
     refresh: Arc<tokio::sync::Mutex<()>>,
-    pacer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -124,7 +121,7 @@ impl Credentials {
     pub fn new(client: Client, options: CredentialOptions) -> Credentials {
         Credentials {
             inner: Arc::new(Inner {
-                limiter: RateLimiter::keyed(quota(&options)),
+                limiter: Arc::new(LocalLimiter::new()),
                 client,
                 options,
                 slots: Mutex::new(HashMap::new()),
@@ -229,20 +226,11 @@ impl Credentials {
 
     /// getPolicy with retries; each attempt waits for the limiter right before it is sent.
     async fn fetch(&self, model: &str) -> Result<Policy, ApiError> {
-        let pacer = self
-            .slots()
-            .entry(model.to_owned())
-            .or_default()
-            .pacer
-            .clone();
-        let key = model.to_owned();
+        let rate = rate(&self.inner.options);
         let (result, attempts) = retry(
             &self.inner.options.retry,
             || async {
-                {
-                    let _turn = pacer.lock().await;
-                    self.inner.limiter.until_key_ready(&key).await;
-                }
+                self.inner.limiter.acquire(model, rate, Cost::REQUEST).await;
                 self.inner.fetches.fetch_add(1, Ordering::Relaxed);
                 self.inner.client.get_policy(model).await
             },

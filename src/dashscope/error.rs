@@ -20,7 +20,8 @@ use super::auth::scrub;
 /// What kind of failure this is, as far as a caller's next step is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// 429 (any `Throttling*` code, `limit_requests`). Retryable.
+    /// 429 (any `Throttling*` code, `limit_requests`). Retryable. Which limit it reports:
+    /// [`ApiError::throttle_scope`].
     Throttled,
     /// 5xx and 408. Retryable.
     Server,
@@ -366,6 +367,9 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let at: SystemTime = date.into();
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
+
+mod throttle;
+pub use throttle::ThrottleScope;
 
 #[cfg(test)]
 mod tests;

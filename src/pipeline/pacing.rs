@@ -1,507 +1,99 @@
 //! Adaptive pacing of model calls, per model (one run = one key = one account, so per model
 //! is per (account, model), which is how DashScope counts its limits).
 //!
-//! The service does not say a model's rate limit; it answers 429 past it. But not every 429
-//! is about the rate: a busy service also refuses calls in short bursts at any pace. So a
-//! 429 is taken as a hypothesis about a limit, and the second after each decision tests it:
+//! The service does not say a model's rate limit; it answers 429 past it. What a 429 (or
+//! a success) means for the pace is decided in [`aimd`]; this module applies it.
 //!
-//! - A model starts unpaced. Its first 429 pauses it for one window, then the calls sent in
-//!   the second before it are counted. If at least [`MIN_CALLS`] went out and a good share
-//!   of them were refused ([`LIMIT_SHARE`]), the burst met a limit, and what got through is
-//!   that limit (the *ceiling*). Otherwise a fraction of a second with a few refusals says
-//!   nothing about a limit: what got through only sets a starting pace, which then doubles
-//!   each second until a limit is really met.
-//! - A later 429 cuts the rate by [`DECREASE`], at most once a window. When it answers a
-//!   call sent after an increase, the increase overshot: the rate goes back to just under
-//!   the one before it, so that one cut is enough however large the step was.
-//! - The second after a cut is a check. If the lower rate ended the 429s (or most of them),
-//!   the cut found a limit. If calls are still refused as often, the 429s were not about
-//!   the rate: the ceiling is dropped. What is still refused is learnt as noise, which
-//!   429s must then clearly exceed before they cut the rate again.
-//! - Each second without a cut raises the rate: half-way to just under the ceiling, then a
-//!   slow probe past it. [`PROBE_AFTER`] the last cut the ceiling decays: the probe's step
-//!   doubles each second up to [`GROWTH`], so a storm of 429s costs seconds, not minutes.
-//!
-//! A governor limiter spaces the calls evenly at the rate. Each model has its own state, so
-//! one throttled model never slows another, and nothing pauses the whole run (unlike a
-//! global back-off after any 429). `--model-rps` sets a known limit up front; the rate then
-//! stays at or below it.
+//! A call asks for a [`Permit`] (`acquire(model, cost)`), which waits for the model's pace,
+//! and settles it with the call's outcome, which steers the pace. The decision is
+//! [`Aimd`], a state machine with the clock injected; the waiting is a [`Limiter`] that
+//! spaces the calls evenly at the current rate, asked again by every waiter whenever the
+//! rate changes, so calls queued at a low pace go out at the new one as soon as it rises.
+//! Each model has its own state, so one throttled model never slows another, and nothing
+//! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
+//! limit up front; the rate then stays at or below it.
 
-use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::watch;
 
-use sample::{LastSecond, Tally};
+use crate::dashscope::ApiError;
+use crate::dashscope::error::ThrottleScope;
+use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
+use aimd::{Aimd, Change};
 
+mod aimd;
 mod sample;
 
-/// Multiplicative decrease on a 429.
-pub const DECREASE: f64 = 0.9;
-/// Below this share of the ceiling the rate climbs quickly; above it, it probes slowly.
-/// Services that count refused calls in their window (the strict reading) refuse
-/// *everything* while a client stays over the limit, so overshooting is expensive and the
-/// climb must slow down where the limit was last found.
-const NEAR_CEILING: f64 = 0.95;
-/// After a cut, how long the model sends nothing: two tenths of a window empty a window
-/// that was at the limit by 20%, more than the 10% cut needs to stay under it.
-const DRAIN: Duration = Duration::from_millis(200);
-/// The floor. A storm of 429s cuts the rate once a second for as long as it lasts; the
-/// floor bounds how far, and so how long the climb back takes: at [`GROWTH`] a second, 20 s
-/// from 1/s to 100/s, 10 s more from the old floor of 0.1/s. Below about 5/s a check has
-/// too few calls ([`MIN_CHECK_CALLS`]) to clear a ceiling, so a lower floor would also
-/// leave the rate to [`FORGET`] alone. The smallest published per-model limits are
-/// hundreds of calls a minute, several times this; under a limit below it, the calls over
-/// it get 429 and the retry back-off (with its `Retry-After`) spaces them out. Under a
-/// `--model-rps` below this, the floor is a tenth of that.
-const MIN_RATE: f64 = 1.0;
-/// How long after a change the rate is left alone: one of the service's counting windows,
-/// so the effect of the last change is seen before the next one.
-const SETTLE: Duration = Duration::from_secs(1);
-/// How long after the last cut the slow probe past the ceiling stays at 0.5% a second.
-/// From then on the ceiling decays: the probe's step doubles each second up to [`GROWTH`],
-/// since the limit may have been raised, or the 429s that set it were a passing storm. At
-/// a real limit the probe crosses it while the step is still a few percent, which costs a
-/// few 429s once in about eight seconds (at 4 s it was every six, with a quarter more
-/// 429s); a ceiling left by a storm is climbed past within seconds after it.
-const PROBE_AFTER: Duration = Duration::from_secs(6);
-/// Once the probe's step reaches [`GROWTH`], the ceiling is forgotten.
-const FORGET: Duration = Duration::from_secs(12);
-/// Growth a second with no ceiling once a limit has been met in this run. An overshoot
-/// costs one cut, from the rate before the step, and the 429s of the tenth of a second or
-/// so before the first 429 comes back.
-const GROWTH: f64 = 1.25;
-/// Growth a second while no limit has been met yet: a starting pace taken from a small
-/// sample is likely far too low, and doubling reaches any real rate within seconds.
-const SLOW_START: f64 = 2.0;
-/// Calls a sample needs before its share of 429s means anything: a first burst before what
-/// got through is taken for a limit, the last second before its share overrides a check.
-const MIN_CALLS: u32 = 10;
-/// Share of a first burst refused that says the burst met a limit. Fault bursts are a
-/// tenth or two of the calls; an unpaced start at 64 calls against a limit of 20 is 69%.
-const LIMIT_SHARE: f64 = 0.25;
-/// Calls a check needs before its verdict counts.
-const MIN_CHECK_CALLS: u32 = 5;
-/// A share of refusals this high, unless the learnt noise explains it, is the rate's doing
-/// (still over the limit).
-const RATE_DRIVEN: f64 = 0.5;
-/// Once noise is learnt, 429s cut the rate only past this multiple of it...
-const NOISE_MARGIN: f64 = 2.0;
-/// ...plus this many calls: noise comes in bursts (the emulator's are 3 to 7 calls), so a
-/// few calls' worth above the average is still noise...
-const NOISE_BURST: f64 = 3.0;
-/// ...and only noise of at least this share is tolerated at all...
-const NOISE_MIN: f64 = 0.02;
-/// ...and at most this share is ever taken for noise: a limit that refuses only the calls
-/// over it (not the strict reading) refuses half the calls of a rate twice over it, and
-/// that must still cut.
-const NOISE_MAX: f64 = 0.25;
-/// Weight of the checks so far in the noise estimate, at each new check. The estimate
-/// pools their calls rather than averaging their shares: one second holds few calls, and
-/// noise comes in bursts, so single seconds swing between none and half refused.
-const NOISE_MEMORY: f64 = 0.8;
-/// The last second's counts are a fair sample of the calls made once the model has sent
-/// this long since its last pause (a cut's pause is [`DRAIN`], so the sample after it
-/// qualifies).
-const FULL_SPAN: Duration = Duration::from_millis(800);
-
-/// A change of pace: the new rate, and how long to send nothing first.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Change {
-    pub rate: f64,
-    pub pause: Duration,
-}
-
-/// The rate after a second without a cut: quickly back towards the last limit found (`c`,
-/// found `age` ago), then a probe past it, slow at first; with no ceiling, multiplicatively.
-fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool) -> f64 {
-    match ceiling {
-        Some((c, age)) if rate >= c * NEAR_CEILING => {
-            let doublings = age.saturating_sub(PROBE_AFTER).as_secs_f64();
-            rate * (1.0 + (0.005 * doublings.exp2()).min(GROWTH - 1.0))
-        }
-        // Below the limit last found: half the way back up each second, stopping where the
-        // slow probe begins.
-        Some((c, _)) => (rate + ((c * NEAR_CEILING - rate) / 2.0).max(0.5)).min(c * NEAR_CEILING),
-        None if limit_seen => rate * GROWTH,
-        None => rate * SLOW_START,
-    }
-}
-
-/// Where the limit was last found, and when.
-#[derive(Debug, Clone, Copy)]
-struct Ceiling {
-    rate: f64,
-    at: Instant,
-}
-
-/// Outcomes of calls sent in `[from, to)`, counted as they answer.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    from: Instant,
-    to: Instant,
-    tally: Tally,
-}
-
-/// The second after a decision, and the share of calls refused that led to it.
-#[derive(Debug, Clone, Copy)]
-struct Check {
-    window: Window,
-    before: f64,
-}
-
-impl Check {
-    /// The second that starts a window after a decision made at `at`.
-    fn after(at: Instant, before: f64) -> Self {
-        Self {
-            window: Window {
-                from: at + SETTLE,
-                to: at + SETTLE * 2,
-                tally: Tally::default(),
-            },
-            before,
-        }
-    }
-}
-
-/// The AIMD state of one model, free of clocks and limiters so it can be tested alone.
-#[derive(Debug, Clone)]
-pub struct Aimd {
-    /// Calls per second; `None` while the model has not been throttled.
+/// What callers of one model wait on. Sent on every change, so that a caller waiting at the
+/// old pace wakes and waits again at the new one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pace {
+    /// Calls per second; `None`: unpaced, calls go at once.
     rate: Option<f64>,
-    /// A rate the user gave (`--model-rps`): the start, and a ceiling.
-    cap: Option<f64>,
-    /// Where 429s that the rate caused were last seen.
-    ceiling: Option<Ceiling>,
-    /// Whether the last verdict was a cut ending the 429s: a limit is real, so climbs past
-    /// a forgotten ceiling are gentle.
-    limit_seen: bool,
-    /// Calls of the checks that were still refused at the lower rate, and all their calls,
-    /// decayed by [`NOISE_MEMORY`] at each check: their ratio is the share of calls
-    /// refused whatever the rate.
-    noise_throttled: f64,
-    noise_calls: f64,
-    last_increase: Instant,
-    /// The rate before the last increase: it was held a window without a cut.
-    held: f64,
-    /// `None` until the first cut.
-    last_decrease: Option<Instant>,
-    /// The end of the last pause: the counts of the last second are partial before
-    /// [`FULL_SPAN`] after it.
-    active_since: Instant,
-    /// The first 429's burst, counted until one window after it: the calls sent in the
-    /// window before it (`to` is the first 429, `from` a window earlier).
-    first_burst: Option<Window>,
-    /// The second after a decision, whose calls tell whether the 429s were about the rate.
-    check: Option<Check>,
-    /// Send times of the last second's successes, kept only while unpaced, so that the
-    /// ones answered before the first 429 count towards its burst too.
-    unpaced_ok: VecDeque<Instant>,
-    answers: LastSecond,
-}
-
-impl Aimd {
-    pub fn new(cap: Option<f64>, now: Instant) -> Self {
-        Self {
-            rate: cap,
-            cap,
-            ceiling: None,
-            limit_seen: false,
-            noise_throttled: 0.0,
-            noise_calls: 0.0,
-            last_increase: now,
-            held: cap.unwrap_or(MIN_RATE),
-            last_decrease: None,
-            active_since: now,
-            first_burst: None,
-            check: None,
-            unpaced_ok: VecDeque::new(),
-            answers: LastSecond::new(now),
-        }
-    }
-
-    pub fn rate(&self) -> Option<f64> {
-        self.rate
-    }
-
-    /// A call sent at `sent` succeeded. Returns the change of pace, if any.
-    pub fn on_success(&mut self, sent: Instant, now: Instant) -> Option<Change> {
-        self.answers.add(now, false);
-        if self.first_burst.is_some() {
-            return self.count_first_burst(sent, now, false);
-        }
-        self.judge_check(sent, false);
-        let Some(rate) = self.rate else {
-            self.unpaced_ok.push_back(sent);
-            while self
-                .unpaced_ok
-                .front()
-                .is_some_and(|t| sent.saturating_duration_since(*t) >= SETTLE)
-            {
-                self.unpaced_ok.pop_front();
-            }
-            return None;
-        };
-        if self
-            .ceiling
-            .is_some_and(|c| now.saturating_duration_since(c.at) >= FORGET)
-        {
-            self.ceiling = None;
-        }
-        let since = |t: Instant| now.saturating_duration_since(t);
-        if since(self.last_increase) < SETTLE
-            || self.last_decrease.is_some_and(|t| since(t) < SETTLE)
-        {
-            return None;
-        }
-        // A rate the model does not use is not binding: raising it proves nothing, and a
-        // rate far above the calls made would take many cuts to come down to a limit.
-        if self.load(now).is_some_and(|(_, calls)| calls < rate / 2.0) {
-            return None;
-        }
-        let ceiling = self
-            .ceiling
-            .map(|c| (c.rate, now.saturating_duration_since(c.at)));
-        let next = self.capped(next_rate(rate, ceiling, self.limit_seen));
-        self.last_increase = now;
-        self.held = rate;
-        (next != rate).then(|| {
-            self.rate = Some(next);
-            Change {
-                rate: next,
-                pause: Duration::ZERO,
-            }
-        })
-    }
-
-    /// The service answered 429 to a call sent at `sent`. Returns the change of pace, if any.
-    ///
-    /// A 429 to a call sent less than [`SETTLE`] after the last *decrease* says nothing about
-    /// the new rate: the service's window still holds calls sent at the old one. Ignoring
-    /// those keeps one burst over the limit from cutting the rate again and again. A 429
-    /// after an *increase* means the increase overshot, and is acted on at once: back to
-    /// just under the rate before it. A 429 within the learnt noise, or in the second that
-    /// checks the last decision (unless most calls are refused), does not cut.
-    pub fn on_throttled(&mut self, sent: Instant, now: Instant) -> Option<Change> {
-        self.answers.add(now, true);
-        if self.first_burst.is_some() {
-            return self.count_first_burst(sent, now, true);
-        }
-        self.judge_check(sent, true);
-        let Some(rate) = self.rate else {
-            return Some(self.start_first_burst(now));
-        };
-        if self
-            .last_decrease
-            .is_some_and(|t| sent.saturating_duration_since(t) < SETTLE)
-        {
-            return None;
-        }
-        let recent = self.answers.tally(now);
-        let sampled = recent.calls() >= MIN_CALLS;
-        if self.tolerates(recent) {
-            return None;
-        }
-        if let Some(check) = &self.check {
-            // Counted into the open check, which decides once its second is over; unless
-            // most of its calls are refused already: a cut that fell short.
-            let so_far = check.window.tally;
-            if so_far.calls() < MIN_CALLS || so_far.share() < RATE_DRIVEN {
-                return None;
-            }
-        }
-        // The share that led to the cut, for its check; unknown (0) from a small sample.
-        let before = if sampled { recent.share() } else { 0.0 };
-        // Answering a call sent after the last increase: the increase overshot, and the
-        // rate before it, held a window without a 429, was under the limit. Back to just
-        // under that (the pause drains what the step added); else the AIMD cut.
-        let next = if sent >= self.last_increase && self.held < rate {
-            self.held * NEAR_CEILING
-        } else {
-            rate * DECREASE
-        };
-        Some(self.cut(next, rate, before, now))
-    }
-
-    /// First 429 after an unpaced start: the limit is not known yet. Pause for a window
-    /// (which also empties the service's window), pacing provisionally at what got through
-    /// so far, while the burst's remaining answers come in.
-    fn start_first_burst(&mut self, now: Instant) -> Change {
-        let from = now.checked_sub(SETTLE).unwrap_or(now);
-        let ok = self.unpaced_ok.iter().filter(|t| **t > from).count();
-        self.unpaced_ok = VecDeque::new(); // give the memory back: paced from now on
-        let tally = Tally {
-            ok: u32::try_from(ok).unwrap_or(u32::MAX),
-            throttled: 1,
-        };
-        self.first_burst = Some(Window {
-            from,
-            to: now,
-            tally,
-        });
-        let rate = self.capped(f64::from(tally.ok.max(1)) * NEAR_CEILING);
-        self.rate = Some(rate);
-        self.held = rate;
-        self.last_decrease = Some(now);
-        self.active_since = now + SETTLE;
-        Change {
-            rate,
-            pause: SETTLE,
-        }
-    }
-
-    /// Counts an answer into the first burst; one window after its first 429, every call of
-    /// the burst has answered, and the pace is set from what got through.
-    fn count_first_burst(
-        &mut self,
-        sent: Instant,
-        now: Instant,
-        throttled: bool,
-    ) -> Option<Change> {
-        let burst = self.first_burst.as_mut()?;
-        if sent > burst.from && sent <= burst.to {
-            burst.tally.add(throttled);
-        }
-        let first = burst.to;
-        if now.saturating_duration_since(first) < SETTLE {
-            return None;
-        }
-        let tally = burst.tally;
-        self.first_burst = None;
-        let got = f64::from(tally.ok.max(1));
-        // Most of a real burst refused: it met a limit, and what got through is that limit.
-        // A few refusals in a fraction of a second are no such evidence: the successes only
-        // set a starting pace, with no ceiling, and slow start takes it up from there.
-        let limited = tally.calls() >= MIN_CALLS && tally.share() >= LIMIT_SHARE;
-        self.ceiling = limited.then_some(Ceiling { rate: got, at: now });
-        let rate = self.capped(got * NEAR_CEILING);
-        self.rate = Some(rate);
-        self.last_increase = now;
-        self.held = rate;
-        let before = if tally.calls() >= MIN_CALLS {
-            tally.share()
-        } else {
-            0.0
-        };
-        self.check = Some(Check::after(first, before));
-        self.judge_check(sent, throttled);
-        Some(Change {
-            rate,
-            pause: Duration::ZERO,
-        })
-    }
-
-    /// Counts an answer into the open check; the first answer to a call sent after it closes
-    /// it (its own calls have answered by then, near enough) and gives the verdict.
-    fn judge_check(&mut self, sent: Instant, throttled: bool) {
-        let Some(check) = self.check.as_mut() else {
-            return;
-        };
-        let window = &mut check.window;
-        if sent < window.from {
-            return;
-        }
-        if sent < window.to {
-            window.tally.add(throttled);
-            return;
-        }
-        let (tally, before) = (window.tally, check.before);
-        self.check = None;
-        let share = tally.share();
-        // Too few calls to tell; or most still refused, more than the noise explains: a
-        // cut that fell short of a limit that counts refused calls, and the next cut follows.
-        if tally.calls() < MIN_CHECK_CALLS || (share >= RATE_DRIVEN && !self.tolerates(tally)) {
-            return;
-        }
-        // Whatever is still refused at the lower rate is refused whatever the rate.
-        self.noise_throttled = self.noise_throttled * NOISE_MEMORY + f64::from(tally.throttled);
-        self.noise_calls = self.noise_calls * NOISE_MEMORY + f64::from(tally.calls());
-        if share <= before / 2.0 {
-            // The lower rate ended the 429s, or most of them: the limit is real, and where
-            // it was found.
-            self.limit_seen |= self.ceiling.is_some();
-        } else {
-            // Refused as often at the lower rate: the 429s were not about the rate, and
-            // neither, perhaps, were those of an earlier check that seemed to find a limit
-            // (a second without a fault burst is common at a few dozen calls a second).
-            self.ceiling = None;
-            self.limit_seen = false;
-        }
-    }
-
-    /// The share of calls refused whatever the rate, as learnt from the checks.
-    fn noise(&self) -> f64 {
-        if self.noise_calls > 0.0 {
-            (self.noise_throttled / self.noise_calls).min(NOISE_MAX)
-        } else {
-            0.0
-        }
-    }
-
-    /// Whether these 429s are within what the learnt noise explains.
-    fn tolerates(&self, tally: Tally) -> bool {
-        let noise = self.noise();
-        noise >= NOISE_MIN
-            && f64::from(tally.throttled)
-                <= NOISE_MARGIN * noise * f64::from(tally.calls()) + NOISE_BURST
-    }
-
-    /// Successes and calls a second over the last second, once that is a fair sample.
-    fn load(&self, now: Instant) -> Option<(f64, f64)> {
-        (now.saturating_duration_since(self.active_since) >= FULL_SPAN)
-            .then(|| self.answers.per_second(now))
-    }
-
-    /// A decrease from `rate` to `next`. The limit lies at or under the rate, and, if the
-    /// rate had just been raised, over the one before; what got through in the last second
-    /// says where: the new ceiling.
-    fn cut(&mut self, next: f64, rate: f64, share: f64, now: Instant) -> Change {
-        let below = if self.held < rate { self.held } else { rate };
-        let got = self.load(now).map_or(rate, |(got, _)| got);
-        let next = self.capped(next);
-        self.ceiling = Some(Ceiling {
-            rate: got.clamp(below, rate),
-            at: now,
-        });
-        self.rate = Some(next);
-        self.held = next;
-        self.last_decrease = Some(now);
-        self.active_since = now + DRAIN;
-        self.check = Some(Check::after(now, share));
-        Change {
-            rate: next,
-            pause: DRAIN,
-        }
-    }
-
-    fn capped(&self, rate: f64) -> f64 {
-        let floor = self.cap.map_or(MIN_RATE, |cap| (cap / 10.0).min(MIN_RATE));
-        self.cap.map_or(rate, |cap| rate.min(cap)).max(floor)
-    }
-}
-
-/// One model's pacer: its AIMD state and the limiter that enforces the current rate.
-///
-/// governor's quota is fixed per limiter, so a rate change installs a new limiter. Callers
-/// already waiting on the old one must not then go out at the old pace *as well as* the new
-/// callers at the new one (two limiters at once would double the rate): `generation` lets a
-/// caller that got through an old limiter notice the change and queue on the new one.
-struct Model {
-    aimd: Aimd,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    generation: u64,
     /// No call before this instant: the pause that comes with a cut.
     not_before: Option<Instant>,
 }
 
+/// One model's pacer: its AIMD state and the pace it publishes to the callers.
+struct Model {
+    aimd: Aimd,
+    pace: watch::Sender<Pace>,
+}
+
 impl Model {
     fn apply(&mut self, change: Change, now: Instant) {
-        self.limiter = Some(limiter(change.rate));
-        self.generation += 1;
-        if !change.pause.is_zero() {
-            self.not_before = Some(now + change.pause);
+        // `send_modify` updates the value even while no caller is subscribed.
+        self.pace.send_modify(|pace| {
+            pace.rate = Some(change.rate);
+            if !change.pause.is_zero() {
+                pace.not_before = Some(now + change.pause);
+            }
+        });
+    }
+}
+
+/// What became of a paced call, as far as the pace is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered: the model took the call at this pace.
+    Ok,
+    /// Refused with a 429 of this scope.
+    Throttled(ThrottleScope),
+    /// Any other failure: says nothing about the pace.
+    Failed,
+}
+
+impl Outcome {
+    pub fn of<T>(result: &Result<T, ApiError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e
+                .throttle_scope()
+                .map_or(Outcome::Failed, Outcome::Throttled),
+        }
+    }
+}
+
+/// Leave to send one call to a model, from [`Pacing::acquire`]. Settle it with the call's
+/// outcome; a permit dropped unsettled (a cancelled row) teaches the pace nothing.
+#[must_use = "settle the permit with the call's outcome"]
+pub struct Permit<'a> {
+    pacing: &'a Pacing,
+    model: &'a str,
+    sent: Instant,
+}
+
+impl Permit<'_> {
+    pub fn settle(self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => self.pacing.on_success(self.model, self.sent),
+            // Every scope cuts the request rate for now: a token limit is met by fewer
+            // requests too. Issue 9's token budget will treat `Tokens` apart.
+            Outcome::Throttled(scope) => self.pacing.on_throttled(self.model, self.sent, scope),
+            Outcome::Failed => {}
         }
     }
 }
@@ -509,9 +101,16 @@ impl Model {
 /// The pacers of all models of a run.
 pub struct Pacing {
     cap: Option<f64>,
-    /// Locked briefly per call to clone the limiter's Arc or to record an outcome; never held
-    /// across an await.
+    /// Spaces the calls of each model (key: the model) at its current rate.
+    limiter: Arc<dyn Limiter>,
+    /// Locked briefly per call to subscribe to a model's pace or to record an outcome;
+    /// never held across an await.
     models: Mutex<HashMap<String, Model>>,
+}
+
+/// Tokio's clock, so that tests on a paused clock drive the pacing and the limiter alike.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Pacing {
@@ -519,6 +118,7 @@ impl Pacing {
     pub fn new(model_rps: Option<f64>) -> Self {
         Self {
             cap: model_rps.filter(|r| *r > 0.0),
+            limiter: Arc::new(LocalLimiter::new()),
             models: Mutex::new(HashMap::new()),
         }
     }
@@ -526,44 +126,59 @@ impl Pacing {
     fn with_model<T>(&self, model: &str, f: impl FnOnce(&mut Model) -> T) -> T {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if !models.contains_key(model) {
-            let aimd = Aimd::new(self.cap, Instant::now());
-            let limiter = aimd.rate().map(limiter);
-            models.insert(
-                model.to_owned(),
-                Model {
-                    aimd,
-                    limiter,
-                    generation: 0,
-                    not_before: None,
-                },
-            );
+            let aimd = Aimd::new(self.cap, now());
+            let pace = watch::Sender::new(Pace {
+                rate: aimd.rate(),
+                not_before: None,
+            });
+            models.insert(model.to_owned(), Model { aimd, pace });
         }
         let entry = models.get_mut(model).expect("inserted above");
         f(entry)
     }
 
-    /// Waits until `model` may be called. Free while the model has never been throttled.
-    pub async fn until_ready(&self, model: &str) {
+    /// Waits until `model` may be called, then lets one call of `cost` go. Free while the
+    /// model has never been throttled.
+    ///
+    /// A caller waits at the pace it read, until that pace changes: then it drops its place
+    /// (the limiter spends nothing for a dropped wait) and waits again at the new pace. A
+    /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
+    /// queued before a cut honours the cut's pause.
+    pub async fn acquire<'a>(&'a self, model: &'a str, cost: Cost) -> Permit<'a> {
+        let mut pace = self.with_model(model, |m| m.pace.subscribe());
         loop {
-            let (generation, limiter, not_before) =
-                self.with_model(model, |m| (m.generation, m.limiter.clone(), m.not_before));
-            let Some(limiter) = limiter else {
-                return;
+            let Pace { rate, not_before } = *pace.borrow_and_update();
+            let Some(rate) = rate else {
+                break;
             };
-            if let Some(at) = not_before {
-                tokio::time::sleep_until(at.into()).await;
+            let turn = async {
+                if let Some(at) = not_before {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                self.limiter
+                    .acquire(model, Rate::per_second(rate), cost)
+                    .await;
+            };
+            tokio::select! {
+                // A turn already granted is used, even if the pace changed at the same time.
+                biased;
+                () = turn => break,
+                // The sender lives as long as `self`, so `changed` does not fail; if it did,
+                // the branch would be disabled and the turn awaited at the old pace.
+                Ok(()) = pace.changed() => {}
             }
-            limiter.until_ready().await;
-            if self.with_model(model, |m| m.generation) == generation {
-                return;
-            }
+        }
+        Permit {
+            pacing: self,
+            model,
+            sent: now(),
         }
     }
 
     /// A call to `model` sent at `sent` succeeded.
-    pub fn on_success(&self, model: &str, sent: Instant) {
+    fn on_success(&self, model: &str, sent: Instant) {
         self.with_model(model, |m| {
-            let now = Instant::now();
+            let now = now();
             if let Some(change) = m.aimd.on_success(sent, now) {
                 tracing::debug!(model, rate = change.rate, "model pace set");
                 m.apply(change, now);
@@ -577,12 +192,17 @@ impl Pacing {
     /// at anything near the limit: at 90% of it, a full window drains by only 10% a second,
     /// so a cut alone leaves half a second of 429s. A short pause of this model lets the
     /// window drain instead: one window after the first 429 (which follows the unpaced
-    /// start's burst), [`DRAIN`] after a later one. Other models are not paused.
-    pub fn on_throttled(&self, model: &str, sent: Instant) {
+    /// start's burst), [`aimd::DRAIN`] after a later one. Other models are not paused.
+    fn on_throttled(&self, model: &str, sent: Instant, scope: ThrottleScope) {
         self.with_model(model, |m| {
-            let now = Instant::now();
+            let now = now();
             if let Some(change) = m.aimd.on_throttled(sent, now) {
-                tracing::debug!(model, rate = change.rate, "model throttled: pacing calls");
+                tracing::debug!(
+                    model,
+                    rate = change.rate,
+                    scope = scope.as_str(),
+                    "model throttled: pacing calls"
+                );
                 m.apply(change, now);
             }
         });
@@ -602,17 +222,6 @@ impl Pacing {
             .filter_map(|(name, m)| m.aimd.rate().map(|r| (name.clone(), r)))
             .collect()
     }
-}
-
-/// Evenly spaced calls at `rate` per second, with no burst: a burst is exactly what a
-/// per-second window on the service side punishes.
-fn limiter(rate: f64) -> Arc<DefaultDirectRateLimiter> {
-    // A rate below the floor only comes from `--model-rps`; zero never reaches here.
-    let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::MIN);
-    Arc::new(RateLimiter::direct(quota))
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::{Failure, check_local_file};
-use super::pacing::Pacing;
+use super::pacing::{Outcome, Pacing};
 use super::uploads::{RowLog, Uploads};
 use crate::dashscope::{
     self, Api, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
 };
+use crate::limit::Cost;
 use crate::manifest::{BadRow, Entry, Row, Source};
 use crate::output::{RowResult, Status, Tokens, UploadOutcome};
 
@@ -153,14 +154,9 @@ impl Worker {
         let model = row.model.as_str();
         let attempt = || async {
             // Awaited just before the request it guards, so a retry is paced too.
-            self.pacing.until_ready(model).await;
-            let sent = Instant::now();
+            let permit = self.pacing.acquire(model, Cost::REQUEST).await;
             let result = self.client.call_model(self.api, &request).await;
-            match &result {
-                Ok(_) => self.pacing.on_success(model, sent),
-                Err(e) if e.kind == ErrorKind::Throttled => self.pacing.on_throttled(model, sent),
-                Err(_) => {}
-            }
+            permit.settle(Outcome::of(&result));
             result
         };
         let (result, attempts) =

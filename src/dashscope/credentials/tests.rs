@@ -5,9 +5,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use governor::clock::FakeRelativeClock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
 use std::sync::atomic::AtomicBool;
 use tokio::sync::{Notify, mpsc};
 
@@ -250,38 +247,25 @@ async fn a_rejected_key_is_not_retried_nor_sent_again() {
     assert_eq!(fake.hits.load(Ordering::SeqCst), 1);
 }
 
-/// The default quota never lets more than burst + qps through in any 1 s window, per
-/// model, and models do not share tokens. Driven by governor's fake clock.
-#[test]
-fn default_quota_stays_under_100_per_second_per_model() {
-    let options = CredentialOptions::default();
-    let clock = FakeRelativeClock::default();
-    let limiter: RateLimiter<
-        String,
-        DefaultKeyedStateStore<String>,
-        FakeRelativeClock,
-        NoOpMiddleware<governor::nanos::Nanos>,
-    > = RateLimiter::new(
-        quota(&options),
-        DefaultKeyedStateStore::default(),
-        clock.clone(),
-    );
-    let (a, b) = ("model-a".to_owned(), "model-b".to_owned());
-    // Greedy sender: tries 10 times per millisecond for 5 s.
+/// The default rate never lets more than burst + qps through in any 1 s window, per
+/// model, and models do not share budgets. Driven by tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn default_rate_stays_under_100_per_second_per_model() {
+    let rate = rate(&CredentialOptions::default());
+    let limiter = LocalLimiter::new();
+    let t0 = tokio::time::Instant::now();
+    // A greedy sender: asks again the moment it is let through, for 5 s.
     let mut sent_at = Vec::new();
-    for ms in 0..5000u64 {
-        for _ in 0..10 {
-            if limiter.check_key(&a).is_ok() {
-                sent_at.push(ms);
-            }
-        }
-        clock.advance(Duration::from_millis(1));
+    while t0.elapsed() < Duration::from_secs(5) {
+        limiter.acquire("model-a", rate, Cost::REQUEST).await;
+        sent_at.push(t0.elapsed());
     }
-    let max_in_window = (0..5000u64)
+    let max_in_window = sent_at
+        .iter()
         .map(|start| {
             sent_at
                 .iter()
-                .filter(|&&t| t >= start && t < start + 1000)
+                .filter(|t| *t >= start && **t < *start + Duration::from_secs(1))
                 .count()
         })
         .max()
@@ -289,7 +273,12 @@ fn default_quota_stays_under_100_per_second_per_model() {
     assert!(max_in_window <= 90, "{max_in_window} in one second");
     // It is not needlessly slow either: the sustained rate is 80/s.
     assert!(sent_at.len() >= 5 * 80, "{}", sent_at.len());
-    // Model b still has its whole burst.
-    let burst_b = (0..20).filter(|_| limiter.check_key(&b).is_ok()).count();
-    assert_eq!(burst_b, 10);
+    // Model b still has its whole burst: ten at once, then the eleventh waits.
+    let t1 = tokio::time::Instant::now();
+    for _ in 0..10 {
+        limiter.acquire("model-b", rate, Cost::REQUEST).await;
+    }
+    assert_eq!(t1.elapsed(), Duration::ZERO);
+    limiter.acquire("model-b", rate, Cost::REQUEST).await;
+    assert!(t1.elapsed() > Duration::ZERO);
 }

@@ -1,0 +1,449 @@
+//! The AIMD decision driven with made-up instants, alone and in a simulated run.
+
+use std::collections::VecDeque;
+
+use super::*;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// An AIMD state whose unpaced start met a limit of `limit`: three times as many calls at
+/// once, `limit` of them through. Returns it with the time the estimate was made.
+fn paced(t0: Instant, limit: u32) -> (Aimd, Instant) {
+    let mut a = Aimd::new(None, t0);
+    for i in 0..limit {
+        a.on_success(t0, t0 + secs(0.1 + f64::from(i) * 0.001));
+    }
+    for _ in limit..limit * 3 {
+        a.on_throttled(t0, t0 + secs(0.2));
+    }
+    let at = t0 + secs(1.3);
+    let change = a.on_success(at, at).expect("the estimate");
+    assert!((change.rate - f64::from(limit) * NEAR_CEILING).abs() < 1e-9);
+    (a, at)
+}
+
+#[test]
+fn unthrottled_models_stay_unpaced() {
+    let t0 = Instant::now();
+    let mut a = Aimd::new(None, t0);
+    for i in 0..100 {
+        let t = t0 + secs(i as f64 * 0.05);
+        assert_eq!(a.on_success(t, t), None);
+    }
+    assert_eq!(a.rate(), None);
+}
+
+#[test]
+fn the_limit_is_estimated_from_what_got_through_the_first_burst() {
+    let t0 = Instant::now();
+    let mut a = Aimd::new(None, t0);
+    // 64 calls at once; 20 get through. Some answers come before the first 429, some
+    // after it: all 20 count.
+    for i in 0..8 {
+        a.on_success(t0, t0 + secs(0.05 + i as f64 * 0.001));
+    }
+    let first = a.on_throttled(t0, t0 + secs(0.06)).unwrap();
+    assert_eq!(
+        first.pause, SETTLE,
+        "a window's pause while the burst answers"
+    );
+    assert!(first.rate < 20.0);
+    for _ in 0..43 {
+        assert_eq!(a.on_throttled(t0, t0 + secs(0.07)), None);
+    }
+    for i in 0..12 {
+        assert_eq!(a.on_success(t0, t0 + secs(0.1 + i as f64 * 0.001)), None);
+    }
+    // One window later the estimate is made: 95% of the 20 that got through, and 20 is
+    // the ceiling.
+    let rate = a.on_success(t0 + secs(1.07), t0 + secs(1.17)).unwrap().rate;
+    assert!((rate - 19.0).abs() < 1e-9, "{rate}");
+    assert_eq!(a.ceiling.map(|c| c.rate), Some(20.0));
+}
+
+#[test]
+fn a_few_429s_in_a_fraction_of_a_second_set_no_limit() {
+    // The audit's case: a fault burst 10 ms into an unpaced run, after 25 quick successes.
+    let t0 = Instant::now();
+    let mut a = Aimd::new(None, t0);
+    for i in 0..25 {
+        let t = t0 + secs(i as f64 * 0.0004);
+        a.on_success(t, t);
+    }
+    let at = t0 + secs(0.01);
+    a.on_throttled(at, at).unwrap();
+    for i in 0..4 {
+        a.on_throttled(at, at + secs(0.001 * f64::from(i)));
+    }
+    for i in 0..60 {
+        a.on_success(at, at + secs(0.002 + 0.0001 * f64::from(i)));
+    }
+    let start = a.on_success(at + secs(1.0), at + secs(1.01)).unwrap().rate;
+    assert!(start >= 0.95 * 85.0 - 1e-9, "what got through: {start}");
+    assert!(
+        a.ceiling.is_none(),
+        "no ceiling from 5 refusals in 90 calls"
+    );
+    // With no 429s, the pace doubles each second (calls keep up with it).
+    let mut t = 1.01;
+    let mut rate = start;
+    for _ in 0..5 {
+        for _ in 0..(rate as usize) {
+            t += 1.0 / rate;
+            let at = t0 + secs(t);
+            if let Some(c) = a.on_success(at, at) {
+                rate = c.rate;
+            }
+        }
+    }
+    assert!(rate >= start * 16.0, "{start} -> {rate}");
+}
+
+/// Successes at the pace `a` sets, from `from` to `to` seconds after `t0`: the calls keep up
+/// with the pace, each answered at once. Returns the rate after each whole second.
+fn succeed(a: &mut Aimd, t0: Instant, from: f64, to: f64) -> Vec<f64> {
+    let mut t = from;
+    let mut mark = from.floor() + 1.0;
+    let mut rates = Vec::new();
+    loop {
+        t += 1.0 / a.rate().expect("paced");
+        if t >= to {
+            return rates;
+        }
+        let at = t0 + secs(t);
+        a.on_success(at, at);
+        while t >= mark {
+            rates.push(a.rate().unwrap());
+            mark += 1.0;
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_429s_cuts_once() {
+    let t0 = Instant::now();
+    let (mut a, at) = paced(t0, 20);
+    succeed(&mut a, at, 0.0, 1.7);
+    // The 429 answers a call sent after the last increase: the increase overshot, and the
+    // rate goes back to just under the one before it.
+    let before = a.held;
+    assert!(
+        before < a.rate().unwrap(),
+        "the rate was raised since the estimate"
+    );
+    let at = t0 + secs(3.0);
+    let cut = a.on_throttled(at, at).unwrap();
+    assert!((cut.rate - before * NEAR_CEILING).abs() < 1e-9, "{cut:?}");
+    assert_eq!(cut.pause, DRAIN);
+    for i in 0..20 {
+        let t = at + secs(i as f64 * 0.04);
+        // Sent before the cut, or too soon after it to reflect the new rate.
+        assert_eq!(a.on_throttled(t, t), None);
+    }
+    assert_eq!(a.rate(), Some(cut.rate));
+    // Most calls refused a window later: the cut fell short, and the next one comes.
+    let later = |i: u32| at + secs(1.0 + 0.01 * f64::from(i));
+    for i in 0..MIN_CALLS - 1 {
+        assert_eq!(a.on_throttled(later(i), later(i)), None, "too few to tell");
+    }
+    let next = a.on_throttled(later(MIN_CALLS), later(MIN_CALLS)).unwrap();
+    assert!(next.rate < cut.rate);
+}
+
+#[test]
+fn an_isolated_429_cuts_by_the_aimd_step_and_the_rate_climbs_back() {
+    let t0 = Instant::now();
+    let (mut a, at) = paced(t0, 100); // limit found at 100: rate 95
+    // Past the second after the estimate, which checks it.
+    succeed(&mut a, at, 0.0, 1.2);
+    // Sent before the last increase: the cut is from the rate.
+    let before = a.rate().unwrap();
+    let at = t0 + secs(2.5);
+    let cut = a.on_throttled(a.last_increase - secs(0.01), at).unwrap();
+    assert!((cut.rate - before * DECREASE).abs() < 1e-9, "{cut:?}");
+    // Up to PROBE_AFTER since the cut.
+    let rates = succeed(&mut a, t0, 2.7, 6.5);
+    // What got through before the 429 was the rate: back to 95% of that within seconds.
+    assert!(
+        rates[3] >= 0.94 * before,
+        "back near the limit within seconds: {before} -> {rates:?}"
+    );
+    // A 429 right after an increase means it overshot: acted on at once, back to just
+    // under the rate before the increase.
+    succeed(&mut a, t0, 6.5, 6.55);
+    let at = t0 + secs(6.55);
+    let before = a.held;
+    let cut = a.on_throttled(at, at).expect("acted on at once");
+    assert!(
+        (cut.rate - before * NEAR_CEILING).abs() < 1e-9,
+        "{before} {cut:?}"
+    );
+}
+
+#[test]
+fn past_the_ceiling_the_probe_is_slow_then_the_ceiling_decays() {
+    let step = |age: f64| next_rate(100.0, Some((100.0, secs(age))), true) / 100.0 - 1.0;
+    let after = PROBE_AFTER.as_secs_f64();
+    assert!((step(0.0) - 0.005).abs() < 1e-12);
+    assert!((step(after) - 0.005).abs() < 1e-12);
+    assert!(
+        (step(after + 3.0) - 0.04).abs() < 1e-12,
+        "doubling each second"
+    );
+    assert!(
+        (step(60.0) - (GROWTH - 1.0)).abs() < 1e-12,
+        "then full growth"
+    );
+    // Below the ceiling: half-way up each second, whatever its age.
+    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true) - 72.5).abs() < 1e-9);
+    // No ceiling: slow start until a limit has been met, then gentler growth.
+    assert!((next_rate(50.0, None, false) - 100.0).abs() < 1e-9);
+    assert!((next_rate(50.0, None, true) - 50.0 * GROWTH).abs() < 1e-9);
+}
+
+#[test]
+fn a_ceiling_is_forgotten_after_a_quiet_spell() {
+    let t0 = Instant::now();
+    let (mut a, at) = paced(t0, 100);
+    let rates = succeed(&mut a, at, 0.0, FORGET.as_secs_f64() + 3.0);
+    let last = *rates.last().unwrap();
+    assert!(last > 95.0 * GROWTH, "{rates:?}");
+}
+
+#[test]
+fn a_known_limit_is_the_start_and_the_ceiling() {
+    let t0 = Instant::now();
+    let mut a = Aimd::new(Some(20.0), t0);
+    assert_eq!(a.rate(), Some(20.0));
+    a.on_throttled(t0 + secs(1.0), t0 + secs(1.0));
+    let rates = succeed(&mut a, t0, 1.2, 100.0);
+    let high = a.rate().unwrap();
+    assert!(
+        rates.iter().all(|r| *r <= 20.0),
+        "never above the user's limit: {rates:?}"
+    );
+    assert!(high > 18.0, "{high}");
+}
+
+#[test]
+fn a_known_limit_below_the_floor_is_kept() {
+    let t0 = Instant::now();
+    let mut a = Aimd::new(Some(0.5), t0);
+    let cut = a.on_throttled(t0 + secs(1.0), t0 + secs(1.0)).unwrap();
+    assert!((cut.rate - 0.5 * DECREASE).abs() < 1e-9, "{cut:?}");
+}
+
+// A virtual run: `concurrency` workers call one model through the pacer, each call answered
+// `latency` after it is sent, the service deciding at arrival. Deterministic: no clock, no
+// randomness beyond a seeded generator.
+
+/// The service: `true` means the call arriving at `t` seconds is answered 429.
+type Service<'a> = &'a mut dyn FnMut(f64) -> bool;
+
+struct Sim {
+    t0: Instant,
+    aimd: Aimd,
+    concurrency: usize,
+    latency: f64,
+    /// Send time and outcome of each call in flight; one latency for all keeps them in
+    /// answer order.
+    in_flight: VecDeque<(f64, bool)>,
+    /// When the pacer lets the next call go.
+    next_send: f64,
+    now: f64,
+    ok: u64,
+    throttled: u64,
+    /// The rate (`None`: unpaced) at each whole virtual second.
+    rates: Vec<Option<f64>>,
+}
+
+impl Sim {
+    fn new(concurrency: usize, latency: f64) -> Self {
+        let t0 = Instant::now();
+        Self {
+            t0,
+            aimd: Aimd::new(None, t0),
+            concurrency,
+            latency,
+            in_flight: VecDeque::new(),
+            next_send: 0.0,
+            now: 0.0,
+            ok: 0,
+            throttled: 0,
+            rates: Vec::new(),
+        }
+    }
+
+    fn at(&self, t: f64) -> Instant {
+        self.t0 + secs(t)
+    }
+
+    fn run_until(&mut self, end: f64, service: Service) {
+        loop {
+            while self.rates.len() as f64 <= self.now {
+                self.rates.push(self.aimd.rate());
+            }
+            let answer = self.in_flight.front().map(|(sent, _)| sent + self.latency);
+            let send = (self.in_flight.len() < self.concurrency).then_some(self.next_send);
+            let (t, is_send) = match (answer, send) {
+                (Some(a), Some(s)) if s < a => (s, true),
+                (Some(a), _) => (a, false),
+                (None, Some(s)) => (s, true),
+                (None, None) => unreachable!("a free worker or a call in flight"),
+            };
+            let t = t.max(self.now);
+            if t >= end {
+                self.now = end;
+                return;
+            }
+            self.now = t;
+            if is_send {
+                self.in_flight.push_back((t, service(t)));
+                self.next_send = match self.aimd.rate() {
+                    Some(rate) => t + 1.0 / rate,
+                    None => t,
+                };
+                continue;
+            }
+            let (sent, throttled) = self.in_flight.pop_front().unwrap();
+            let (sent, now) = (self.at(sent), self.at(t));
+            let change = if throttled {
+                self.throttled += 1;
+                self.aimd.on_throttled(sent, now)
+            } else {
+                self.ok += 1;
+                self.aimd.on_success(sent, now)
+            };
+            if let Some(change) = change {
+                // The next call goes once the pause is over: close to the limiter, which
+                // re-times what is owed at the new rate.
+                self.next_send = t + change.pause.as_secs_f64();
+            }
+        }
+    }
+
+    /// The lowest rate from second `from` on (unpaced counts as infinite).
+    fn lowest_rate_from(&self, from: usize) -> f64 {
+        self.rates[from..]
+            .iter()
+            .map(|r| r.unwrap_or(f64::INFINITY))
+            .fold(f64::INFINITY, f64::min)
+    }
+}
+
+/// A limit of `limit` calls in any one-second window that counts refused calls too, as
+/// the emulator does (the strict reading).
+fn strict_limit(limit: usize) -> impl FnMut(f64) -> bool {
+    let mut window = VecDeque::new();
+    move |t| {
+        while window.front().is_some_and(|a| t - a >= 1.0) {
+            window.pop_front();
+        }
+        window.push_back(t);
+        window.len() > limit
+    }
+}
+
+/// xorshift64*: a seeded stream of uniform numbers in [0, 1).
+fn uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn a_real_limit_is_found_and_held() {
+    // The `load pacing` scenario: 64 workers, 100 ms calls, a strict limit of 20/s.
+    let mut sim = Sim::new(64, 0.1);
+    sim.run_until(20.0, &mut strict_limit(20));
+    let (ok, throttled) = (sim.ok, sim.throttled);
+    let mut service = strict_limit(20);
+    sim.run_until(120.0, &mut service);
+    let rows_per_s = (sim.ok - ok) as f64 / 100.0;
+    let share =
+        (sim.throttled - throttled) as f64 / (sim.ok + sim.throttled - ok - throttled) as f64;
+    assert!(rows_per_s >= 18.0, "{rows_per_s} rows/s: {:?}", sim.rates);
+    assert!(share <= 0.05, "{share} of calls 429: {:?}", sim.rates);
+    assert!(sim.lowest_rate_from(20) > 15.0, "{:?}", sim.rates);
+}
+
+#[test]
+fn a_real_limit_under_random_429s_is_still_held() {
+    // 5% of calls refused at random on top of a strict limit of 50/s: the noise is
+    // tolerated, the limit is not.
+    let mut sim = Sim::new(64, 0.1);
+    let mut roll = uniform(3);
+    let mut limit = strict_limit(50);
+    let mut service = |t| limit(t) || roll() < 0.05;
+    sim.run_until(20.0, &mut service);
+    let (ok, throttled) = (sim.ok, sim.throttled);
+    sim.run_until(120.0, &mut service);
+    let rows_per_s = (sim.ok - ok) as f64 / 100.0;
+    let share =
+        (sim.throttled - throttled) as f64 / (sim.ok + sim.throttled - ok - throttled) as f64;
+    assert!(rows_per_s >= 40.0, "{rows_per_s} rows/s: {:?}", sim.rates);
+    assert!(share <= 0.1, "{share} of calls 429: {:?}", sim.rates);
+}
+
+#[test]
+fn the_rate_recovers_within_seconds_after_a_storm() {
+    let mut sim = Sim::new(64, 0.1);
+    let mut limit = strict_limit(100);
+    sim.run_until(30.0, &mut limit);
+    let before = sim.aimd.rate().expect("paced by the limit");
+    assert!(before > 80.0, "{:?}", sim.rates);
+    // Five seconds of nothing but 429s, then nothing but successes.
+    sim.run_until(35.0, &mut |_| true);
+    let low = sim.aimd.rate().unwrap();
+    assert!(
+        low < before * 0.8,
+        "the storm cut the rate: {:?}",
+        sim.rates
+    );
+    sim.run_until(50.0, &mut |_| false);
+    let after = sim.aimd.rate().unwrap();
+    assert!(
+        after >= before * 0.9,
+        "{before} -> {after}: {:?}",
+        sim.rates
+    );
+}
+
+#[test]
+fn random_429s_without_a_limit_do_not_collapse_the_pace() {
+    // 5% of calls refused at random, whatever the rate; the workers could make 640 calls/s.
+    let mut sim = Sim::new(64, 0.1);
+    let mut roll = uniform(7);
+    sim.run_until(60.0, &mut |_| roll() < 0.05);
+    let calls_per_s = (sim.ok + sim.throttled) as f64 / 60.0;
+    assert!(calls_per_s >= 400.0, "{calls_per_s}/s: {:?}", sim.rates);
+    assert!(sim.lowest_rate_from(10) >= 300.0, "{:?}", sim.rates);
+}
+
+#[test]
+fn bursts_of_429s_like_the_emulators_faults_do_not_collapse_the_pace() {
+    // `--fault-rate 0.2`: 4% of calls start a burst of 3 to 7 429s; 17% of calls refused.
+    let mut sim = Sim::new(64, 0.1);
+    let mut roll = uniform(11);
+    let mut burst = 0;
+    sim.run_until(60.0, &mut |_| {
+        if burst > 0 {
+            burst -= 1;
+            return true;
+        }
+        if roll() < 0.04 {
+            burst = 2 + (roll() * 5.0) as usize;
+            return true;
+        }
+        false
+    });
+    let calls_per_s = (sim.ok + sim.throttled) as f64 / 60.0;
+    assert!(calls_per_s >= 300.0, "{calls_per_s}/s: {:?}", sim.rates);
+    assert!(sim.lowest_rate_from(20) >= 200.0, "{:?}", sim.rates);
+}
