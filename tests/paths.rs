@@ -330,3 +330,58 @@ async fn a_closed_stderr_neither_panics_the_run_nor_loses_its_reports() {
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r["status"] == "ok"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_and_still_leaves_a_report() {
+    use tokio::io::AsyncBufReadExt;
+    let em = start(EmulatorConfig {
+        chat_latency: Duration::from_secs(60),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let job = job(8);
+    let summary_path = job.dir.path().join("summary.json");
+    std::fs::write(&summary_path, "{\"success\": true}").unwrap();
+    let mut child = dashbatch()
+        .arg("run")
+        .arg(job.manifest())
+        .args(["--base-url", &em.base_url(), "--summary-json"])
+        .arg(&summary_path)
+        .env("DASHSCOPE_API_KEY", "sk-acme")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Uploads come before model calls: once a file is stored, its row is calling.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats(&em).await["uploads"].as_u64().unwrap_or(0) < 1 {
+        assert!(child.try_wait().unwrap().is_none(), "dashbatch ended early");
+        assert!(tokio::time::Instant::now() < deadline, "no uploads");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval, with a deadline
+    }
+    let sigterm = |child: &tokio::process::Child| {
+        let pid = child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    sigterm(&child);
+    // The second signal goes once the first has been taken.
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        if line.contains("stopping: no new rows") {
+            break;
+        }
+    }
+    sigterm(&child);
+    while stderr.next_line().await.unwrap().is_some() {}
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("a second signal does not wait for the 60 s calls")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    let summary = summary(&summary_path);
+    assert_eq!(summary["exit_code"], 130, "{summary}");
+    assert_eq!(summary["success"], false, "{summary}");
+}

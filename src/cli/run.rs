@@ -193,7 +193,7 @@ async fn execute(args: RunArgs, quiet: bool, reports: &mut Reports) -> anyhow::R
     .context("cannot build the HTTP client")?;
 
     let shutdown = CancellationToken::new();
-    watch_signals(shutdown.clone(), plan.config.drain_timeout);
+    watch_signals(shutdown.clone(), plan.config.drain_timeout, reports.clone());
     let result = pipeline::run(&plan.config, client, shutdown).await;
     if let Some(running) = emulator {
         let _ = running.shutdown().await;
@@ -443,7 +443,9 @@ fn base_url(flag: Option<&str>) -> String {
 
 /// First SIGINT/SIGTERM: stop dispatching and drain. Second: exit at once. That is safe
 /// because every finished row is already flushed, and the next run resumes from it.
-fn watch_signals(shutdown: CancellationToken, drain: Duration) {
+/// The reports are written before that exit too, saying 130 (the figures of rows still
+/// running are not known; the results file has every finished one).
+fn watch_signals(shutdown: CancellationToken, drain: Duration, reports: Reports) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -468,6 +470,7 @@ fn watch_signals(shutdown: CancellationToken, drain: Duration) {
             _ = term.recv() => {}
         }
         say!("aborted: rows in flight are lost; the next run resumes");
+        reports.write(&Stats::default(), exit::INTERRUPTED);
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
 }

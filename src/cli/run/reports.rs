@@ -12,7 +12,7 @@ use crate::output::report::{RunReport, write_metrics, write_summary_json};
 
 use super::{Plan, RunArgs};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Reports {
     manifest: PathBuf,
     output: PathBuf,
