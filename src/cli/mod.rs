@@ -2,7 +2,25 @@
 //! and calls into the library. This is the only module that may use both [`crate::dashscope`]
 //! and [`crate::emulator`].
 
+/// `eprintln!` that never panics: a closed stderr (`2>&1 | head -1`) must not turn a run
+/// whose results are safe into a crash with no reports. What cannot be said is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics, for the same reason as [`say!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod emulator;
+mod files;
 mod run;
 mod validate;
 
@@ -51,6 +69,9 @@ pub fn init_tracing(verbose: u8, quiet: u8) {
         // Colour only on a terminal: cron logs redirected to a file stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // Its default reports a failed write with `eprintln!`, which panics when stderr is
+        // closed; a log line that cannot be written is simply lost.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -62,7 +83,7 @@ pub fn main(cli: Cli) -> u8 {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            say!("error: cannot start the async runtime: {err}");
             return exit::USAGE;
         }
     };
@@ -74,7 +95,7 @@ pub fn main(cli: Cli) -> u8 {
             Command::Emulator(args) => match emulator::run(args).await {
                 Ok(()) => exit::OK,
                 Err(err) => {
-                    eprintln!("error: {err:#}");
+                    say!("error: {err:#}");
                     exit::USAGE
                 }
             },

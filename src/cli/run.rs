@@ -15,9 +15,12 @@ use crate::dashscope::{Api, ApiKey, Client, ClientConfig, CredentialOptions, Ret
 use crate::exit;
 use crate::manifest::ManifestError;
 use crate::output::Stats;
+use crate::output::atomic::resolve_links;
 use crate::output::lock::LockError;
-use crate::output::report::{RunReport, write_metrics, write_summary_json};
 use crate::pipeline::{self, Outcome, PipelineError};
+
+use super::files::{self, RunFiles};
+use reports::Reports;
 
 /// The real service's root, used unless `--base-url` or `DASHSCOPE_HTTP_BASE_URL` says otherwise.
 const DEFAULT_BASE_URL: &str = "https://dashscope.aliyuncs.com";
@@ -126,20 +129,44 @@ struct Plan {
     request_timeout: Duration,
     summary_json: Option<PathBuf>,
     metrics_textfile: Option<PathBuf>,
+    /// The job file the settings came from, if any.
+    job: Option<PathBuf>,
 }
 
+/// Runs a manifest and returns the exit code. Whatever happens after the flags parse, the
+/// reports (`--summary-json`, `--metrics-textfile`) are written with that exit code: cron's
+/// watchers learn that last night's run failed as surely as that it succeeded.
 pub async fn run(args: RunArgs, quiet: bool) -> u8 {
-    match execute(args, quiet).await {
-        Ok(code) => code,
+    // From the flags alone, so that even a job file that does not load leaves a report.
+    let mut reports = Reports::from_flags(&args);
+    let (code, stats) = match execute(args, quiet, &mut reports).await {
+        Ok(ended) => ended,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            exit::USAGE
+            say!("error: {err:#}");
+            (exit::USAGE, Stats::default())
         }
-    }
+    };
+    reports.write(&stats, code);
+    code
 }
 
-async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
+/// The exit code and the figures to report.
+async fn execute(args: RunArgs, quiet: bool, reports: &mut Reports) -> anyhow::Result<(u8, Stats)> {
     let plan = plan(args, quiet)?;
+    *reports = Reports::from_plan(&plan);
+    let checked = files::check(&RunFiles {
+        manifest: &plan.config.manifest,
+        job: plan.job.as_deref(),
+        api_key_file: plan.api_key_file.as_deref(),
+        output: &plan.config.output,
+        summary_json: plan.summary_json.as_deref(),
+        metrics_textfile: plan.metrics_textfile.as_deref(),
+    });
+    if let Err(err) = checked {
+        // A report that would overwrite another file of the run is not written at all.
+        reports.drop_flag(err.report_flag());
+        return Err(err.into());
+    }
     let key = api_key(plan.api_key_file.as_deref(), plan.emulator)?;
 
     // Kept alive until the run ends: dropping it stops the emulator.
@@ -166,43 +193,47 @@ async fn execute(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
     .context("cannot build the HTTP client")?;
 
     let shutdown = CancellationToken::new();
-    watch_signals(shutdown.clone(), plan.config.drain_timeout);
+    watch_signals(shutdown.clone(), plan.config.drain_timeout, reports.clone());
     let result = pipeline::run(&plan.config, client, shutdown).await;
     if let Some(running) = emulator {
         let _ = running.shutdown().await;
     }
     let outcome = match result {
         Ok(outcome) => outcome,
-        Err(err) => {
-            // The run did no work, but cron's watchers still learn how it ended: the reports
-            // are written with zero figures and this exit code.
-            let code = match &err {
-                PipelineError::Manifest(ManifestError::NoHeader { path }) => {
-                    eprintln!("nothing to do: {} is empty", path.display());
-                    exit::OK
-                }
-                PipelineError::Locked(LockError::Held { .. }) => {
-                    eprintln!("error: {err}");
-                    exit::LOCKED
-                }
-                PipelineError::Locked(_)
-                | PipelineError::Manifest(_)
-                | PipelineError::Resume(_) => {
-                    eprintln!("error: {err}");
-                    exit::USAGE
-                }
-                _ => {
-                    write_reports(&plan, &Stats::default(), exit::USAGE);
-                    return Err(err.into());
-                }
-            };
-            write_reports(&plan, &Stats::default(), code);
-            return Ok(code);
-        }
+        Err(err) => return Ok(failed(err)),
     };
     let code = exit_code(&outcome);
-    report(&plan, &outcome, code);
-    Ok(code)
+    report(&plan, &outcome);
+    Ok((code, outcome.stats))
+}
+
+/// A run that ended in a [`PipelineError`]: what to say, the exit code, and the figures.
+fn failed(err: PipelineError) -> (u8, Stats) {
+    let (message, code, stats) = judge(err);
+    say!("{message}");
+    (code, stats)
+}
+
+/// The message, exit code and figures of a [`PipelineError`]. The message is the error's
+/// `Display`, which already names the cause; `{:#}` would repeat it once per source.
+fn judge(err: PipelineError) -> (String, u8, Stats) {
+    let code = match &err {
+        PipelineError::Manifest(ManifestError::NoHeader { path }) => {
+            let message = format!("nothing to do: {} is empty", path.display());
+            return (message, exit::OK, Stats::default());
+        }
+        PipelineError::Locked(LockError::Held { .. } | LockError::HeldByLink { .. }) => {
+            exit::LOCKED
+        }
+        _ => exit::USAGE,
+    };
+    let message = format!("error: {err}");
+    match err {
+        // The rows ran and their lines are in the results file, uncompacted (the next run
+        // resumes from them): the figures are real, not zeros.
+        PipelineError::Compact { stats, .. } => (message, code, *stats),
+        _ => (message, code, Stats::default()),
+    }
 }
 
 fn exit_code(outcome: &Outcome) -> u8 {
@@ -217,53 +248,23 @@ fn exit_code(outcome: &Outcome) -> u8 {
     }
 }
 
-fn report(plan: &Plan, outcome: &Outcome, code: u8) {
+fn report(plan: &Plan, outcome: &Outcome) {
     let stats = &outcome.stats;
     let config = &plan.config;
     if stats.rows_total == 0 {
-        eprintln!("nothing to do: {} has no rows", config.manifest.display());
+        say!("nothing to do: {} has no rows", config.manifest.display());
     } else {
-        eprintln!("{}", stats.summary_line());
-        eprintln!("results: {}", config.output.display());
+        say!("{}", stats.summary_line());
+        say!("results: {}", config.output.display());
     }
     if let Some(reason) = &outcome.stopped {
-        eprintln!("stopped early: {reason}");
-    }
-    write_reports(plan, stats, code);
-}
-
-/// Writes `--summary-json` and `--metrics-textfile`, if asked for. A report that cannot be
-/// written is a warning: the results file is what matters.
-fn write_reports(plan: &Plan, stats: &Stats, code: u8) {
-    let config = &plan.config;
-    let report = RunReport {
-        manifest: &config.manifest,
-        output: &config.output,
-        success: code == exit::OK,
-        exit_code: code,
-        finished_at: chrono::Utc::now().timestamp(),
-        stats,
-    };
-    if let Some(path) = &plan.summary_json
-        && let Err(err) = write_summary_json(path, &report)
-    {
-        eprintln!(
-            "warning: cannot write summary JSON {}: {err}",
-            path.display()
-        );
-    }
-    if let Some(path) = &plan.metrics_textfile
-        && let Err(err) = write_metrics(path, &report)
-    {
-        eprintln!(
-            "warning: cannot write metrics file {}: {err}",
-            path.display()
-        );
+        say!("stopped early: {reason}");
     }
 }
 
 /// Merges flags over the job file (if the input is one) over the defaults.
 fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
+    let job_path = is_job_file(&args.input).then(|| args.input.clone());
     let job = if is_job_file(&args.input) {
         JobFile::load(&args.input)?
     } else {
@@ -283,10 +284,14 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             )
         })?,
     };
-    let output = args
-        .output
-        .or(job.output)
-        .unwrap_or_else(|| default_output(&manifest));
+    // Through any symlink to the file it names: the lock, the appends, the rename at the end
+    // and the default state folder all belong to that file, whichever name reached it.
+    let output = resolve_links(
+        &args
+            .output
+            .or(job.output)
+            .unwrap_or_else(|| default_output(&manifest)),
+    );
     let max_attempts = pick(
         args.max_attempts,
         job.max_attempts,
@@ -305,6 +310,18 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         "credential_qps",
         1..=100,
     )?;
+    // The flag refuses 0 itself; a job file's 0 is refused as well, not quietly made 1.
+    let request_timeout_s = args
+        .request_timeout_s
+        .or(job.request_timeout_s)
+        .unwrap_or(300);
+    if request_timeout_s == 0 {
+        bail!(
+            "job file {}: request_timeout_s = 0 is out of range; use a number of seconds, at \
+             least 1",
+            args.input.display()
+        );
+    }
     let config = RunConfig {
         state_dir: args
             .state_dir
@@ -354,14 +371,10 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         emulator: args.emulator || (args.base_url.is_none() && job.emulator.unwrap_or(false)),
         base_url: args.base_url.or(job.base_url),
         api_key_file: args.api_key_file.or(job.api_key_file),
-        request_timeout: Duration::from_secs(
-            args.request_timeout_s
-                .or(job.request_timeout_s)
-                .unwrap_or(300)
-                .max(1),
-        ),
+        request_timeout: Duration::from_secs(request_timeout_s),
         summary_json: args.summary_json.or(job.summary_json),
         metrics_textfile: args.metrics_textfile.or(job.metrics_textfile),
+        job: job_path,
     })
 }
 
@@ -384,11 +397,16 @@ fn pick(
     Ok(value)
 }
 
+/// The largest `--model-rps`: the pacer spaces calls in whole nanoseconds, so a rate near
+/// 1e9 has no period to pace by (it used to fall back to 1 call/s without a word), and no
+/// model serves a million calls a second per account.
+const MAX_MODEL_RPS: f64 = 1_000_000.0;
+
 fn parse_rps(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
+        Ok(rps) if rps.is_finite() && rps > 0.0 && rps <= MAX_MODEL_RPS => Ok(rps),
         _ => Err(format!(
-            "{text:?} is not a positive number of calls per second"
+            "{text:?} is not a number of calls per second from above 0 to {MAX_MODEL_RPS}"
         )),
     }
 }
@@ -425,7 +443,9 @@ fn base_url(flag: Option<&str>) -> String {
 
 /// First SIGINT/SIGTERM: stop dispatching and drain. Second: exit at once. That is safe
 /// because every finished row is already flushed, and the next run resumes from it.
-fn watch_signals(shutdown: CancellationToken, drain: Duration) {
+/// The reports are written before that exit too, saying 130 (the figures of rows still
+/// running are not known; the results file has every finished one).
+fn watch_signals(shutdown: CancellationToken, drain: Duration, reports: Reports) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -439,7 +459,7 @@ fn watch_signals(shutdown: CancellationToken, drain: Duration) {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!(
+        say!(
             "stopping: no new rows; finishing rows in flight (up to {}s). \
              Signal again to stop at once.",
             drain.as_secs()
@@ -449,10 +469,12 @@ fn watch_signals(shutdown: CancellationToken, drain: Duration) {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("aborted: rows in flight are lost; the next run resumes");
+        say!("aborted: rows in flight are lost; the next run resumes");
+        reports.write(&Stats::default(), exit::INTERRUPTED);
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
 }
 
+mod reports;
 #[cfg(test)]
 mod tests;

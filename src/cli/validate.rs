@@ -32,7 +32,7 @@ pub fn run(args: ValidateArgs) -> u8 {
         match JobFile::load(&args.input) {
             Ok(job) => (job.manifest.unwrap_or_default(), job.output),
             Err(err) => {
-                eprintln!("error: {err}");
+                say!("error: {err}");
                 return exit::SOME_FAILED;
             }
         }
@@ -43,26 +43,31 @@ pub fn run(args: ValidateArgs) -> u8 {
         .output
         .or(job_output)
         .unwrap_or_else(|| default_output(&manifest));
+    if let Err(err) = super::files::check_manifest(&manifest) {
+        say!("error: {err}");
+        out!("invalid: fix the problem above");
+        return exit::SOME_FAILED;
+    }
     let plan = match validate(&manifest, &output, args.max_file_size_mb) {
         Ok(plan) => plan,
         Err(ManifestError::NoHeader { path }) => {
             // As `run` sees it: an empty manifest is nothing to do, not an error.
-            println!("manifest: {}", path.display());
-            println!("valid: nothing to do (the manifest is empty)");
+            out!("manifest: {}", path.display());
+            out!("valid: nothing to do (the manifest is empty)");
             return exit::OK;
         }
         Err(err) => {
             // The manifest as a whole is unusable: that is "invalid" (1), like a bad row.
-            eprintln!("error: {err}");
-            println!("invalid: fix the problem above");
+            say!("error: {err}");
+            out!("invalid: fix the problem above");
             return exit::SOME_FAILED;
         }
     };
     for problem in &plan.problems {
-        println!("problem: {problem}");
+        out!("problem: {problem}");
     }
     if plan.invalid as usize > plan.problems.len() {
-        println!(
+        out!(
             "... and {} more problems",
             plan.invalid as usize - plan.problems.len()
         );
@@ -72,24 +77,26 @@ pub fn run(args: ValidateArgs) -> u8 {
         .iter()
         .map(|(m, n)| format!("{m} ({n})"))
         .collect();
-    println!("manifest: {}", manifest.display());
-    println!(
+    out!("manifest: {}", manifest.display());
+    out!(
         "rows: {} ({} invalid, {} already done in {})",
         plan.rows,
         plan.invalid,
         plan.done,
         output.display()
     );
-    println!(
+    out!(
         "files: {} distinct, {} bytes; {} rows use URLs",
-        plan.distinct_files, plan.bytes, plan.urls
+        plan.distinct_files,
+        plan.bytes,
+        plan.urls
     );
-    println!("models: {}", models.join(", "));
+    out!("models: {}", models.join(", "));
     if plan.is_valid() {
-        println!("valid");
+        out!("valid");
         exit::OK
     } else {
-        println!("invalid: fix the problems above (rows with problems would fail)");
+        out!("invalid: fix the problems above (rows with problems would fail)");
         exit::SOME_FAILED
     }
 }

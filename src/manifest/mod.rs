@@ -354,13 +354,17 @@ fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, Manife
                 })
         })
         .collect::<Result<_, _>>()?;
-    for (i, name) in names.iter().enumerate() {
-        if names[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            return Err(ManifestError::DuplicateColumn {
-                path: path.to_owned(),
-                column: name.clone(),
-            });
-        }
+    // A set, not a scan of the names before each one: that was quadratic, and a generated
+    // header of 100k columns took seconds on every open.
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    if let Some(name) = names
+        .iter()
+        .find(|name| !seen.insert(name.to_ascii_lowercase()))
+    {
+        return Err(ManifestError::DuplicateColumn {
+            path: path.to_owned(),
+            column: name.clone(),
+        });
     }
     let find = |want: &str| names.iter().position(|n| n.eq_ignore_ascii_case(want));
     let missing: Vec<&str> = REQUIRED.into_iter().filter(|c| find(c).is_none()).collect();

@@ -255,6 +255,26 @@ fn duplicate_header_column_is_rejected() {
     ));
 }
 
+#[test]
+fn a_header_of_100k_columns_opens_in_linear_time() {
+    // The check used to compare each name with every one before it: 5e9 comparisons here,
+    // minutes in a debug build. Linear, it takes a fraction of a second; the bound is a
+    // hundred times that, so only the quadratic check can miss it.
+    let mut header = String::from("model,file,prompt");
+    for i in 0..100_000 {
+        header.push_str(&format!(",c{i}"));
+    }
+    let duplicated = format!("{header},C99999\n");
+    header.push('\n');
+    let started = std::time::Instant::now();
+    let (extra, _) = read(header.as_bytes()).unwrap();
+    assert_eq!(extra.len(), 100_000);
+    let err = read(duplicated.as_bytes()).unwrap_err();
+    assert!(matches!(&err, ManifestError::DuplicateColumn { column, .. } if column == "C99999"));
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
 /// A reader that hands out at most `size` bytes per read, as a pipe or a slow disk may.
 struct Chunked<'a> {
     data: &'a [u8],

@@ -1,11 +1,15 @@
 //! Replacing a file so that a reader, or a crash, sees the old file or the new one and never
 //! a mix: temp file in the same folder, fsync, rename, fsync the folder. The results file, the
 //! upload cache and the reports are all written this way.
+//!
+//! A rename replaces whatever the name points at, so two rules keep it to the file meant:
+//! a symlink is followed and its target replaced (the link stays a link), and a target that
+//! exists but is not a regular file (`/dev/null`, a FIFO, a folder) is never replaced.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Temp files of [`atomic_rewrite`] are named `.{target file name}.dashbatch-XXXXXX.tmp`, so
 /// that the ones an interrupted run left can be told apart per target
@@ -28,14 +32,49 @@ fn temp_prefix(target: &Path) -> OsString {
     prefix
 }
 
+/// Links followed in a row before [`resolve_links`] gives up: Linux's own limit (ELOOP).
+const MAX_LINKS: usize = 40;
+
+/// `path` with any symlinks in its last component followed, to the file a write through it
+/// would reach (which need not exist yet). Links in the folders above are left alone: they
+/// lead to the same folder, so a lock file or a temp file beside either name is the same
+/// file. A loop, or a link that cannot be read, stops the walk where it is; opening the path
+/// then reports the problem.
+pub fn resolve_links(path: &Path) -> PathBuf {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let is_link = std::fs::symlink_metadata(&current).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(target) = is_link.then(|| std::fs::read_link(&current).ok()).flatten() else {
+            return current;
+        };
+        // A relative target is relative to the link's own folder.
+        current = parent_dir(&current).join(target);
+    }
+    current
+}
+
 /// Replaces `out` with `write`'s output atomically: temp file in the same folder, fsync,
-/// rename, fsync the folder. The new file gets the permissions of the one it replaces, or
-/// when there is none those of a newly created file (0666 less the umask): tempfile's own
-/// 0600 would lock out readers such as a node_exporter running as another user.
+/// rename, fsync the folder. A symlink `out` keeps pointing at the replaced file; an `out`
+/// that exists but is not a regular file is refused, not replaced. The new file gets the
+/// permissions of the one it replaces, or when there is none those of a newly created file
+/// (0666 less the umask): tempfile's own 0600 would lock out readers such as a node_exporter
+/// running as another user.
 pub fn atomic_rewrite(
     out: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    let out = &resolve_links(out);
+    if let Ok(meta) = std::fs::metadata(out)
+        && !meta.is_file()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file; it is never replaced",
+                out.display()
+            ),
+        ));
+    }
     let dir = parent_dir(out);
     let mut tmp = tempfile::Builder::new()
         .prefix(&temp_prefix(out))
@@ -114,4 +153,41 @@ fn is_temp_of(name: &OsStr, prefix: &OsStr) -> bool {
         .is_some_and(|random| {
             random.len() == TEMP_RANDOM && random.iter().all(u8::is_ascii_alphanumeric)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn a_symlink_is_followed_and_stays_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.csv");
+        std::fs::write(&real, "old").unwrap();
+        let link = dir.path().join("alias.csv");
+        std::os::unix::fs::symlink("real.csv", &link).unwrap();
+        assert_eq!(resolve_links(&link), real);
+        atomic_rewrite(&link, |f| f.write_all(b"new")).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+    }
+
+    #[test]
+    fn a_special_file_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = atomic_rewrite(&fifo, |f| f.write_all(b"x")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "still a FIFO");
+    }
 }

@@ -3,6 +3,11 @@
 //! The kernel drops the lock when the holding process exits, however it exits, so a crashed
 //! run never leaves a stale lock to clean up. The lock file keeps the holder's pid only to
 //! make the "locked" message useful; the pid is never trusted for anything else.
+//!
+//! The lock belongs to the file, not to the name it was given: a symlink is followed to its
+//! target, and `OUT.lock` sits beside the target, so `-o out.csv` and `-o alias.csv` (a link
+//! to it) take the same lock. A hard link has no target to follow, so the results file
+//! itself is locked too, when it exists: two names of one inode meet on that lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,10 +15,14 @@ use std::path::{Path, PathBuf};
 
 use fs4::fs_std::FileExt;
 
+use super::atomic::resolve_links;
+
 /// Held for the whole run; dropping it releases the lock.
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    /// The lock on the results file itself, when it existed at the start.
+    _results: Option<File>,
     path: PathBuf,
 }
 
@@ -24,6 +33,11 @@ pub enum LockError {
          wait for it to finish, or pass a different -o"
     )]
     Held { path: PathBuf, holder: String },
+    #[error(
+        "another dashbatch run is writing the results file {path} under another name (a \
+         hard link to it); wait for it to finish, or pass a different -o"
+    )]
+    HeldByLink { path: PathBuf },
     #[error(
         "cannot create the lock file {path}: {source} (hint: the results file's folder must \
          exist and be writable)"
@@ -42,8 +56,9 @@ pub fn lock_path(output: &Path) -> PathBuf {
 }
 
 impl RunLock {
-    /// Takes the lock for `output` without waiting.
+    /// Takes the lock for `output` (after following symlinks) without waiting.
     pub fn acquire(output: &Path) -> Result<Self, LockError> {
+        let output = &resolve_links(output);
         let path = lock_path(output);
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -67,12 +82,31 @@ impl RunLock {
             };
             return Err(LockError::Held { path, holder });
         }
+        // Only a regular file is opened: opening a FIFO would wait for a writer.
+        let regular = std::fs::metadata(output).is_ok_and(|m| m.is_file());
+        let results = match regular.then(|| File::open(output)).transpose() {
+            Ok(Some(results)) => {
+                if !results.try_lock_exclusive().map_err(io)? {
+                    return Err(LockError::HeldByLink {
+                        path: output.clone(),
+                    });
+                }
+                Some(results)
+            }
+            // A new file has no other names yet. Anything else (a folder, no permission) is
+            // for opening the results file to report.
+            Ok(None) | Err(_) => None,
+        };
         // Ours now: record who holds it, for the next run's message.
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         writeln!(file, "{}", std::process::id()).map_err(io)?;
         file.flush().map_err(io)?;
-        Ok(Self { _file: file, path })
+        Ok(Self {
+            _file: file,
+            _results: results,
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -98,5 +132,22 @@ mod tests {
         assert!(msg.contains("r.csv.lock"), "{msg}");
         drop(first);
         RunLock::acquire(&out).expect("released on drop");
+    }
+
+    #[test]
+    fn a_symlink_or_a_hard_link_to_a_locked_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.csv");
+        std::fs::write(&out, "id\n").unwrap();
+        let alias = dir.path().join("alias.csv");
+        std::os::unix::fs::symlink("out.csv", &alias).unwrap();
+        let hard = dir.path().join("hard.csv");
+        std::fs::hard_link(&out, &hard).unwrap();
+        let held = RunLock::acquire(&alias).unwrap();
+        assert_eq!(held.path(), dir.path().join("out.csv.lock"));
+        let msg = RunLock::acquire(&out).unwrap_err().to_string();
+        assert!(msg.contains("out.csv.lock"), "{msg}");
+        let msg = RunLock::acquire(&hard).unwrap_err().to_string();
+        assert!(msg.contains("hard link"), "{msg}");
     }
 }

@@ -1,6 +1,9 @@
 //! Machine-readable reports of a finished run: `--summary-json` and `--metrics-textfile`
 //! (the Prometheus text format read by node_exporter's textfile collector). Both are written
-//! atomically, so a collector never reads half a file.
+//! atomically, so a collector never reads half a file. A path that is a FIFO or a character
+//! device (`/dev/null`, `/dev/stdout` on a pipe) is written straight to instead: replacing it
+//! by a rename would turn it into a regular file, which as root breaks `/dev/null` for the
+//! whole machine.
 //!
 //! The Prometheus text format for a dozen gauges is a few lines of `format!`; a metrics
 //! crate would bring a registry and global state for no gain here.
@@ -11,7 +14,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::atomic::atomic_rewrite;
+use super::atomic::{atomic_rewrite, resolve_links};
 use super::stats::Stats;
 
 /// What both reports say about a run.
@@ -31,12 +34,30 @@ pub struct RunReport<'a> {
 pub fn write_summary_json(path: &Path, report: &RunReport<'_>) -> std::io::Result<()> {
     let mut json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
     json.push(b'\n');
-    atomic_rewrite(path, |f| f.write_all(&json))
+    write_report(path, &json)
 }
 
 pub fn write_metrics(path: &Path, report: &RunReport<'_>) -> std::io::Result<()> {
-    let text = metrics_text(report);
-    atomic_rewrite(path, |f| f.write_all(text.as_bytes()))
+    write_report(path, metrics_text(report).as_bytes())
+}
+
+/// Atomically for a regular file (or a new one); straight into a FIFO or a character device.
+fn write_report(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let target = resolve_links(path);
+    let stream = std::fs::metadata(&target)
+        .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_char_device());
+    if !stream {
+        return atomic_rewrite(&target, |f| f.write_all(bytes));
+    }
+    // Non-blocking: a FIFO that nobody reads fails the open (ENXIO) instead of holding the
+    // end of the run forever, and a reader that stalls fails the write instead. Never
+    // created or truncated: it exists, and it is not ours.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&target)?;
+    file.write_all(bytes)
 }
 
 /// The Prometheus exposition text. Every series carries a `manifest` label so several jobs
@@ -147,6 +168,47 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    fn report(stats: &Stats) -> RunReport<'_> {
+        RunReport {
+            manifest: Path::new("m.csv"),
+            output: Path::new("o.csv"),
+            success: true,
+            exit_code: 0,
+            finished_at: 1_800_000_000,
+            stats,
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_written_into_and_stays_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("summary.fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let stats = Stats::default();
+        // Nobody reading: an error, not a hang, and the FIFO is left alone.
+        write_summary_json(&fifo, &report(&stats)).unwrap_err();
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        write_summary_json(&fifo, &report(&stats)).unwrap();
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["exit_code"], 0);
+        assert!(
+            std::fs::symlink_metadata(&fifo)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+    }
 
     #[test]
     fn metrics_are_prometheus_text_with_the_cron_figures() {

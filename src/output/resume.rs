@@ -138,8 +138,13 @@ pub fn open_for_append(
     } else {
         Some(scan(out, extra)?).filter(|&(_, valid_len)| valid_len > 0)
     };
+    // O_APPEND: each line lands at the end of the file as it is then, so a second writer
+    // that got past the lock (another host on a network folder) adds lines, never
+    // overwrites them.
+    let append = || OpenOptions::new().append(true).create(true).open(out);
     let Some((mut previous, valid_len)) = earlier else {
-        let file = File::create(out).map_err(io)?;
+        let file = append().map_err(io)?;
+        file.set_len(0).map_err(io)?;
         let writer = ResultsWriter::new(file, extra, true).map_err(csv_err)?;
         let previous = Previous {
             done: Done::from_unsorted(aside),
@@ -152,11 +157,8 @@ pub fn open_for_append(
         all.extend(aside);
         previous.done = Done::from_unsorted(all);
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(out)
-        .map_err(io)?;
+    // A torn last line is cut off; appends then go on from the end of what is left.
+    let mut file = append().map_err(io)?;
     file.set_len(valid_len).map_err(io)?;
     if previous.legacy {
         drop(file);
@@ -166,13 +168,8 @@ pub fn open_for_append(
              to rows by model, file and prompt)",
             out.display()
         );
-        file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(out)
-            .map_err(io)?;
+        file = append().map_err(io)?;
     }
-    file.seek(SeekFrom::End(0)).map_err(io)?;
     let writer = ResultsWriter::new(file, extra, false).map_err(csv_err)?;
     Ok((writer, previous))
 }

@@ -61,8 +61,13 @@ pub enum PipelineError {
     Resume(#[from] ResumeError),
     #[error("results file {path}: {source}")]
     Report { path: PathBuf, source: ReportError },
+    /// The rows ran (their lines are in the results file, uncompacted); `stats` are theirs.
     #[error("results file {path}: {source}")]
-    Compact { path: PathBuf, source: CompactError },
+    Compact {
+        path: PathBuf,
+        source: CompactError,
+        stats: Box<Stats>,
+    },
     #[error("an internal task stopped unexpectedly: {0}")]
     Task(String),
 }
@@ -195,6 +200,7 @@ pub async fn run(
     .map_err(|source| PipelineError::Compact {
         path: config.output.clone(),
         source,
+        stats: Box::new(stats.clone()),
     })?;
     compacted.record(&mut stats);
     if let Err(err) = cache.compact(unix_now()) {

@@ -74,3 +74,64 @@ fn out_of_range_job_file_values_are_refused_with_the_key_named() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn a_job_files_zero_timeout_is_refused_not_made_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("j.toml");
+    std::fs::write(&job, "manifest = \"m.csv\"\nrequest_timeout_s = 0\n").unwrap();
+    let err = plan(args(&job), false).err().expect("refused").to_string();
+    assert!(
+        err.contains("j.toml") && err.contains("request_timeout_s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_rps_the_pacer_cannot_pace_is_refused() {
+    assert_eq!(parse_rps("1000000"), Ok(1e6));
+    for text in ["1e9", "4e9", "inf", "0"] {
+        let err = parse_rps(text).unwrap_err();
+        assert!(err.contains("1000000"), "{text}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("j.toml");
+    std::fs::write(&job, "manifest = \"m.csv\"\nmodel_rps = 1e9\n").unwrap();
+    let err = plan(args(&job), false).err().expect("refused").to_string();
+    assert!(err.contains("model_rps"), "{err}");
+}
+
+#[test]
+fn a_failed_compaction_reports_the_rows_that_ran_and_says_its_cause_once() {
+    let stats = Stats {
+        rows_ok: 7,
+        ..Stats::default()
+    };
+    let err = PipelineError::Compact {
+        path: PathBuf::from("out.csv"),
+        source: pipeline::CompactError::Io(std::io::Error::other("No space left on device")),
+        stats: Box::new(stats),
+    };
+    let (message, code, stats) = judge(err);
+    assert_eq!((code, stats.rows_ok), (exit::USAGE, 7));
+    assert_eq!(message.matches("No space left").count(), 1, "{message}");
+    assert!(message.contains("out.csv"), "{message}");
+}
+
+#[test]
+fn a_symlinked_output_becomes_its_target_and_the_state_folder_sits_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    let alias = dir.path().join("alias.csv");
+    std::os::unix::fs::symlink("real/out.csv", &alias).unwrap();
+    let plan = plan(
+        RunArgs {
+            output: Some(alias),
+            ..args(&dir.path().join("m.csv"))
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!(plan.config.output, dir.path().join("real/out.csv"));
+    assert_eq!(plan.config.state_dir, dir.path().join("real/.dashbatch"));
+}
