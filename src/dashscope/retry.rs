@@ -6,19 +6,27 @@
 //! iterator, because backon's built-in jitter is additive (`d + rand·d`), not the full jitter
 //! (`rand(0, d)`) that spreads a crowd of clients evenly after a shared 429 storm.
 //!
+//! A policy may carry a [`Watch`]: the seam through which whoever runs many loops at once (the
+//! pipeline) sees every attempt before it is sent and after it is answered, so that it can
+//! notice an outage, hold attempts while it lasts, and refuse them once the run stops. The
+//! loops inside the client (getPolicy's, in [`super::Credentials`]) are reached the same way.
+//!
 //! It deliberately does not know what an operation does: refreshing a policy or re-uploading
 //! after a non-retryable error is the caller's decision, made outside this loop.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::Retryable;
+use futures::future::BoxFuture;
 
 use super::error::ApiError;
 
 /// How hard to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included. 0 is treated as 1.
     pub max_attempts: u32,
@@ -29,6 +37,8 @@ pub struct RetryPolicy {
     /// A `Retry-After` longer than this is clamped to it: a server asking for an hour should
     /// not stall a batch for an hour; the attempt cap still bounds the total.
     pub retry_after_ceiling: Duration,
+    /// Sees every attempt of every loop run with this policy. `None`: attempts go straight out.
+    pub watch: Option<Arc<dyn Watch>>,
 }
 
 impl Default for RetryPolicy {
@@ -38,8 +48,35 @@ impl Default for RetryPolicy {
             base: Duration::from_millis(250),
             cap: Duration::from_secs(30),
             retry_after_ceiling: Duration::from_secs(60),
+            watch: None,
         }
     }
+}
+
+/// What [`Watch::admit`] said about one attempt, handed back with its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ticket {
+    /// Set when the attempt goes out as the one probe of something thought to be down.
+    pub probe: Option<u64>,
+}
+
+/// Watches the attempts of retry loops (see the module header).
+pub trait Watch: Send + Sync + fmt::Debug {
+    /// Awaited before each attempt. It may hold the attempt (while the service is thought to
+    /// be down), or refuse it: the error ends the loop at once, and the attempt is not sent.
+    fn admit(&self) -> BoxFuture<'_, Result<Ticket, ApiError>>;
+
+    /// Each attempt's answer, with its ticket. `true` when the attempt was a probe and the
+    /// outage goes on: the attempt then does not count against `max_attempts`, and the loop
+    /// waits at [`Watch::admit`] again instead of backing off on its own.
+    fn answered(&self, ticket: Ticket, result: Result<(), &ApiError>) -> bool;
+
+    /// Called for each retry as it goes out, as the loop's own `on_retry` is.
+    fn retried(&self, _err: &ApiError) {}
+
+    /// Resolves once attempts are being refused: a backoff wait then ends early, so the loop
+    /// learns it at once instead of after its wait.
+    fn refused(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Full-jitter exponential backoff: the n-th wait (n from 0) is uniform in
@@ -89,12 +126,15 @@ impl Iterator for FullJitter {
 /// Runs `op` until it succeeds, fails with a non-retryable error, or `max_attempts` is reached.
 ///
 /// Each wait is drawn with full jitter; a `Retry-After` on the error is a minimum wait,
-/// clamped to `retry_after_ceiling`. `on_retry(&err, wait)` is called before each wait.
-/// Returns the last result and the number of attempts made.
+/// clamped to `retry_after_ceiling`. `on_retry(&err, wait)` is called for each retry as it
+/// goes out, with the error that caused it and the backoff waited (zero for the repeat of a
+/// probe the policy's [`Watch`] held back): so the retries reported are exactly the
+/// attempts after the first, and a retry that a stopping run refuses is not one. Returns the
+/// last result and the number of attempts made (requests sent).
 pub async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
-    mut op: F,
-    mut on_retry: impl FnMut(&ApiError, Duration),
+    op: F,
+    on_retry: impl FnMut(&ApiError, Duration),
 ) -> (Result<T, ApiError>, u32)
 where
     F: FnMut() -> Fut,
@@ -102,14 +142,46 @@ where
 {
     // An atomic rather than a Cell so the returned future stays Send (the pipeline spawns it).
     let attempts = AtomicU32::new(0);
-    let counted = || {
-        attempts.fetch_add(1, Ordering::Relaxed);
-        op()
+    // The retry decided on (by backon's notify, or a held-back probe), reported once the
+    // attempt goes out. Behind mutexes (never held across an await) because more than one
+    // closure reaches each: backon's attempt and notify closures.
+    let pending: Mutex<Option<(ApiError, Duration)>> = Mutex::new(None);
+    let op = Mutex::new(op);
+    let watch = policy.watch.clone();
+    let mut on_retry = on_retry;
+    let mut report = |err: &ApiError, wait: Duration| {
+        if let Some(watch) = &watch {
+            watch.retried(err);
+        }
+        on_retry(err, wait);
+    };
+    let report = Mutex::new(&mut report);
+    let attempt = || async {
+        loop {
+            let ticket = match &watch {
+                Some(watch) => watch.admit().await?,
+                None => Ticket::default(),
+            };
+            if let Some((err, wait)) = lock(&pending).take() {
+                (lock(&report))(&err, wait);
+            }
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let sent = (lock(&op))();
+            let result = sent.await;
+            let held = watch
+                .as_ref()
+                .is_some_and(|w| w.answered(ticket, result.as_ref().map(|_| ())));
+            match result {
+                Err(err) if held => *lock(&pending) = Some((err, Duration::ZERO)),
+                result => return result,
+            }
+        }
     };
     let ceiling = policy.retry_after_ceiling;
-    let result = counted
+    let sleeper = policy.watch.clone();
+    let result = attempt
         .retry(FullJitter::new(policy))
-        .sleep(tokio::time::sleep)
+        .sleep(move |wait| backoff(wait, sleeper.clone()))
         .when(ApiError::is_retryable)
         .adjust(move |err: &ApiError, wait: Option<Duration>| {
             // `None` means the attempts are used up: keep it, whatever Retry-After says.
@@ -119,9 +191,27 @@ where
                 None => wait,
             })
         })
-        .notify(|err: &ApiError, wait: Duration| on_retry(err, wait))
+        .notify(|err: &ApiError, wait| *lock(&pending) = Some((err.clone(), wait)))
         .await;
     (result, attempts.load(Ordering::Relaxed))
+}
+
+/// Nothing panics while holding these locks; if something did, the value is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A backoff wait, cut short once the watch refuses attempts.
+async fn backoff(wait: Duration, watch: Option<Arc<dyn Watch>>) {
+    match watch {
+        Some(watch) => {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = watch.refused() => {}
+            }
+        }
+        None => tokio::time::sleep(wait).await,
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +327,7 @@ mod tests {
             base: Duration::from_millis(250),
             cap: Duration::from_secs(1),
             retry_after_ceiling: Duration::from_secs(60),
+            watch: None,
         };
         let calls = AtomicU32::new(0);
         let waits = Mutex::new(Vec::new());

@@ -2,6 +2,10 @@
 
 use crate::dashscope::{ApiError, ErrorKind};
 
+/// The code of a row the run stopped before it finished. Such a row gets no line from its
+/// worker: compaction writes it, with the reason the run stopped.
+pub const NOT_ATTEMPTED: &str = "not_attempted";
+
 /// A row's failure: a stable code for scripts and a message for people.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -51,6 +55,10 @@ impl Failure {
 
     pub fn is_throttled(&self) -> bool {
         self.kind == Some(ErrorKind::Throttled)
+    }
+
+    pub fn is_not_attempted(&self) -> bool {
+        self.code == NOT_ATTEMPTED
     }
 }
 

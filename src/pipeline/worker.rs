@@ -1,14 +1,16 @@
 //! Processing one row, start to finish: local checks, upload, model call, result.
 //! A worker never fails as a process; everything that goes wrong becomes its row's result.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-
-use super::failure::{Failure, check_local_file};
+use super::failure::{Failure, NOT_ATTEMPTED, check_local_file};
+use super::outage::Scope;
+use super::outage::gate::Gate;
 use super::pacing::Pacing;
+use super::stop::{Stop, StopReason};
 use super::uploads::{RowLog, Uploads};
 use crate::dashscope::{
     self, Api, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
@@ -25,10 +27,13 @@ pub struct Worker {
     pub retry: RetryPolicy,
     /// Per-model pacing of model calls, steered by 429s.
     pub pacing: Pacing,
-    /// Cancelled when the whole run must stop dispatching (a rejected API key).
-    pub stop: CancellationToken,
-    /// Why the run stopped, set once by the first row that saw the reason.
-    pub stop_reason: Mutex<Option<String>>,
+    /// The run's stop switch: a rejected key, an outage, a signal.
+    pub stop: Arc<Stop>,
+    /// Holds requests while the service or a model is down (see [`super::outage`]).
+    pub gate: Arc<Gate>,
+    /// `retry` with the gate's watch for each model's calls, made once per model. The lock
+    /// is held for a lookup (and, once per model, an insert), never across an await.
+    pub model_retry: Mutex<HashMap<Arc<str>, RetryPolicy>>,
 }
 
 /// What a successful row carries into its result.
@@ -39,48 +44,65 @@ struct Done {
 }
 
 impl Worker {
-    pub async fn process(&self, entry: Entry) -> RowResult {
+    /// The row's result; `None` when the run stopped before the row finished (then
+    /// compaction writes its `not_attempted` line, so that the summary counts it as such).
+    pub async fn process(&self, entry: Entry) -> Option<RowResult> {
         let started = Instant::now();
         match entry {
-            Entry::Bad(bad) => bad_row_result(bad, started),
+            Entry::Bad(bad) => Some(bad_row_result(bad, started)),
             Entry::Row(row) => {
                 let mut log = RowLog::default();
                 let outcome = self.run_row(&row, &mut log).await;
                 if let Err(f) = &outcome {
+                    if f.is_not_attempted() {
+                        return None;
+                    }
                     if f.is_unauthorized() {
-                        self.stop_run(&f.message);
+                        self.stop.stop(StopReason::KeyRejected(format!(
+                            "the API key was rejected ({}); check DASHSCOPE_API_KEY or \
+                             --api-key-file",
+                            f.message
+                        )));
                     }
                     if f.is_throttled() {
                         log.saw_429 += 1;
                     }
                 }
-                row_result(row, outcome, log, started, &self.manifest)
+                Some(row_result(row, outcome, log, started, &self.manifest))
             }
         }
     }
 
-    /// Fails a row in flight before its next request once the key has been rejected: every
-    /// request would carry the same key, and another 401 teaches nothing. The row is
-    /// `not_attempted`, so the next run (with a good key) does it.
+    /// Fails a row in flight before its next stage once the run has stopped for a reason (a
+    /// rejected key: every request would carry it, and another 401 teaches nothing; an
+    /// outage). The row is `not_attempted`, so the next run does it.
     fn still_running(&self) -> Result<(), Failure> {
-        let reason = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-        match reason.as_deref() {
+        match self.stop.reason() {
             None => Ok(()),
             Some(reason) => Err(Failure::local(
-                "not_attempted",
+                NOT_ATTEMPTED,
                 format!("not attempted: {reason}"),
             )),
         }
     }
 
-    fn stop_run(&self, message: &str) {
-        let mut reason = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-        if reason.is_none() {
-            *reason = Some(format!(
-                "the API key was rejected ({message}); check DASHSCOPE_API_KEY or --api-key-file"
-            ));
+    /// The retry policy of `model`'s calls: the run's, watched by the gate for the service
+    /// and for the model.
+    fn model_retry(&self, model: &str) -> RetryPolicy {
+        let mut policies = self.model_retry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(policy) = policies.get(model) {
+            return policy.clone();
         }
-        self.stop.cancel();
+        let model: Arc<str> = Arc::from(model);
+        let policy = RetryPolicy {
+            watch: Some(
+                self.gate
+                    .watch(vec![Scope::Service, Scope::Model(Arc::clone(&model))]),
+            ),
+            ..self.retry.clone()
+        };
+        policies.insert(model, policy.clone());
+        policy
     }
 
     async fn run_row(&self, row: &Row, log: &mut RowLog) -> Result<Done, Failure> {
@@ -163,8 +185,9 @@ impl Worker {
             }
             result
         };
+        let policy = self.model_retry(model);
         let (result, attempts) =
-            dashscope::retry(&self.retry, attempt, |err, _| log.on_retry(err)).await;
+            dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
         log.attempts += attempts;
         result.map_err(|e| Failure::api("model call", e))
     }
