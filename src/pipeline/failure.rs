@@ -2,8 +2,7 @@
 
 use crate::dashscope::{ApiError, ErrorKind};
 
-/// The code of a row the run stopped before it finished. Such a row gets no line from its
-/// worker: compaction writes it, with the reason the run stopped.
+/// The code of a row the run stopped before it finished (or before it started).
 pub const NOT_ATTEMPTED: &str = "not_attempted";
 
 /// A row's failure: a stable code for scripts and a message for people.
@@ -55,10 +54,6 @@ impl Failure {
 
     pub fn is_throttled(&self) -> bool {
         self.kind == Some(ErrorKind::Throttled)
-    }
-
-    pub fn is_not_attempted(&self) -> bool {
-        self.code == NOT_ATTEMPTED
     }
 }
 

@@ -161,7 +161,7 @@ pub async fn run(
         ),
         api: config.api,
         retry: config.retry.clone(),
-        pacing: pacing::Pacing::new(config.model_rps),
+        pacing: Arc::new(pacing::Pacing::new(config.model_rps)),
         stop: Arc::clone(&stop),
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),
@@ -189,13 +189,18 @@ pub async fn run(
         .map_err(|e| PipelineError::Task(e.to_string()))?
         .map_err(report_err)?;
     reporter.stats_mut().credential_calls = credentials.fetches();
-    // getPolicy's retries are no row's own (a fetch serves every row waiting for it), so
-    // the rows' counts miss them; so do their 429s, which only a row's last error records.
+    let stats = reporter.stats_mut();
+    // What the rows' lines miss: getPolicy's retries (no row's own, see `Gate`), and 429s
+    // (the gate sees them all; a row records only those it retried and its last).
     for (cause, n) in gate.credential_retries() {
-        *reporter.stats_mut().retries.entry(cause).or_default() += n;
-        if cause == crate::dashscope::ErrorKind::Throttled.as_str() {
-            reporter.stats_mut().throttled_seen += n;
-        }
+        *stats.retries.entry(cause).or_default() += n;
+    }
+    stats.throttled_seen = gate.throttled();
+    // Rows the run stopped in flight wrote `not_attempted` lines: they count with the rows
+    // it never reached (added after compaction), not as failures.
+    if let Some(n) = stats.failures.remove(failure::NOT_ATTEMPTED) {
+        stats.rows_failed = stats.rows_failed.saturating_sub(n);
+        stats.rows_not_attempted = n;
     }
     reporter.stats_mut().model_pace = worker.pacing.rates();
     let (mut stats, file) = reporter
@@ -229,7 +234,7 @@ pub async fn run(
         source,
     })?;
     stats.rows_total = compacted.rows;
-    stats.rows_not_attempted = compacted.not_attempted;
+    stats.rows_not_attempted += compacted.not_attempted;
     if let Err(err) = cache.compact(unix_now()) {
         tracing::warn!("cannot tidy the upload cache: {err}");
     }
@@ -273,15 +278,13 @@ async fn dispatch(
     loop {
         tokio::select! {
             result = results.next() => match result {
-                Some(Some(result)) => {
+                Some(result) => {
                     if events.send(Event::Row(Box::new(result))).await.is_err() {
                         // The reporter failed to write; nothing more can be saved.
                         stop.cancel();
                         return;
                     }
                 }
-                // Stopped before it finished: compaction writes its line.
-                Some(None) => {}
                 None => return,
             },
             () = &mut drain_deadline => {

@@ -13,8 +13,8 @@
 //!   then at gaps that double up to [`MAX_GAP`]. A failed probe does not count against its
 //!   row's attempts.
 //! - Any success in the scope ends the outage (a probe, or a request sent before the pause).
-//! - Once the streak has lasted the outage timeout, one more probe goes out; if it fails too,
-//!   the run gives up (the caller stops it).
+//! - Once the streak has lasted the outage timeout, one more probe goes out; if it fails too
+//!   (or any request of the scope does), the run gives up (the caller stops it).
 //!
 //! Which answers count, per scope: for the service (the base URL: getPolicy and model calls)
 //! and the upload host, no answer at all (connect error, timeout) is a failure and any HTTP
@@ -133,7 +133,7 @@ struct Paused {
     gap: Duration,
     /// The probe in flight.
     probe: Option<u64>,
-    /// A probe failed once the streak had lasted the timeout.
+    /// A request failed once the streak had lasted the timeout.
     gave_up: bool,
 }
 
@@ -251,11 +251,14 @@ impl Outages {
                 streak.failures = streak.failures.saturating_add(1);
             }
             match paused {
-                Some(p) if was_probe && signal == Signal::Down => {
-                    answer.again = true;
+                Some(p) if signal == Signal::Down => {
+                    // Any failure answered once the time is up confirms the outage, a probe's
+                    // or not (a probe may queue behind requests sent before the pause).
                     if now >= streak.since + self.timeout {
                         p.gave_up = true;
-                    } else {
+                    }
+                    if was_probe {
+                        answer.again = true;
                         p.gap = (p.gap * 2).min(MAX_GAP);
                         p.next_probe = now + p.gap;
                     }

@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::dashscope::{ApiError, ErrorKind};
+
 /// Why a run stopped before the end of its manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -30,6 +32,16 @@ impl StopReason {
             StopReason::Outage(_) => "outage",
             StopReason::Interrupted => "interrupted",
         }
+    }
+
+    /// The error a request gets when it is refused for this reason: it ends its retry loop
+    /// at once, and its row ends `not_attempted`.
+    pub fn refusal(&self) -> ApiError {
+        ApiError::local(
+            ErrorKind::Rejected,
+            super::failure::NOT_ATTEMPTED,
+            format!("not attempted: {self}"),
+        )
     }
 }
 

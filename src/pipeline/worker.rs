@@ -12,8 +12,12 @@ use super::outage::gate::Gate;
 use super::pacing::Pacing;
 use super::stop::{Stop, StopReason};
 use super::uploads::{RowLog, Uploads};
+use futures::future::BoxFuture;
+
+use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
-    self, Api, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
+    self, Api, ApiError, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest,
+    RetryPolicy,
 };
 use crate::manifest::{BadRow, Entry, Row, Source};
 use crate::output::{RowResult, Status, Tokens, UploadOutcome};
@@ -26,7 +30,7 @@ pub struct Worker {
     pub api: Api,
     pub retry: RetryPolicy,
     /// Per-model pacing of model calls, steered by 429s.
-    pub pacing: Pacing,
+    pub pacing: Arc<Pacing>,
     /// The run's stop switch: a rejected key, an outage, a signal.
     pub stop: Arc<Stop>,
     /// Holds requests while the service or a model is down (see [`super::outage`]).
@@ -44,19 +48,14 @@ struct Done {
 }
 
 impl Worker {
-    /// The row's result; `None` when the run stopped before the row finished (then
-    /// compaction writes its `not_attempted` line, so that the summary counts it as such).
-    pub async fn process(&self, entry: Entry) -> Option<RowResult> {
+    pub async fn process(&self, entry: Entry) -> RowResult {
         let started = Instant::now();
         match entry {
-            Entry::Bad(bad) => Some(bad_row_result(bad, started)),
+            Entry::Bad(bad) => bad_row_result(bad, started),
             Entry::Row(row) => {
                 let mut log = RowLog::default();
                 let outcome = self.run_row(&row, &mut log).await;
                 if let Err(f) = &outcome {
-                    if f.is_not_attempted() {
-                        return None;
-                    }
                     if f.is_unauthorized() {
                         self.stop.stop(StopReason::KeyRejected(format!(
                             "the API key was rejected ({}); check DASHSCOPE_API_KEY or \
@@ -68,7 +67,7 @@ impl Worker {
                         log.saw_429 += 1;
                     }
                 }
-                Some(row_result(row, outcome, log, started, &self.manifest))
+                row_result(row, outcome, log, started, &self.manifest)
             }
         }
     }
@@ -87,18 +86,23 @@ impl Worker {
     }
 
     /// The retry policy of `model`'s calls: the run's, watched by the gate for the service
-    /// and for the model.
+    /// and for the model, and by the model's pacer.
     fn model_retry(&self, model: &str) -> RetryPolicy {
         let mut policies = self.model_retry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(policy) = policies.get(model) {
             return policy.clone();
         }
         let model: Arc<str> = Arc::from(model);
+        let gate = self
+            .gate
+            .watch(vec![Scope::Service, Scope::Model(Arc::clone(&model))]);
         let policy = RetryPolicy {
-            watch: Some(
-                self.gate
-                    .watch(vec![Scope::Service, Scope::Model(Arc::clone(&model))]),
-            ),
+            watch: Some(Arc::new(Paced {
+                gate,
+                pacing: Arc::clone(&self.pacing),
+                model: Arc::clone(&model),
+                stop: Arc::clone(&self.stop),
+            })),
             ..self.retry.clone()
         };
         policies.insert(model, policy.clone());
@@ -173,9 +177,8 @@ impl Worker {
         };
         self.still_running()?;
         let model = row.model.as_str();
+        // Paced by the policy's watch (see `Paced`), so a retry is paced too.
         let attempt = || async {
-            // Awaited just before the request it guards, so a retry is paced too.
-            self.pacing.until_ready(model).await;
             let sent = Instant::now();
             let result = self.client.call_model(self.api, &request).await;
             match &result {
@@ -190,6 +193,53 @@ impl Worker {
             dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
         log.attempts += attempts;
         result.map_err(|e| Failure::api("model call", e))
+    }
+}
+
+/// The watch of one model's calls: the outage gate's, then the model's pacer, awaited just
+/// before the call it guards. Part of admission rather than of the call, so that a call that
+/// the run's stop refuses while it queues for the pacer is never counted as sent; and a paced
+/// queue can be long, which a stopping run does not wait out.
+struct Paced {
+    gate: Arc<dyn Watch>,
+    pacing: Arc<Pacing>,
+    model: Arc<str>,
+    stop: Arc<Stop>,
+}
+
+impl std::fmt::Debug for Paced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paced")
+            .field("gate", &self.gate)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl Watch for Paced {
+    fn admit(&self) -> BoxFuture<'_, Result<Ticket, ApiError>> {
+        Box::pin(async move {
+            let ticket = self.gate.admit().await?;
+            tokio::select! {
+                () = self.pacing.until_ready(&self.model) => Ok(ticket),
+                () = self.stop.refused() => {
+                    let reason = self.stop.reason().cloned();
+                    Err(reason.unwrap_or(StopReason::Interrupted).refusal())
+                }
+            }
+        })
+    }
+
+    fn answered(&self, ticket: Ticket, result: Result<(), &ApiError>) -> bool {
+        self.gate.answered(ticket, result)
+    }
+
+    fn retried(&self, err: &ApiError) {
+        self.gate.retried(err);
+    }
+
+    fn refused(&self) -> BoxFuture<'_, ()> {
+        self.gate.refused()
     }
 }
 

@@ -4,10 +4,12 @@
 //! up, the gate stops it with a message that names the URL or the model, and every request
 //! still waiting is refused.
 //!
-//! Also counts the retries of getPolicy, which no row records (a fetch is shared by all the
-//! rows waiting for it).
+//! Since every request passes here, it also counts what rows cannot: every 429 answer (a
+//! row records only the ones it retried and its last), and the retries of getPolicy (a fetch
+//! serves all the rows waiting for it, so none of them records its retries).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,8 @@ pub struct Gate {
     timeout: Duration,
     /// getPolicy retries by cause (see the module header).
     credential_retries: Mutex<BTreeMap<&'static str, u64>>,
+    /// 429 answers to any request.
+    throttled: AtomicU64,
 }
 
 impl Gate {
@@ -45,6 +49,7 @@ impl Gate {
             base_url: base_url.to_owned(),
             timeout,
             credential_retries: Mutex::default(),
+            throttled: AtomicU64::new(0),
         })
     }
 
@@ -61,14 +66,15 @@ impl Gate {
         lock(&self.credential_retries).clone()
     }
 
+    /// 429 answers so far, to requests of every kind.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+
     async fn admit(&self, scopes: &[Scope]) -> Result<Ticket, ApiError> {
         loop {
             if let Some(reason) = self.stop.reason() {
-                return Err(ApiError::local(
-                    ErrorKind::Rejected,
-                    crate::pipeline::failure::NOT_ATTEMPTED,
-                    format!("not attempted: {reason}"),
-                ));
+                return Err(reason.refusal());
             }
             let changed = self.changed.notified();
             let verdict = lock(&self.outages).admit(scopes, Instant::now());
@@ -95,6 +101,9 @@ impl Gate {
     }
 
     fn answered(&self, scopes: &[Scope], ticket: Ticket, result: Result<(), &ApiError>) -> bool {
+        if result.is_err_and(|e| e.kind == ErrorKind::Throttled) {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
         let answer = lock(&self.outages).answered(scopes, ticket.probe, result, Instant::now());
         for (scope, change) in &answer.changes {
             match change {
