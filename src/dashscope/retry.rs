@@ -16,12 +16,13 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::Retryable;
-use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::future::{self, BoxFuture};
 
 use super::error::ApiError;
 
@@ -75,28 +76,39 @@ pub trait Watch: Send + Sync + fmt::Debug {
     fn retried(&self, _err: &ApiError) {}
 
     /// Resolves once attempts are being refused: a backoff wait then ends early, so the loop
-    /// learns it at once instead of after its wait.
-    fn refused(&self) -> BoxFuture<'_, ()>;
+    /// learns it at once instead of after its wait. Owns what it needs (`'static`), since
+    /// the backoff sleeper cannot lend from itself.
+    fn refused(&self) -> BoxFuture<'static, ()>;
 }
 
 /// Full-jitter exponential backoff: the n-th wait (n from 0) is uniform in
 /// `[0, min(cap, base·2^n)]`. Yields `max_attempts - 1` waits, then `None`, which tells
-/// backon to give up.
+/// backon to give up. While `refund` is set (a watch held a failed probe back), it yields a
+/// zero wait that uses up neither a retry nor a step of the backoff.
 #[derive(Debug)]
-pub(crate) struct FullJitter {
+pub(crate) struct FullJitter<'a> {
     base: Duration,
     cap: Duration,
     retry: u32,
     retries_left: u32,
+    refund: Option<&'a AtomicBool>,
 }
 
-impl FullJitter {
-    pub(crate) fn new(policy: &RetryPolicy) -> FullJitter {
+impl<'a> FullJitter<'a> {
+    pub(crate) fn new(policy: &RetryPolicy) -> FullJitter<'a> {
         FullJitter {
             base: policy.base,
             cap: policy.cap,
             retry: 0,
             retries_left: policy.max_attempts.max(1) - 1,
+            refund: None,
+        }
+    }
+
+    pub(crate) fn with_refund(self, refund: &'a AtomicBool) -> FullJitter<'a> {
+        FullJitter {
+            refund: Some(refund),
+            ..self
         }
     }
 
@@ -107,10 +119,13 @@ impl FullJitter {
     }
 }
 
-impl Iterator for FullJitter {
+impl Iterator for FullJitter<'_> {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        if self.refund.is_some_and(|r| r.load(Ordering::Relaxed)) {
+            return Some(Duration::ZERO);
+        }
         if self.retries_left == 0 {
             return None;
         }
@@ -126,64 +141,72 @@ impl Iterator for FullJitter {
 /// Runs `op` until it succeeds, fails with a non-retryable error, or `max_attempts` is reached.
 ///
 /// Each wait is drawn with full jitter; a `Retry-After` on the error is a minimum wait,
-/// clamped to `retry_after_ceiling`. `on_retry(&err, wait)` is called for each retry as it
-/// goes out, with the error that caused it and the backoff waited (zero for the repeat of a
-/// probe the policy's [`Watch`] held back): so the retries reported are exactly the
-/// attempts after the first, and a retry that a stopping run refuses is not one. Returns the
-/// last result and the number of attempts made (requests sent).
+/// clamped to `retry_after_ceiling`. With a [`Watch`], each attempt is admitted by it first,
+/// and a failed probe that it holds back is retried without a wait of ours and without
+/// counting against `max_attempts` (the watch does the waiting).
+///
+/// `on_retry(&err, wait)` is called for each retry as it goes out, with the error that
+/// caused it and the backoff waited: so the retries reported are exactly the requests sent
+/// after the first, and a retry that a stopping run refuses is not one. Returns the last
+/// result and the number of attempts made (requests sent).
 pub async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
-    op: F,
-    on_retry: impl FnMut(&ApiError, Duration),
+    mut op: F,
+    mut on_retry: impl FnMut(&ApiError, Duration),
 ) -> (Result<T, ApiError>, u32)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    // An atomic rather than a Cell so the returned future stays Send (the pipeline spawns it).
+    // Atomics and mutexes (never held across an await) rather than Cells so the returned
+    // future stays Send (the pipeline spawns it); they are shared by backon's closures.
     let attempts = AtomicU32::new(0);
-    // The retry decided on (by backon's notify, or a held-back probe), reported once the
-    // attempt goes out. Behind mutexes (never held across an await) because more than one
-    // closure reaches each: backon's attempt and notify closures.
+    // Set when the watch held a failed probe back: its retry is free (see `FullJitter`).
+    let refund = AtomicBool::new(false);
+    // The retry decided on, reported once its attempt goes out.
     let pending: Mutex<Option<(ApiError, Duration)>> = Mutex::new(None);
-    let op = Mutex::new(op);
     let watch = policy.watch.clone();
-    let mut on_retry = on_retry;
-    let mut report = |err: &ApiError, wait: Duration| {
+    let report = |err: &ApiError, wait: Duration| {
         if let Some(watch) = &watch {
             watch.retried(err);
         }
         on_retry(err, wait);
     };
-    let report = Mutex::new(&mut report);
-    let attempt = || async {
-        loop {
-            let ticket = match &watch {
+    let report = Mutex::new(report);
+    let attempt = || {
+        // Made now, sent only once admitted: `op`'s futures do nothing until polled.
+        let sent = op();
+        let (watch, refund, pending, report, attempts) =
+            (&watch, &refund, &pending, &report, &attempts);
+        async move {
+            let ticket = match watch {
                 Some(watch) => watch.admit().await?,
                 None => Ticket::default(),
             };
-            if let Some((err, wait)) = lock(&pending).take() {
-                (lock(&report))(&err, wait);
+            if let Some((err, wait)) = lock(pending).take() {
+                (lock(report))(&err, wait);
             }
             attempts.fetch_add(1, Ordering::Relaxed);
-            let sent = (lock(&op))();
             let result = sent.await;
-            let held = watch
-                .as_ref()
-                .is_some_and(|w| w.answered(ticket, result.as_ref().map(|_| ())));
-            match result {
-                Err(err) if held => *lock(&pending) = Some((err, Duration::ZERO)),
-                result => return result,
+            if let Some(watch) = watch
+                && watch.answered(ticket, result.as_ref().map(|_| ()))
+            {
+                refund.store(true, Ordering::Relaxed);
             }
+            result
         }
     };
     let ceiling = policy.retry_after_ceiling;
-    let sleeper = policy.watch.clone();
     let result = attempt
-        .retry(FullJitter::new(policy))
-        .sleep(move |wait| backoff(wait, sleeper.clone()))
-        .when(ApiError::is_retryable)
-        .adjust(move |err: &ApiError, wait: Option<Duration>| {
+        .retry(FullJitter::new(policy).with_refund(&refund))
+        .sleep(sleeper(policy.watch.clone()))
+        // A held-back probe is retried whatever it was: the watch decides when.
+        .when(|err: &ApiError| err.is_retryable() || refund.load(Ordering::Relaxed))
+        .adjust(|err: &ApiError, wait: Option<Duration>| {
+            // The watch holds the next attempt until the next probe: no wait of our own.
+            if refund.swap(false, Ordering::Relaxed) {
+                return Some(Duration::ZERO);
+            }
             // `None` means the attempts are used up: keep it, whatever Retry-After says.
             let wait = wait?;
             Some(match err.retry_after {
@@ -201,16 +224,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A backoff wait, cut short once the watch refuses attempts.
-async fn backoff(wait: Duration, watch: Option<Arc<dyn Watch>>) {
-    match watch {
-        Some(watch) => {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = watch.refused() => {}
-            }
+/// Backoff waits, each cut short once the watch refuses attempts. Made in a function of its
+/// own because a closure carries the generics of the function it is written in, and backon
+/// wants a `'static` sleeper: written inside [`retry`], it would be bound by `op`'s borrows.
+fn sleeper(watch: Option<Arc<dyn Watch>>) -> impl Fn(Duration) -> BoxFuture<'static, ()> {
+    move |wait| {
+        let sleep = tokio::time::sleep(wait);
+        match watch.as_ref().map(|w| w.refused()) {
+            Some(refused) => Box::pin(future::select(Box::pin(sleep), refused).map(|_| ())),
+            None => Box::pin(sleep),
         }
-        None => tokio::time::sleep(wait).await,
     }
 }
 
@@ -369,5 +392,139 @@ mod tests {
         .await;
         assert!(result.is_err());
         assert_eq!(attempts, 2);
+    }
+
+    /// A scripted watch: holds back the first `held` failed attempts as probes, refuses
+    /// every attempt once `refuse` is set.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        held: AtomicU32,
+        refuse: tokio_util::sync::CancellationToken,
+        admitted: AtomicU32,
+        retried: Mutex<Vec<ErrorKind>>,
+    }
+
+    impl Watch for Scripted {
+        fn admit(&self) -> BoxFuture<'_, Result<Ticket, ApiError>> {
+            Box::pin(async move {
+                if self.refuse.is_cancelled() {
+                    return Err(err(ErrorKind::Rejected, None));
+                }
+                let n = self.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(Ticket {
+                    probe: Some(u64::from(n)),
+                })
+            })
+        }
+
+        fn answered(&self, _: Ticket, result: Result<(), &ApiError>) -> bool {
+            result.is_err()
+                && self
+                    .held
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+        }
+
+        fn retried(&self, err: &ApiError) {
+            self.retried.lock().unwrap().push(err.kind);
+        }
+
+        fn refused(&self) -> BoxFuture<'static, ()> {
+            let refuse = self.refuse.clone();
+            Box::pin(async move { refuse.cancelled().await })
+        }
+    }
+
+    fn watched(watch: &Arc<Scripted>, max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            watch: Some(Arc::clone(watch) as Arc<dyn Watch>),
+            ..RetryPolicy::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_back_probes_do_not_use_up_attempts_and_every_retry_sent_is_reported() {
+        let watch = Arc::new(Scripted {
+            held: AtomicU32::new(4),
+            ..Scripted::default()
+        });
+        let mut reported = Vec::new();
+        let start = tokio::time::Instant::now();
+        let (result, attempts) = retry(
+            &watched(&watch, 2),
+            || async { Err::<(), _>(err(ErrorKind::Network, None)) },
+            |e, wait| reported.push((e.kind, wait)),
+        )
+        .await;
+        assert!(result.is_err());
+        // Four held back (free, no wait of ours), then the two attempts of the policy.
+        assert_eq!(attempts, 6);
+        assert_eq!(reported.len(), 5, "one retry reported per request after the first");
+        assert!(reported[..4].iter().all(|(_, w)| w.is_zero()));
+        assert_eq!(watch.retried.lock().unwrap().len(), 5);
+        assert!(start.elapsed() <= RetryPolicy::default().base);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_ends_the_loop_unsent_and_cuts_a_backoff_short() {
+        let watch = Arc::new(Scripted::default());
+        let sent = AtomicU32::new(0);
+        let policy = RetryPolicy {
+            base: Duration::from_secs(3600),
+            cap: Duration::from_secs(3600),
+            ..watched(&watch, 6)
+        };
+        let refuse = watch.refuse.clone();
+        let start = tokio::time::Instant::now();
+        let mut reported = 0;
+        let (result, attempts) = retry(
+            &policy,
+            || async {
+                if sent.fetch_add(1, Ordering::Relaxed) == 0 {
+                    // The run stops while this request is out; its retry would wait an hour.
+                    refuse.cancel();
+                }
+                Err::<(), _>(err(ErrorKind::Server, Some(Duration::from_secs(60))))
+            },
+            |_, _| reported += 1,
+        )
+        .await;
+        assert_eq!(result.unwrap_err().kind, ErrorKind::Rejected);
+        assert_eq!((attempts, sent.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(reported, 0, "the refused retry was never sent");
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    }
+
+    /// getPolicy's loop borrows the caller's state and holds a lock guard across an await;
+    /// the run spawns such futures, so they must stay Send (a closure written inside
+    /// `retry` for backon's sleeper once broke that).
+    #[tokio::test]
+    async fn a_loop_over_a_borrowing_op_can_be_spawned() {
+        struct Source {
+            turn: tokio::sync::Mutex<()>,
+            policy: RetryPolicy,
+        }
+        impl Source {
+            async fn get(&self, model: &str) -> Result<usize, ApiError> {
+                let (result, _) = retry(
+                    &self.policy,
+                    || async {
+                        let _turn = self.turn.lock().await;
+                        tokio::task::yield_now().await;
+                        Ok(model.len())
+                    },
+                    |err, wait| tracing::debug!(model, %err, ?wait, "retrying"),
+                )
+                .await;
+                result
+            }
+        }
+        let source = Arc::new(Source {
+            turn: tokio::sync::Mutex::new(()),
+            policy: watched(&Arc::new(Scripted::default()), 2),
+        });
+        let got = tokio::spawn(async move { source.get("m").await }).await;
+        assert_eq!(got.unwrap().unwrap(), 1);
     }
 }

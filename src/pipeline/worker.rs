@@ -238,7 +238,7 @@ impl Watch for Paced {
         self.gate.retried(err);
     }
 
-    fn refused(&self) -> BoxFuture<'_, ()> {
+    fn refused(&self) -> BoxFuture<'static, ()> {
         self.gate.refused()
     }
 }

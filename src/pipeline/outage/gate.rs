@@ -198,7 +198,8 @@ impl Watch for Scoped {
         }
     }
 
-    fn refused(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.gate.stop.refused())
+    fn refused(&self) -> BoxFuture<'static, ()> {
+        let stop = Arc::clone(&self.gate.stop);
+        Box::pin(async move { stop.refused().await })
     }
 }
