@@ -75,10 +75,11 @@ pub trait Watch: Send + Sync + fmt::Debug {
     /// Called for each retry as it goes out, as the loop's own `on_retry` is.
     fn retried(&self, _err: &ApiError) {}
 
-    /// Resolves once attempts are being refused: a backoff wait then ends early, so the loop
-    /// learns it at once instead of after its wait. Owns what it needs (`'static`), since
-    /// the backoff sleeper cannot lend from itself.
-    fn refused(&self) -> BoxFuture<'static, ()>;
+    /// Resolves when a backoff wait should end early: attempts are being refused (the loop
+    /// learns it at once), or the watch is holding attempts (it does the waiting then, and
+    /// a loop in a long backoff must not miss its turn to probe). Owns what it needs
+    /// (`'static`), since the backoff sleeper cannot lend from itself.
+    fn wake(&self) -> BoxFuture<'static, ()>;
 }
 
 /// Full-jitter exponential backoff: the n-th wait (n from 0) is uniform in
@@ -224,14 +225,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Backoff waits, each cut short once the watch refuses attempts. Made in a function of its
+/// Backoff waits, each cut short when the watch says so (see [`Watch::wake`]). Made in a function of its
 /// own because a closure carries the generics of the function it is written in, and backon
 /// wants a `'static` sleeper: written inside [`retry`], it would be bound by `op`'s borrows.
 fn sleeper(watch: Option<Arc<dyn Watch>>) -> impl Fn(Duration) -> BoxFuture<'static, ()> {
     move |wait| {
         let sleep = tokio::time::sleep(wait);
-        match watch.as_ref().map(|w| w.refused()) {
-            Some(refused) => Box::pin(future::select(Box::pin(sleep), refused).map(|_| ())),
+        match watch.as_ref().map(|w| w.wake()) {
+            Some(wake) => Box::pin(future::select(Box::pin(sleep), wake).map(|_| ())),
             None => Box::pin(sleep),
         }
     }
@@ -429,7 +430,7 @@ mod tests {
             self.retried.lock().unwrap().push(err.kind);
         }
 
-        fn refused(&self) -> BoxFuture<'static, ()> {
+        fn wake(&self) -> BoxFuture<'static, ()> {
             let refuse = self.refuse.clone();
             Box::pin(async move { refuse.cancelled().await })
         }
@@ -460,7 +461,11 @@ mod tests {
         assert!(result.is_err());
         // Four held back (free, no wait of ours), then the two attempts of the policy.
         assert_eq!(attempts, 6);
-        assert_eq!(reported.len(), 5, "one retry reported per request after the first");
+        assert_eq!(
+            reported.len(),
+            5,
+            "one retry reported per request after the first"
+        );
         assert!(reported[..4].iter().all(|(_, w)| w.is_zero()));
         assert_eq!(watch.retried.lock().unwrap().len(), 5);
         assert!(start.elapsed() <= RetryPolicy::default().base);
@@ -493,7 +498,11 @@ mod tests {
         assert_eq!(result.unwrap_err().kind, ErrorKind::Rejected);
         assert_eq!((attempts, sent.load(Ordering::Relaxed)), (1, 1));
         assert_eq!(reported, 0, "the refused retry was never sent");
-        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     /// getPolicy's loop borrows the caller's state and holds a lock guard across an await;

@@ -42,10 +42,10 @@ use crate::output::{Event, Progress, Reporter, RowResult, Stats};
 
 pub use compact::CompactError;
 pub use failure::Failure;
-pub use stop::StopReason;
 use outage::Scope;
 use outage::gate::Gate;
 use stop::Stop;
+pub use stop::StopReason;
 use uploads::Uploads;
 use worker::Worker;
 

@@ -230,13 +230,15 @@ impl Outages {
             }
             let tracker = match self.scopes.get_mut(scope) {
                 Some(t) => t,
-                None if signal == Signal::Down => self.scopes.entry(scope.clone()).or_insert(Tracker {
-                    streak: Streak {
-                        since: now,
-                        failures: 0,
-                    },
-                    paused: None,
-                }),
+                None if signal == Signal::Down => {
+                    self.scopes.entry(scope.clone()).or_insert(Tracker {
+                        streak: Streak {
+                            since: now,
+                            failures: 0,
+                        },
+                        paused: None,
+                    })
+                }
                 None => continue,
             };
             let Tracker { streak, paused } = tracker;
@@ -284,6 +286,13 @@ impl Outages {
             }
         }
         answer
+    }
+
+    /// Whether any of `scopes` is paused.
+    pub fn is_paused(&self, scopes: &[Scope]) -> bool {
+        scopes
+            .iter()
+            .any(|s| self.scopes.get(s).is_some_and(|t| t.paused.is_some()))
     }
 
     /// When the streak of a paused `scope` began, for messages.

@@ -48,9 +48,7 @@ impl StopReason {
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StopReason::KeyRejected(message) | StopReason::Outage(message) => {
-                f.write_str(message)
-            }
+            StopReason::KeyRejected(message) | StopReason::Outage(message) => f.write_str(message),
             StopReason::Interrupted => f.write_str("the run was interrupted"),
         }
     }

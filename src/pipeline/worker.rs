@@ -16,8 +16,7 @@ use futures::future::BoxFuture;
 
 use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
-    self, Api, ApiError, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest,
-    RetryPolicy,
+    self, Api, ApiError, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
 };
 use crate::manifest::{BadRow, Entry, Row, Source};
 use crate::output::{RowResult, Status, Tokens, UploadOutcome};
@@ -238,8 +237,8 @@ impl Watch for Paced {
         self.gate.retried(err);
     }
 
-    fn refused(&self) -> BoxFuture<'static, ()> {
-        self.gate.refused()
+    fn wake(&self) -> BoxFuture<'static, ()> {
+        self.gate.wake()
     }
 }
 

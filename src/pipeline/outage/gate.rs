@@ -57,7 +57,7 @@ impl Gate {
     pub fn watch(self: &Arc<Self>, scopes: Vec<Scope>) -> Arc<dyn Watch> {
         Arc::new(Scoped {
             gate: Arc::clone(self),
-            scopes,
+            scopes: scopes.into(),
         })
     }
 
@@ -100,6 +100,20 @@ impl Gate {
         }
     }
 
+    /// Resolves once the run stops or one of `scopes` is paused.
+    async fn paused_or_stopped(&self, scopes: &[Scope]) {
+        loop {
+            let changed = self.changed.notified();
+            if self.stop.reason().is_some() || lock(&self.outages).is_paused(scopes) {
+                return;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = self.stop.refused() => return,
+            }
+        }
+    }
+
     fn answered(&self, scopes: &[Scope], ticket: Ticket, result: Result<(), &ApiError>) -> bool {
         if result.is_err_and(|e| e.kind == ErrorKind::Throttled) {
             self.throttled.fetch_add(1, Ordering::Relaxed);
@@ -131,7 +145,9 @@ impl Gate {
         let hint = match scope {
             Scope::Service => "check the network and --base-url, then run again",
             Scope::Uploads => "check the network, then run again",
-            Scope::Credentials => "another client may be using the account's quota; run again later",
+            Scope::Credentials => {
+                "another client may be using the account's quota; run again later"
+            }
             Scope::Model(_) => {
                 "its quota may be used up (see the model's limits in Model Studio); run again later"
             }
@@ -170,7 +186,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The gate as seen by the requests of some scopes.
 struct Scoped {
     gate: Arc<Gate>,
-    scopes: Vec<Scope>,
+    scopes: Arc<[Scope]>,
 }
 
 impl std::fmt::Debug for Scoped {
@@ -198,8 +214,8 @@ impl Watch for Scoped {
         }
     }
 
-    fn refused(&self) -> BoxFuture<'static, ()> {
-        let stop = Arc::clone(&self.gate.stop);
-        Box::pin(async move { stop.refused().await })
+    fn wake(&self) -> BoxFuture<'static, ()> {
+        let (gate, scopes) = (Arc::clone(&self.gate), Arc::clone(&self.scopes));
+        Box::pin(async move { gate.paused_or_stopped(&scopes).await })
     }
 }

@@ -103,7 +103,11 @@ fn failed_probes_back_off_do_not_count_and_the_run_gives_up_at_the_timeout() {
     // Gaps double from FIRST_GAP, capped at MAX_GAP; the last probe goes out at the deadline.
     assert_eq!(&gaps[..6], &[1.0, 2.0, 4.0, 8.0, 16.0, 30.0].map(secs));
     assert!(gaps.iter().all(|g| *g <= MAX_GAP));
-    assert_eq!(gave_up.1, t0 + timeout, "the last probe at the deadline fails");
+    assert_eq!(
+        gave_up.1,
+        t0 + timeout,
+        "the last probe at the deadline fails"
+    );
     assert!(probes <= 10, "{probes} probes in 90 s");
 }
 
@@ -125,7 +129,12 @@ fn any_failure_past_the_deadline_confirms_the_outage() {
     let model = [Scope::Service, Scope::Model("m".into())];
     let mut o = Outages::new(secs(8.0));
     for i in 0..MIN_FAILURES {
-        o.answered(&model, None, Err(&throttled()), t0 + secs(f64::from(i) * 0.5));
+        o.answered(
+            &model,
+            None,
+            Err(&throttled()),
+            t0 + secs(f64::from(i) * 0.5),
+        );
     }
     // Paused at 2 s; the probe goes out at 3 s and queues (it is never answered here).
     assert!(matches!(
@@ -150,7 +159,12 @@ fn scopes_are_independent_and_only_their_own_failures_count() {
     let mut o = Outages::new(secs(300.0));
     for i in 0..10 {
         // 429s: the service answers (no outage there), the model refuses.
-        let answer = o.answered(&calls, None, Err(&throttled()), t0 + secs(f64::from(i) * 4.0));
+        let answer = o.answered(
+            &calls,
+            None,
+            Err(&throttled()),
+            t0 + secs(f64::from(i) * 4.0),
+        );
         if i < 8 {
             assert!(answer.changes.is_empty(), "{i}");
         } else if i == 8 {
@@ -209,7 +223,11 @@ fn a_5xx_neither_starts_nor_ends_an_outage() {
         Err(&answered(ErrorKind::Server, 503)),
         now,
     );
-    assert_eq!(answer, Answer::default(), "no change, and it counts as an attempt");
+    assert_eq!(
+        answer,
+        Answer::default(),
+        "no change, and it counts as an attempt"
+    );
     // Still paused; the next probe after the same gap.
     assert_eq!(o.admit(SERVICE, now), Admit::Wait(Some(now + FIRST_GAP)));
 }
