@@ -18,7 +18,8 @@
 //!   and model-call pacing both go through it; a new backend (Redis) is a new file there.
 //! - [`pipeline`]: orchestration. Rows flow through a bounded stream of workers; each worker
 //!   sends one event per finished row. Also the per-run upload de-duplication, the adaptive
-//!   per-model pacing of model calls, and the compaction of the results file at the end.
+//!   per-model pacing of model calls, outages (pause, probe, give up), and the compaction of
+//!   the results file at the end.
 //! - [`output`]: the single task that owns the results file, the statistics and the progress
 //!   bar; resume and compaction of the results file, the run lock, the upload cache kept
 //!   across runs, and the JSON and Prometheus reports.

@@ -280,7 +280,9 @@ async fn a_rejected_key_stops_the_run_and_every_row_still_gets_a_line() {
     let outcome = pipeline::run(&config, client(&em, "sk-"), CancellationToken::new())
         .await
         .unwrap();
-    assert!(outcome.stopped.unwrap().contains("API key"));
+    let stopped = outcome.stopped.unwrap();
+    assert_eq!(stopped.as_str(), "key_rejected");
+    assert!(stopped.to_string().contains("API key"));
     assert_eq!(
         outcome.stats.credential_calls, 1,
         "one refused getPolicy, then no request with the rejected key"

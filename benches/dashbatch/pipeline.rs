@@ -51,6 +51,7 @@ pub fn bench(c: &mut Criterion) {
         fresh: true,
         state_dir: dir.path().join(".dashbatch"),
         drain_timeout: Duration::from_secs(30),
+        outage_timeout: Duration::from_secs(300),
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

@@ -17,7 +17,7 @@ use crate::manifest::ManifestError;
 use crate::output::Stats;
 use crate::output::atomic::resolve_links;
 use crate::output::lock::LockError;
-use crate::pipeline::{self, Outcome, PipelineError};
+use crate::pipeline::{self, Outcome, PipelineError, StopReason};
 
 use super::files::{self, RunFiles};
 use reports::Reports;
@@ -97,6 +97,13 @@ pub struct RunArgs {
     /// [default: 30]. A second signal stops at once.
     #[arg(long, value_name = "SECONDS")]
     pub drain_timeout: Option<u64>,
+
+    /// How long the service, its upload host or a model may answer nothing but connection
+    /// failures, timeouts or 429s before the run stops (exit 4, the rest `not_attempted`),
+    /// in seconds. Requests pause and probe it after 30 s of that (or a quarter of this, if
+    /// less) [default: 300].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub outage_timeout: Option<u64>,
 
     /// Folder of the upload cache kept across runs [default: .dashbatch/ beside OUT].
     #[arg(long, value_name = "DIR")]
@@ -237,14 +244,13 @@ fn judge(err: PipelineError) -> (String, u8, Stats) {
 }
 
 fn exit_code(outcome: &Outcome) -> u8 {
-    if outcome.interrupted {
-        exit::INTERRUPTED
-    } else if outcome.stopped.is_some() {
-        exit::USAGE
-    } else if outcome.stats.rows_failed > 0 {
-        exit::SOME_FAILED
-    } else {
-        exit::OK
+    match &outcome.stopped {
+        _ if outcome.interrupted => exit::INTERRUPTED,
+        Some(StopReason::Interrupted) => exit::INTERRUPTED,
+        Some(StopReason::KeyRejected(_)) => exit::USAGE,
+        Some(StopReason::Outage(_)) => exit::UNAVAILABLE,
+        None if outcome.stats.rows_failed > 0 => exit::SOME_FAILED,
+        None => exit::OK,
     }
 }
 
@@ -329,6 +335,11 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             .unwrap_or_else(|| default_state_dir(&output)),
         fresh: args.fresh,
         drain_timeout: Duration::from_secs(args.drain_timeout.or(job.drain_timeout).unwrap_or(30)),
+        outage_timeout: Duration::from_secs(match args.outage_timeout.or(job.outage_timeout) {
+            Some(0) => bail!("outage_timeout = 0 is out of range; use 1 or more seconds"),
+            Some(seconds) => seconds,
+            None => 300,
+        }),
         api: match api {
             ApiFlag::Compatible => Api::Compatible,
             ApiFlag::Native => Api::Native,

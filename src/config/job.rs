@@ -23,6 +23,8 @@ pub struct JobFile {
     pub request_timeout_s: Option<u64>,
     /// Seconds, as `--drain-timeout`.
     pub drain_timeout: Option<u64>,
+    /// Seconds, as `--outage-timeout`.
+    pub outage_timeout: Option<u64>,
     pub state_dir: Option<PathBuf>,
     pub summary_json: Option<PathBuf>,
     pub metrics_textfile: Option<PathBuf>,

@@ -30,6 +30,9 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// After a stop signal, how long rows in flight may take to finish.
     pub drain_timeout: std::time::Duration,
+    /// How long the service, its upload host or a model may stay unavailable before the run
+    /// stops (see `pipeline::outage`).
+    pub outage_timeout: std::time::Duration,
 }
 
 /// `.dashbatch/` beside the results file.

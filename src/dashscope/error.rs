@@ -112,6 +112,12 @@ impl ApiError {
         )
     }
 
+    /// No answer at all: the connection failed or the request timed out. (A reply cut off
+    /// mid-body is `Network` too, but something answered.)
+    pub fn is_no_answer(&self) -> bool {
+        self.kind == ErrorKind::Network && matches!(self.code.as_str(), "connect" | "timeout")
+    }
+
     /// An error made on our side of the wire (no HTTP status).
     pub fn local(kind: ErrorKind, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {

@@ -39,7 +39,7 @@ impl Compacted {
     /// Puts what compaction found into the run's figures.
     pub fn record(&self, stats: &mut Stats) {
         stats.rows_total = self.rows;
-        stats.rows_not_attempted = self.not_attempted;
+        stats.rows_not_attempted += self.not_attempted;
         stats.rows_orphaned = self.orphaned;
         stats.orphans_file = if self.orphaned > 0 {
             self.side.display().to_string()

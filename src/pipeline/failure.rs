@@ -2,6 +2,9 @@
 
 use crate::dashscope::{ApiError, ErrorKind};
 
+/// The code of a row the run stopped before it finished (or before it started).
+pub const NOT_ATTEMPTED: &str = "not_attempted";
+
 /// A row's failure: a stable code for scripts and a message for people.
 #[derive(Debug, Clone)]
 pub struct Failure {

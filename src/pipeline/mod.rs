@@ -10,15 +10,19 @@
 //! Memory is bounded by the channel capacities and the rows in flight, plus 8 bytes per
 //! manifest row for the id sets that resume and duplicate detection need. Pacing lives in the
 //! client (credential limiter) and in the upload slots; this module decides what runs when,
-//! when to stop, and leaves the results file complete at the end (see [`compact`]).
+//! when to stop (a signal, a rejected key, an outage: see [`stop`] and [`outage`]), and
+//! leaves the results file complete at the end (see [`compact`]).
 
 mod compact;
 mod failure;
+mod outage;
 mod pacing;
 mod reader;
+mod stop;
 mod uploads;
 mod worker;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunConfig;
-use crate::dashscope::{Client, Credentials};
+use crate::dashscope::{Client, CredentialOptions, Credentials, RetryPolicy};
 use crate::manifest::{self, Entry, Manifest, ManifestError};
 use crate::output::lock::{LockError, RunLock};
 use crate::output::reporter::ReportError;
@@ -38,6 +42,10 @@ use crate::output::{Event, Progress, Reporter, RowResult, Stats};
 
 pub use compact::CompactError;
 pub use failure::Failure;
+use outage::Scope;
+use outage::gate::Gate;
+use stop::Stop;
+pub use stop::StopReason;
 use uploads::Uploads;
 use worker::Worker;
 
@@ -45,8 +53,8 @@ use worker::Worker;
 #[derive(Debug)]
 pub struct Outcome {
     pub stats: Stats,
-    /// Why dispatching stopped early, if it did (a rejected key, a signal).
-    pub stopped: Option<String>,
+    /// Why dispatching stopped early, if it did (a rejected key, an outage, a signal).
+    pub stopped: Option<StopReason>,
     /// True when the stop came from `shutdown` (a signal), not from the service.
     pub interrupted: bool,
 }
@@ -126,7 +134,28 @@ pub async fn run(
         &cache_account(&client),
         unix_now(),
     ));
-    let credentials = Credentials::new(client.clone(), config.credentials.clone());
+    let stop = Arc::new(Stop::new(&shutdown));
+    let gate = Gate::new(
+        &client.config().base_url,
+        config.outage_timeout,
+        Arc::clone(&stop),
+    );
+    // Every request goes through the gate: getPolicy's (inside `Credentials`) and the
+    // uploads' by their retry policies, the model calls' by the worker's per-model policy.
+    let watched = |scopes| RetryPolicy {
+        watch: Some(gate.watch(scopes)),
+        ..config.retry.clone()
+    };
+    let credentials = Credentials::new(
+        client.clone(),
+        CredentialOptions {
+            retry: RetryPolicy {
+                watch: Some(gate.watch(vec![Scope::Service, Scope::Credentials])),
+                ..config.credentials.retry.clone()
+            },
+            ..config.credentials.clone()
+        },
+    );
     let worker = Arc::new(Worker {
         manifest: config.manifest.clone(),
         client: client.clone(),
@@ -134,14 +163,15 @@ pub async fn run(
             client,
             credentials.clone(),
             Arc::clone(&cache),
-            config.retry.clone(),
+            watched(vec![Scope::Uploads]),
             config.upload_concurrency,
         ),
         api: config.api,
         retry: config.retry.clone(),
-        pacing: pacing::Pacing::new(config.model_rps),
-        stop: shutdown.child_token(),
-        stop_reason: Mutex::new(None),
+        pacing: Arc::new(pacing::Pacing::new(config.model_rps)),
+        stop: Arc::clone(&stop),
+        gate: Arc::clone(&gate),
+        model_retry: Mutex::new(HashMap::new()),
     });
 
     dispatch(
@@ -149,7 +179,6 @@ pub async fn run(
         &worker,
         config.concurrency,
         &events,
-        &shutdown,
         config.drain_timeout,
     )
     .await;
@@ -167,6 +196,19 @@ pub async fn run(
         .map_err(|e| PipelineError::Task(e.to_string()))?
         .map_err(report_err)?;
     reporter.stats_mut().credential_calls = credentials.fetches();
+    let stats = reporter.stats_mut();
+    // What the rows' lines miss: getPolicy's retries (no row's own, see `Gate`), and 429s
+    // (the gate sees them all; a row records only those it retried and its last).
+    for (cause, n) in gate.credential_retries() {
+        *stats.retries.entry(cause).or_default() += n;
+    }
+    stats.throttled_seen = gate.throttled();
+    // Rows the run stopped in flight wrote `not_attempted` lines: they count with the rows
+    // it never reached (added after compaction), not as failures.
+    if let Some(n) = stats.failures.remove(failure::NOT_ATTEMPTED) {
+        stats.rows_failed = stats.rows_failed.saturating_sub(n);
+        stats.rows_not_attempted = n;
+    }
     reporter.stats_mut().model_pace = worker.pacing.rates();
     let (mut stats, file) = reporter
         .finish()
@@ -174,15 +216,13 @@ pub async fn run(
     drop(file);
 
     let interrupted = shutdown.is_cancelled();
-    let stopped = worker
-        .stop_reason
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .or_else(|| interrupted.then(|| "the run was interrupted".to_owned()));
+    let stopped = stop
+        .reason()
+        .cloned()
+        .or_else(|| interrupted.then_some(StopReason::Interrupted));
     let reason = stopped
-        .clone()
-        .unwrap_or_else(|| "the run ended".to_owned());
+        .as_ref()
+        .map_or_else(|| "the run ended".to_owned(), ToString::to_string);
     let (manifest_path, output) = (config.manifest.clone(), config.output.clone());
     let compacted = tokio::task::spawn_blocking(move || {
         compact::compact(
@@ -214,19 +254,20 @@ pub async fn run(
 }
 
 /// Feeds rows to at most `concurrency` workers until the manifest ends or the run stops.
-/// After `shutdown`, rows in flight get `drain` to finish; rows still running then are
-/// abandoned (compaction writes them as `not_attempted`).
+/// Once it stops (a signal, a rejected key, an outage), rows in flight get `drain` to
+/// finish; rows still running then are abandoned (compaction writes them as
+/// `not_attempted`).
 async fn dispatch(
     rows: &mut mpsc::Receiver<Entry>,
     worker: &Arc<Worker>,
     concurrency: usize,
     events: &mpsc::Sender<Event>,
-    shutdown: &CancellationToken,
     drain: Duration,
 ) {
+    let stop = worker.stop.dispatch().clone();
     let incoming = futures::stream::poll_fn(|cx| rows.poll_recv(cx));
     let results = incoming
-        .take_until(worker.stop.clone().cancelled_owned())
+        .take_until(stop.clone().cancelled_owned())
         .map(|entry| {
             let worker = Arc::clone(worker);
             async move { worker.process(entry).await }
@@ -234,7 +275,7 @@ async fn dispatch(
         .buffer_unordered(concurrency.max(1));
     futures::pin_mut!(results);
     let drain_deadline = async {
-        shutdown.cancelled().await;
+        stop.cancelled().await;
         tracing::warn!(
             "stopping: no new rows; waiting up to {}s for rows in flight",
             drain.as_secs()
@@ -248,7 +289,7 @@ async fn dispatch(
                 Some(result) => {
                     if events.send(Event::Row(Box::new(result))).await.is_err() {
                         // The reporter failed to write; nothing more can be saved.
-                        worker.stop.cancel();
+                        stop.cancel();
                         return;
                     }
                 }
@@ -279,7 +320,7 @@ fn not_attempted(entry: Entry, reason: &str) -> RowResult {
     let bad = match entry {
         Entry::Bad(bad) => bad,
         Entry::Row(row) => row.into_bad(
-            "not_attempted",
+            failure::NOT_ATTEMPTED,
             format!("not attempted: {reason}; the next run will process it"),
         ),
     };

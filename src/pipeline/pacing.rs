@@ -67,7 +67,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of<T>(result: &Result<T, ApiError>) -> Outcome {
+    pub fn of<T>(result: Result<T, &ApiError>) -> Outcome {
         match result {
             Ok(_) => Outcome::Ok,
             Err(e) => e
@@ -77,24 +77,19 @@ impl Outcome {
     }
 }
 
-/// Leave to send one call to a model, from [`Pacing::acquire`]. Settle it with the call's
-/// outcome; a permit dropped unsettled (a cancelled row) teaches the pace nothing.
-#[must_use = "settle the permit with the call's outcome"]
-pub struct Permit<'a> {
-    pacing: &'a Pacing,
-    model: &'a str,
+/// Leave to send one call to a model, from [`Pacing::acquire`]. The call's outcome goes
+/// back through [`Pacing::settle`] with [`Permit::sent`]; a call never made (a cancelled
+/// row) teaches the pace nothing.
+#[must_use = "send the call, then settle its outcome"]
+#[derive(Debug, Clone, Copy)]
+pub struct Permit {
     sent: Instant,
 }
 
-impl Permit<'_> {
-    pub fn settle(self, outcome: Outcome) {
-        match outcome {
-            Outcome::Ok => self.pacing.on_success(self.model, self.sent),
-            // Every scope cuts the request rate for now: a token limit is met by fewer
-            // requests too. Issue 9's token budget will treat `Tokens` apart.
-            Outcome::Throttled(scope) => self.pacing.on_throttled(self.model, self.sent, scope),
-            Outcome::Failed => {}
-        }
+impl Permit {
+    /// When the turn was granted: the call goes out now.
+    pub fn sent(self) -> Instant {
+        self.sent
     }
 }
 
@@ -144,7 +139,7 @@ impl Pacing {
     /// (the limiter spends nothing for a dropped wait) and waits again at the new pace. A
     /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
     /// queued before a cut honours the cut's pause.
-    pub async fn acquire<'a>(&'a self, model: &'a str, cost: Cost) -> Permit<'a> {
+    pub async fn acquire(&self, model: &str, cost: Cost) -> Permit {
         let mut pace = self.with_model(model, |m| m.pace.subscribe());
         loop {
             let Pace { rate, not_before } = *pace.borrow_and_update();
@@ -168,10 +163,18 @@ impl Pacing {
                 Ok(()) = pace.changed() => {}
             }
         }
-        Permit {
-            pacing: self,
-            model,
-            sent: now(),
+        Permit { sent: now() }
+    }
+
+    /// Teaches the pace of `model` the outcome of a call sent at `sent` (its permit's
+    /// [`Permit::sent`]).
+    pub fn settle(&self, model: &str, sent: Instant, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => self.on_success(model, sent),
+            // Every scope cuts the request rate for now: a token limit is met by fewer
+            // requests too.
+            Outcome::Throttled(scope) => self.on_throttled(model, sent, scope),
+            Outcome::Failed => {}
         }
     }
 

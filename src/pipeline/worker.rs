@@ -1,17 +1,22 @@
 //! Processing one row, start to finish: local checks, upload, model call, result.
 //! A worker never fails as a process; everything that goes wrong becomes its row's result.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-
-use super::failure::{Failure, check_local_file};
+use super::failure::{Failure, NOT_ATTEMPTED, check_local_file};
+use super::outage::Scope;
+use super::outage::gate::Gate;
 use super::pacing::{Outcome, Pacing};
+use super::stop::{Stop, StopReason};
 use super::uploads::{RowLog, Uploads};
+use futures::future::BoxFuture;
+
+use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
-    self, Api, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
+    self, Api, ApiError, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
 };
 use crate::limit::Cost;
 use crate::manifest::{BadRow, Entry, Row, Source};
@@ -25,11 +30,14 @@ pub struct Worker {
     pub api: Api,
     pub retry: RetryPolicy,
     /// Per-model pacing of model calls, steered by 429s.
-    pub pacing: Pacing,
-    /// Cancelled when the whole run must stop dispatching (a rejected API key).
-    pub stop: CancellationToken,
-    /// Why the run stopped, set once by the first row that saw the reason.
-    pub stop_reason: Mutex<Option<String>>,
+    pub pacing: Arc<Pacing>,
+    /// The run's stop switch: a rejected key, an outage, a signal.
+    pub stop: Arc<Stop>,
+    /// Holds requests while the service or a model is down (see [`super::outage`]).
+    pub gate: Arc<Gate>,
+    /// `retry` with the gate's watch for each model's calls, made once per model. The lock
+    /// is held for a lookup (and, once per model, an insert), never across an await.
+    pub model_retry: Mutex<HashMap<Arc<str>, RetryPolicy>>,
 }
 
 /// What a successful row carries into its result.
@@ -49,7 +57,11 @@ impl Worker {
                 let outcome = self.run_row(&row, &mut log).await;
                 if let Err(f) = &outcome {
                     if f.is_unauthorized() {
-                        self.stop_run(&f.message);
+                        self.stop.stop(StopReason::KeyRejected(format!(
+                            "the API key was rejected ({}); check DASHSCOPE_API_KEY or \
+                             --api-key-file",
+                            f.message
+                        )));
                     }
                     if f.is_throttled() {
                         log.saw_429 += 1;
@@ -60,28 +72,41 @@ impl Worker {
         }
     }
 
-    /// Fails a row in flight before its next request once the key has been rejected: every
-    /// request would carry the same key, and another 401 teaches nothing. The row is
-    /// `not_attempted`, so the next run (with a good key) does it.
+    /// Fails a row in flight before its next stage once the run has stopped for a reason (a
+    /// rejected key: every request would carry it, and another 401 teaches nothing; an
+    /// outage). The row is `not_attempted`, so the next run does it.
     fn still_running(&self) -> Result<(), Failure> {
-        let reason = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-        match reason.as_deref() {
+        match self.stop.reason() {
             None => Ok(()),
             Some(reason) => Err(Failure::local(
-                "not_attempted",
+                NOT_ATTEMPTED,
                 format!("not attempted: {reason}"),
             )),
         }
     }
 
-    fn stop_run(&self, message: &str) {
-        let mut reason = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
-        if reason.is_none() {
-            *reason = Some(format!(
-                "the API key was rejected ({message}); check DASHSCOPE_API_KEY or --api-key-file"
-            ));
+    /// The retry policy of `model`'s calls: the run's, watched by the gate for the service
+    /// and for the model, and by the model's pacer.
+    fn model_retry(&self, model: &str) -> RetryPolicy {
+        let mut policies = self.model_retry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(policy) = policies.get(model) {
+            return policy.clone();
         }
-        self.stop.cancel();
+        let model: Arc<str> = Arc::from(model);
+        let gate = self
+            .gate
+            .watch(vec![Scope::Service, Scope::Model(Arc::clone(&model))]);
+        let policy = RetryPolicy {
+            watch: Some(Arc::new(Paced {
+                gate,
+                pacing: Arc::clone(&self.pacing),
+                model: Arc::clone(&model),
+                stop: Arc::clone(&self.stop),
+            })),
+            ..self.retry.clone()
+        };
+        policies.insert(model, policy.clone());
+        policy
     }
 
     async fn run_row(&self, row: &Row, log: &mut RowLog) -> Result<Done, Failure> {
@@ -152,17 +177,70 @@ impl Worker {
         };
         self.still_running()?;
         let model = row.model.as_str();
+        // Paced by the policy's watch (see `Paced`), so a retry is paced too.
         let attempt = || async {
-            // Awaited just before the request it guards, so a retry is paced too.
-            let permit = self.pacing.acquire(model, Cost::REQUEST).await;
             let result = self.client.call_model(self.api, &request).await;
-            permit.settle(Outcome::of(&result));
             result
         };
+        let policy = self.model_retry(model);
         let (result, attempts) =
-            dashscope::retry(&self.retry, attempt, |err, _| log.on_retry(err)).await;
+            dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
         log.attempts += attempts;
         result.map_err(|e| Failure::api("model call", e))
+    }
+}
+
+/// The watch of one model's calls: the outage gate's, then the model's pacer, awaited just
+/// before the call it guards. Part of admission rather than of the call, so that a call that
+/// the run's stop refuses while it queues for the pacer is never counted as sent; and a paced
+/// queue can be long, which a stopping run does not wait out.
+struct Paced {
+    gate: Arc<dyn Watch>,
+    pacing: Arc<Pacing>,
+    model: Arc<str>,
+    stop: Arc<Stop>,
+}
+
+impl std::fmt::Debug for Paced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paced")
+            .field("gate", &self.gate)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl Watch for Paced {
+    fn admit(&self) -> BoxFuture<'_, Result<Ticket, ApiError>> {
+        Box::pin(async move {
+            let ticket = self.gate.admit().await?;
+            tokio::select! {
+                // Settled in `answered`, which sees the attempt's answer.
+                permit = self.pacing.acquire(&self.model, Cost::REQUEST) => Ok(Ticket {
+                    admitted: Some(permit.sent()),
+                    ..ticket
+                }),
+                () = self.stop.refused() => {
+                    let reason = self.stop.reason().cloned();
+                    Err(reason.unwrap_or(StopReason::Interrupted).refusal())
+                }
+            }
+        })
+    }
+
+    fn answered(&self, ticket: Ticket, result: Result<(), &ApiError>) -> bool {
+        if let Some(sent) = ticket.admitted {
+            self.pacing.settle(&self.model, sent, Outcome::of(result));
+        }
+        self.gate.answered(ticket, result)
+    }
+
+    fn retried(&self, err: &ApiError) {
+        self.gate.retried(err);
+    }
+
+    fn wake(&self) -> BoxFuture<'static, ()> {
+        self.gate.wake()
     }
 }
 

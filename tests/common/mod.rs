@@ -80,6 +80,7 @@ impl Job {
             fresh: false,
             state_dir: self.dir.path().join(".dashbatch"),
             drain_timeout: Duration::from_secs(30),
+            outage_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -90,6 +91,7 @@ pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
         base: Duration::from_millis(2),
         cap: Duration::from_millis(40),
         retry_after_ceiling: Duration::from_millis(200),
+        watch: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn the_documented_defaults_apply_when_neither_flag_nor_job_file_says() {
     assert_eq!(c.credentials.retry.max_attempts, 6);
     assert_eq!(c.credentials.qps.get(), 80);
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.outage_timeout, Duration::from_secs(300));
     assert_eq!(c.model_rps, None);
     assert_eq!(plan.request_timeout, Duration::from_secs(300));
     assert!(!plan.emulator && !c.fresh);
@@ -31,7 +32,7 @@ fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
     std::fs::write(
         &job,
         "manifest = \"m.csv\"\nconcurrency = 7\nmax_attempts = 2\ndrain_timeout = 5\n\
-         model_rps = 2.5\napi = \"native\"\n",
+         model_rps = 2.5\napi = \"native\"\noutage_timeout = 60\n",
     )
     .unwrap();
     let from_job = plan(args(&job), false).unwrap();
@@ -41,12 +42,14 @@ fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
     assert_eq!(from_job.config.drain_timeout, Duration::from_secs(5));
     assert_eq!(from_job.config.model_rps, Some(2.5));
     assert_eq!(from_job.config.api, Api::Native);
+    assert_eq!(from_job.config.outage_timeout, Duration::from_secs(60));
 
     let flagged = plan(
         RunArgs {
             concurrency: Some(900),
             max_attempts: Some(3),
             api: Some(ApiFlag::Compatible),
+            outage_timeout: Some(2),
             ..args(&job)
         },
         false,
@@ -56,6 +59,7 @@ fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
     assert_eq!(flagged.config.retry.max_attempts, 3);
     assert_eq!(flagged.config.api, Api::Compatible);
     assert_eq!(flagged.config.drain_timeout, Duration::from_secs(5));
+    assert_eq!(flagged.config.outage_timeout, Duration::from_secs(2));
 }
 
 #[test]
@@ -67,6 +71,7 @@ fn out_of_range_job_file_values_are_refused_with_the_key_named() {
         ("credential_qps = 101", "credential_qps"),
         ("model_rps = -3.0", "model_rps"),
         ("model_rps = nan", "model_rps"),
+        ("outage_timeout = 0", "outage_timeout"),
     ] {
         let job = dir.path().join("bad.toml");
         std::fs::write(&job, format!("manifest = \"m.csv\"\n{text}\n")).unwrap();

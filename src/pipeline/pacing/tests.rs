@@ -22,14 +22,14 @@ fn models_are_paced_independently() {
 fn the_outcome_of_a_call_is_read_from_its_result() {
     use crate::dashscope::ErrorKind;
     let ok: Result<(), ApiError> = Ok(());
-    assert_eq!(Outcome::of(&ok), Outcome::Ok);
+    assert_eq!(Outcome::of(ok.as_ref()), Outcome::Ok);
     let mut err = ApiError::local(ErrorKind::Throttled, "Throttling.BurstRate", "slow down");
     assert_eq!(
-        Outcome::of(&Err::<(), _>(err.clone())),
+        Outcome::of(Err::<(), _>(&err)),
         Outcome::Throttled(ThrottleScope::Burst)
     );
     err.kind = ErrorKind::Server;
-    assert_eq!(Outcome::of(&Err::<(), _>(err)), Outcome::Failed);
+    assert_eq!(Outcome::of(Err::<(), _>(&err)), Outcome::Failed);
 }
 
 /// Acquires and drops one permit of `model`; returns how long after `t0` it was granted.

@@ -1,0 +1,127 @@
+//! Why a run stops early, and the switch every part of the pipeline watches.
+//!
+//! A run stops dispatching for one of three reasons: a signal (the caller's `shutdown`), a key
+//! the service rejected, or an outage that outlasted `--outage-timeout`. The first reason set
+//! wins and is the one the summary and the `not_attempted` lines name. Deliberately not here:
+//! deciding that the key is bad or the service is down (the worker and [`super::outage`] do).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::dashscope::{ApiError, ErrorKind};
+
+/// Why a run stopped before the end of its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The service answered 401; the message says what to check.
+    KeyRejected(String),
+    /// The service, its upload host or a model stayed unavailable; the message names the
+    /// URL or the model.
+    Outage(String),
+    /// SIGINT or SIGTERM.
+    Interrupted,
+}
+
+impl StopReason {
+    /// A short stable name, for scripts and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopReason::KeyRejected(_) => "key_rejected",
+            StopReason::Outage(_) => "outage",
+            StopReason::Interrupted => "interrupted",
+        }
+    }
+
+    /// The error a request gets when it is refused for this reason: it ends its retry loop
+    /// at once, and its row ends `not_attempted`.
+    pub fn refusal(&self) -> ApiError {
+        ApiError::local(
+            ErrorKind::Rejected,
+            super::failure::NOT_ATTEMPTED,
+            format!("not attempted: {self}"),
+        )
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::KeyRejected(message) | StopReason::Outage(message) => f.write_str(message),
+            StopReason::Interrupted => f.write_str("the run was interrupted"),
+        }
+    }
+}
+
+/// The run's stop switch, shared by the dispatcher, the workers and the outage gate.
+#[derive(Debug)]
+pub struct Stop {
+    /// Cancelled to stop dispatching new rows: by a reason, by a signal (it is a child of the
+    /// caller's `shutdown`), or when results can no longer be written.
+    dispatch: CancellationToken,
+    /// Cancelled with a reason only. Requests are refused from then on; a signal alone lets
+    /// the rows in flight finish, so it does not cancel this.
+    refuse: CancellationToken,
+    reason: OnceLock<StopReason>,
+}
+
+impl Stop {
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        Self {
+            dispatch: shutdown.child_token(),
+            refuse: CancellationToken::new(),
+            reason: OnceLock::new(),
+        }
+    }
+
+    /// Stops the run for `reason`, unless it was already stopped for another.
+    pub fn stop(&self, reason: StopReason) {
+        if self.reason.set(reason).is_ok()
+            && let Some(reason) = self.reason.get()
+        {
+            tracing::warn!("stopping ({}): {reason}", reason.as_str());
+        }
+        self.refuse.cancel();
+        self.dispatch.cancel();
+    }
+
+    /// Why the run stopped, if something other than a signal stopped it.
+    pub fn reason(&self) -> Option<&StopReason> {
+        self.reason.get()
+    }
+
+    /// Cancelled once no new row should start.
+    pub fn dispatch(&self) -> &CancellationToken {
+        &self.dispatch
+    }
+
+    /// Resolves once requests are refused (a reason was set).
+    pub async fn refused(&self) {
+        self.refuse.cancelled().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reason_wins_and_a_signal_does_not_refuse_requests() {
+        let shutdown = CancellationToken::new();
+        let stop = Stop::new(&shutdown);
+        shutdown.cancel();
+        assert!(stop.dispatch().is_cancelled());
+        assert!(!stop.refuse.is_cancelled(), "rows in flight may finish");
+        assert_eq!(stop.reason(), None);
+
+        stop.stop(StopReason::Outage("model m answered only 429".into()));
+        stop.stop(StopReason::KeyRejected("401".into()));
+        assert!(stop.refuse.is_cancelled());
+        assert_eq!(stop.reason().map(StopReason::as_str), Some("outage"));
+        assert_eq!(
+            stop.reason().unwrap().to_string(),
+            "model m answered only 429"
+        );
+    }
+}
