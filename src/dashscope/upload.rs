@@ -89,8 +89,16 @@ impl Client {
         };
         let stream = body::file_stream(file, expect, progress.clone(), ending.clone());
         let body = Body::wrap_stream(stream);
-        self.post_form(policy, object_key, content_type, body, len, &progress, &ending)
-            .await
+        self.post_form(
+            policy,
+            object_key,
+            content_type,
+            body,
+            len,
+            &progress,
+            &ending,
+        )
+        .await
     }
 
     /// One attempt at uploading `content` (a whole file already in memory, which the caller
@@ -114,8 +122,16 @@ impl Client {
             progress.clone(),
             ending.clone(),
         ));
-        self.post_form(policy, object_key, content_type, body, len, &progress, &ending)
-            .await
+        self.post_form(
+            policy,
+            object_key,
+            content_type,
+            body,
+            len,
+            &progress,
+            &ending,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]

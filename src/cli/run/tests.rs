@@ -105,6 +105,9 @@ fn upload_clocks_come_from_flags_the_job_file_or_defaults() {
     for text in ["upload_timeout_s = 0", "upload_stall_timeout_s = 86401"] {
         std::fs::write(&job, format!("manifest = \"m.csv\"\n{text}\n")).unwrap();
         let err = plan(args(&job), false).err().expect(text).to_string();
-        assert!(err.contains(text.split(' ').next().unwrap()), "{text}: {err}");
+        assert!(
+            err.contains(text.split(' ').next().unwrap()),
+            "{text}: {err}"
+        );
     }
 }

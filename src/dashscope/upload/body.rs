@@ -196,9 +196,8 @@ impl Reader {
         }
         let sha256: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if sha256 != self.expect.sha256 {
-            return Err(self.mismatch(
-                "its bytes are no longer the ones hashed before the upload".to_owned(),
-            ));
+            return Err(self
+                .mismatch("its bytes are no longer the ones hashed before the upload".to_owned()));
         }
         self.ending.set(End::Complete);
         Ok(())

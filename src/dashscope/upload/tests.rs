@@ -99,7 +99,8 @@ async fn upload_path(
     content_type: &str,
 ) -> Result<Sent, ApiError> {
     let (file, len, sha256) = opened(path);
-    c.upload(policy, key, file, len, &sha256, content_type).await
+    c.upload(policy, key, file, len, &sha256, content_type)
+        .await
 }
 
 #[tokio::test]
@@ -113,9 +114,15 @@ async fn sends_every_policy_field_then_the_file_last() {
     let contents: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let (_dir, path) = temp_file(&contents, "cat photo.png");
     let key = policy.object_key("ab12", "cat photo.png");
-    let sent = upload_path(&client("http://127.0.0.1:9"), &policy, &key, &path, "image/png")
-        .await
-        .unwrap();
+    let sent = upload_path(
+        &client("http://127.0.0.1:9"),
+        &policy,
+        &key,
+        &path,
+        "image/png",
+    )
+    .await
+    .unwrap();
     assert_eq!(sent, Sent::Verified);
 
     let forms = seen.forms.lock().unwrap();
@@ -290,7 +297,10 @@ async fn local_problems_fail_before_any_request() {
         .upload(&policy, "d/k", file, len, &sha256, "image/png")
         .await
         .unwrap();
-    assert!(matches!(&sent, Sent::Unverified(why) if why.contains("13 bytes")), "{sent:?}");
+    assert!(
+        matches!(&sent, Sent::Unverified(why) if why.contains("13 bytes")),
+        "{sent:?}"
+    );
 
     assert!(seen.forms.lock().unwrap().is_empty());
 }
@@ -307,9 +317,15 @@ async fn unreachable_host_is_a_retryable_network_error() {
         ..sample_policy()
     };
     let (_dir, path) = temp_file(b"x", "a.png");
-    let e = upload_path(&client("http://127.0.0.1:9"), &policy, "d/k", &path, "image/png")
-        .await
-        .unwrap_err();
+    let e = upload_path(
+        &client("http://127.0.0.1:9"),
+        &policy,
+        "d/k",
+        &path,
+        "image/png",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Network);
     assert!(e.is_retryable());
     assert!(!e.to_string().contains(TEST_KEY));
@@ -455,11 +471,19 @@ async fn a_host_that_takes_nothing_stalls_out() {
     let e = upload_path(&c, &policy, "d/k_big.mp4", &path, "video/mp4")
         .await
         .unwrap_err();
-    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Network, "upload_stalled"));
+    assert_eq!(
+        (e.kind, e.code.as_str()),
+        (ErrorKind::Network, "upload_stalled")
+    );
     assert!(e.message.contains("--upload-stall-timeout-s"), "{e}");
     assert!(e.is_retryable());
     let e = c
-        .upload_bytes(&policy, "d/k_a.png", Bytes::from_static(b"small"), "image/png")
+        .upload_bytes(
+            &policy,
+            "d/k_a.png",
+            Bytes::from_static(b"small"),
+            "image/png",
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code, "upload_stalled");

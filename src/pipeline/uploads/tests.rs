@@ -392,9 +392,17 @@ async fn a_file_rewritten_during_its_upload_is_read_again_and_recorded_as_sent()
     }
     .unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
 
-    assert_eq!(content.sha256, sha(&after), "the row now names the new bytes");
+    assert_eq!(
+        content.sha256,
+        sha(&after),
+        "the row now names the new bytes"
+    );
     assert_eq!(double.stored(&uploaded.url), Some(sha(&after)));
-    assert!(uploaded.url.contains(&hex::encode(sha(&after))[..16]), "{}", uploaded.url);
+    assert!(
+        uploaded.url.contains(&hex::encode(sha(&after))[..16]),
+        "{}",
+        uploaded.url
+    );
     // Nothing torn was stored anywhere.
     let objects = double.objects.lock().unwrap().clone();
     assert_eq!(objects.len(), 1, "{objects:?}");
@@ -430,7 +438,11 @@ async fn a_small_file_whose_cached_hash_is_stale_is_read_again() {
     drop(file);
 
     let mut content = up.content(M, &path, &meta).await.unwrap();
-    assert_eq!(content.sha256, sha(b"old cat"), "answered from the hash cache");
+    assert_eq!(
+        content.sha256,
+        sha(b"old cat"),
+        "answered from the hash cache"
+    );
     let mut log = RowLog::default();
     let uploaded = up
         .ensure(M, &path, &mut content, None, &mut log)
@@ -453,7 +465,11 @@ async fn a_file_longer_than_its_size_is_refused() {
     assert_eq!(meta.len(), 0);
     let err = up.content(M, path, &meta).await.err().expect("refused");
     assert_eq!(err.code, "file_changed", "{}", err.message);
-    assert!(err.message.contains("/proc/self/environ"), "{}", err.message);
+    assert!(
+        err.message.contains("/proc/self/environ"),
+        "{}",
+        err.message
+    );
     assert_eq!(up.reads.available_permits(), 1);
 }
 
@@ -500,7 +516,10 @@ async fn a_fifo_swapped_in_after_the_check_is_not_a_file_and_blocks_nothing() {
     };
     let (code, message) = answer.expect("a FIFO is refused");
     assert_eq!(code, "not_a_file");
-    assert!(message.contains("fifo.png") && message.contains("FIFO"), "{message}");
+    assert!(
+        message.contains("fifo.png") && message.contains("FIFO"),
+        "{message}"
+    );
     assert_eq!(up.reads.available_permits(), 1);
 }
 
