@@ -21,17 +21,18 @@
 //! the streamed path. A file is checked against the model's size limit before it is hashed.
 
 mod file;
+mod hashes;
 
 use std::collections::HashMap;
 use std::fs::Metadata;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use self::file::{Hashed, Opened, ReadError};
+use self::hashes::{HashCache, Stamp};
 use super::failure::Failure;
 use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, Policy, RetryPolicy, Sent};
 use crate::output::UploadOutcome;
@@ -52,12 +53,6 @@ pub const SMALL_FILE: u64 = 1 << 20;
 /// rewritten once during the run settles after one more read; one that never settles is
 /// being written by something else, and uploading it would send a torn file.
 const READS: u32 = 3;
-
-/// Entries of the per-run hash cache before it is cleared. A manifest that reuses files
-/// usually reuses a few of them; one with a distinct file per row never hits the cache, so
-/// clearing (rather than evicting the oldest) costs at most one re-hash per file after a clear
-/// and keeps the cache under about 3 MB (an entry is a path plus 64 bytes).
-const HASH_CACHE_MAX: usize = 16_384;
 
 /// One model's single-flight cells, by content hash.
 type Cells = HashMap<[u8; 32], Arc<OnceCell<String>>>;
@@ -118,47 +113,6 @@ impl RowLog {
         if err.kind == ErrorKind::Throttled {
             self.saw_429 += 1;
         }
-    }
-}
-
-/// Per-run cache of file hashes, keyed by path and checked against (size, mtime): the stamp
-/// `make` and `rsync` trust, so a file edited during the run is hashed again. Holds hashes
-/// only, never bytes.
-#[derive(Default)]
-struct HashCache {
-    map: Mutex<HashMap<PathBuf, Stamp>>,
-}
-
-#[derive(Clone, Copy)]
-struct Stamp {
-    size: u64,
-    mtime: SystemTime,
-    sha256: [u8; 32],
-}
-
-impl HashCache {
-    fn get(&self, path: &Path, size: u64, mtime: SystemTime) -> Option<[u8; 32]> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(path)
-            .filter(|s| s.size == size && s.mtime == mtime)
-            .map(|s| s.sha256)
-    }
-
-    fn insert(&self, path: &Path, stamp: Stamp) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= HASH_CACHE_MAX && !map.contains_key(path) {
-            map.clear();
-        }
-        map.insert(path.to_owned(), stamp);
-    }
-
-    /// Drops the entry of a file whose bytes turned out not to be the ones its stamp vouched
-    /// for (rewritten within the mtime's granularity, or with its mtime put back).
-    fn forget(&self, path: &Path) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(path);
     }
 }
 

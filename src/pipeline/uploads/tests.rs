@@ -1,6 +1,8 @@
+use super::hashes::HASH_CACHE_MAX;
 use super::*;
 use crate::dashscope::{ApiKey, ClientConfig, CredentialOptions};
 use std::time::Duration;
+use std::time::SystemTime;
 
 /// An `Uploads` that never reaches the network: these tests stop before any upload.
 fn uploads(dir: &Path, slots: usize) -> Uploads {
