@@ -27,6 +27,8 @@ const DEFAULT_BASE_URL: &str = "https://dashscope.aliyuncs.com";
 /// The key `--emulator` uses when no key is given: the emulator accepts any `sk-<account>`
 /// key, and this one can never be a real key.
 const DEMO_KEY: &str = "sk-demo";
+/// The longest either upload clock may be set to: a day is already far past any real upload.
+const UPLOAD_TIMEOUT_MAX: i64 = 86_400;
 
 /// Flags are optional here so that a job file can supply them; the documented defaults
 /// apply when neither does.
@@ -93,6 +95,16 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_s: Option<u64>,
 
+    /// Limit of one upload attempt as a whole, in seconds [default: 900].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=UPLOAD_TIMEOUT_MAX))]
+    pub upload_timeout_s: Option<u32>,
+
+    /// An upload attempt fails once the upload host has taken none of the file, or not
+    /// answered after the last of it, for this many seconds; a slow upload that keeps moving
+    /// is not cut [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=UPLOAD_TIMEOUT_MAX))]
+    pub upload_stall_timeout_s: Option<u32>,
+
     /// After SIGINT/SIGTERM, how long rows in flight may take to finish, in seconds
     /// [default: 30]. A second signal stops at once.
     #[arg(long, value_name = "SECONDS")]
@@ -134,6 +146,8 @@ struct Plan {
     base_url: Option<String>,
     api_key_file: Option<PathBuf>,
     request_timeout: Duration,
+    upload_timeout: Duration,
+    upload_stall_timeout: Duration,
     summary_json: Option<PathBuf>,
     metrics_textfile: Option<PathBuf>,
     /// The job file the settings came from, if any.
@@ -194,6 +208,8 @@ async fn execute(args: RunArgs, quiet: bool, reports: &mut Reports) -> anyhow::R
         ClientConfig {
             base_url,
             request_timeout: plan.request_timeout,
+            upload_timeout: plan.upload_timeout,
+            upload_stall_timeout: plan.upload_stall_timeout,
             ..ClientConfig::default()
         },
     )
@@ -383,6 +399,18 @@ fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         base_url: args.base_url.or(job.base_url),
         api_key_file: args.api_key_file.or(job.api_key_file),
         request_timeout: Duration::from_secs(request_timeout_s),
+        upload_timeout: upload_clock(
+            args.upload_timeout_s,
+            job.upload_timeout_s,
+            900,
+            "upload_timeout_s",
+        )?,
+        upload_stall_timeout: upload_clock(
+            args.upload_stall_timeout_s,
+            job.upload_stall_timeout_s,
+            60,
+            "upload_stall_timeout_s",
+        )?,
         summary_json: args.summary_json.or(job.summary_json),
         metrics_textfile: args.metrics_textfile.or(job.metrics_textfile),
         job: job_path,
@@ -412,6 +440,18 @@ fn pick(
 /// 1e9 has no period to pace by (it used to fall back to 1 call/s without a word), and no
 /// model serves a million calls a second per account.
 const MAX_MODEL_RPS: f64 = 1_000_000.0;
+
+/// One of the upload clocks, in seconds: flag, job file or default, 1 s to a day.
+fn upload_clock(
+    flag: Option<u32>,
+    job: Option<u32>,
+    default: u32,
+    name: &str,
+) -> anyhow::Result<Duration> {
+    let max = UPLOAD_TIMEOUT_MAX as u32;
+    let seconds = pick(flag, job, default, name, 1..=max)?;
+    Ok(Duration::from_secs(u64::from(seconds)))
+}
 
 fn parse_rps(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {

@@ -21,6 +21,8 @@ pub struct JobFile {
     pub credential_qps: Option<u32>,
     pub model_rps: Option<f64>,
     pub request_timeout_s: Option<u64>,
+    pub upload_timeout_s: Option<u32>,
+    pub upload_stall_timeout_s: Option<u32>,
     /// Seconds, as `--drain-timeout`.
     pub drain_timeout: Option<u64>,
     /// Seconds, as `--outage-timeout`.

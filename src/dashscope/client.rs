@@ -29,6 +29,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Whole-request limit for one upload; files can be up to 1 GB.
     pub upload_timeout: Duration,
+    /// An upload fails once the host has taken none of the body, and (after the last piece)
+    /// not answered, for this long: a stalled host, apart from a slow one that moves.
+    pub upload_stall_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +43,9 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(180),
             // 1 GB at ~2 MB/s, the slow end of an uplink, is ~9 minutes.
             upload_timeout: Duration::from_secs(15 * 60),
+            // A minute without progress is far beyond a healthy link's pauses; the kernel's
+            // send buffer (a few MB) drains within it on any link over ~1 Mbit/s.
+            upload_stall_timeout: Duration::from_secs(60),
         }
     }
 }

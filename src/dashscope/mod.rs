@@ -11,7 +11,8 @@
 //! - [`body`]: how much of each answer a call may read ([`BodyLimit`]), and reading it
 //!   under that cap.
 //! - [`policy`]: the upload credential (`getPolicy`) and content-addressed object keys.
-//! - [`upload`]: the streamed OSS PostObject form.
+//! - [`upload`]: the streamed OSS PostObject form, verified against the file's hash as it is
+//!   sent, and its two clocks (whole upload, stall).
 //! - [`model`]: request and reply shapes of the compatible-mode and native model APIs.
 //! - [`media`]: which file extensions are images, videos or audio, and their MIME types.
 //! - [`error`]: [`ApiError`], [`ErrorKind`] and the classification of all three error shapes.
@@ -46,3 +47,4 @@ pub use media::{Media, MediaKind, content_type_for};
 pub use model::{Api, ModelReply, ModelRequest, Usage};
 pub use policy::{Policy, oss_url};
 pub use retry::{RetryPolicy, retry};
+pub use upload::Sent;

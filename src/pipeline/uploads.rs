@@ -6,25 +6,35 @@
 //! Keys are content-addressed, so two different files with one name never collide and a 409
 //! on our own key means the object is already there.
 //!
-//! Per-row CPU is the budget here (a run of small files is CPU-bound on the client), and a
-//! hand-off to tokio's blocking pool costs more in thread wake-ups than reading a small file.
-//! So a file's hash is computed once per run (see [`HashCache`]), a small file is read and
-//! hashed in one step and uploaded from those bytes, and only large files take the streamed
-//! path, where the hand-offs are amortised over megabytes.
+//! What is uploaded is what was hashed. A file is opened without blocking and judged by its
+//! handle ([`file`]), read and hashed on the blocking pool, and the bytes read must be exactly
+//! as many as the handle's size. A small file goes up from the very buffer that was hashed; a
+//! large one is hashed again as it is sent ([`dashscope::Client::upload`]). When the bytes are
+//! not the ones hashed (the file is being rewritten, or grew), that attempt stores nothing,
+//! its credential is dropped, and the row reads the file afresh and uploads under the new
+//! hash; only a verified upload is recorded in the cache. A file that keeps changing fails its
+//! row as `file_changed`.
+//!
+//! Per-row CPU is the budget here (a run of small files is CPU-bound on the client). So a
+//! file's hash is computed once per run (see [`HashCache`]), a small file is read and hashed
+//! in one step on the blocking pool and uploaded from those bytes, and only large files take
+//! the streamed path. A file is checked against the model's size limit before it is hashed.
+
+mod file;
+mod hashes;
 
 use std::collections::HashMap;
 use std::fs::Metadata;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
+use self::file::{Hashed, Opened, ReadError};
+use self::hashes::{HashCache, Stamp};
 use super::failure::Failure;
-use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, RetryPolicy};
+use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, Policy, RetryPolicy, Sent};
 use crate::output::UploadOutcome;
 use crate::output::state::{UploadCache, unix_now};
 
@@ -38,17 +48,11 @@ const POLICY_ROUNDS: u32 = 3;
 /// bytes held at once small (see [`Uploads::reads`]) while covering typical images.
 pub const SMALL_FILE: u64 = 1 << 20;
 
-/// Files up to this size are read and hashed on the runtime thread instead of the blocking
-/// pool. Reading 16 KiB from the page cache and hashing it (SHA-NI or not) takes a few tens of
-/// microseconds at most, about what the hand-off to a pool thread and back costs in wake-ups;
-/// a slow disk could stall the thread longer, but a slow disk stalls the pool's rows too.
-const INLINE_FILE: u64 = 16 << 10;
-
-/// Entries of the per-run hash cache before it is cleared. A manifest that reuses files
-/// usually reuses a few of them; one with a distinct file per row never hits the cache, so
-/// clearing (rather than evicting the oldest) costs at most one re-hash per file after a clear
-/// and keeps the cache under about 3 MB (an entry is a path plus 64 bytes).
-const HASH_CACHE_MAX: usize = 16_384;
+/// Reads of one row's file, the first included, that may find it changing (its bytes are
+/// not the ones its size or hash promised) before the row fails as `file_changed`. A file
+/// rewritten once during the run settles after one more read; one that never settles is
+/// being written by something else, and uploading it would send a torn file.
+const READS: u32 = 3;
 
 /// One model's single-flight cells, by content hash.
 type Cells = HashMap<[u8; 32], Arc<OnceCell<String>>>;
@@ -112,36 +116,26 @@ impl RowLog {
     }
 }
 
-/// Per-run cache of file hashes, keyed by path and checked against (size, mtime): the stamp
-/// `make` and `rsync` trust, so a file edited during the run is hashed again. Holds hashes
-/// only, never bytes.
-#[derive(Default)]
-struct HashCache {
-    map: Mutex<HashMap<PathBuf, Stamp>>,
+/// Why an upload step gave no URL.
+enum Miss {
+    /// The row fails with this.
+    Failed(Failure),
+    /// The file's bytes were not the ones hashed; the text says how. Read it again.
+    Changed(String),
 }
 
-#[derive(Clone, Copy)]
-struct Stamp {
-    size: u64,
-    mtime: SystemTime,
-    sha256: [u8; 32],
+impl From<Failure> for Miss {
+    fn from(f: Failure) -> Self {
+        Miss::Failed(f)
+    }
 }
 
-impl HashCache {
-    fn get(&self, path: &Path, size: u64, mtime: SystemTime) -> Option<[u8; 32]> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(path)
-            .filter(|s| s.size == size && s.mtime == mtime)
-            .map(|s| s.sha256)
-    }
-
-    fn insert(&self, path: &Path, stamp: Stamp) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= HASH_CACHE_MAX && !map.contains_key(path) {
-            map.clear();
-        }
-        map.insert(path.to_owned(), stamp);
-    }
+/// Where an upload's bytes come from.
+enum Source {
+    /// A small file, hashed from this very buffer.
+    Bytes(Bytes),
+    /// A large file, streamed and hashed again as it is sent.
+    File(Arc<std::fs::File>),
 }
 
 impl Uploads {
@@ -164,70 +158,154 @@ impl Uploads {
         }
     }
 
-    /// Hashes the file at `path`, whose `metadata` the row has just checked. A file already
-    /// hashed in this run with the same size and mtime is not read again. A small file is read
-    /// whole in one step, and its bytes are kept for [`Uploads::ensure`] to upload.
-    pub async fn content(&self, path: &Path, metadata: &Metadata) -> Result<Content<'_>, Failure> {
+    /// Hashes the file at `path`, whose `metadata` the row has just checked, for `model`. A
+    /// file already hashed in this run with the same size and mtime is not read again. A
+    /// small file is read whole in one step, and its bytes are kept for [`Uploads::ensure`]
+    /// to upload. A large one is first checked against `model`'s size limit, so a file the
+    /// model would refuse is never read.
+    pub async fn content(
+        &self,
+        model: &str,
+        path: &Path,
+        metadata: &Metadata,
+    ) -> Result<Content<'_>, Failure> {
         let size = metadata.len();
         // No mtime (a filesystem that does not keep one): hash every time rather than trust
         // the size alone.
-        let mtime = metadata.modified().ok();
-        if let Some(sha256) = mtime.and_then(|m| self.hashes.get(path, size, m)) {
+        if let Some(sha256) = metadata
+            .modified()
+            .ok()
+            .and_then(|m| self.hashes.get(path, size, m))
+        {
             return Ok(Content {
                 sha256,
                 size,
                 held: None,
             });
         }
-        let permit = if size <= SMALL_FILE {
+        self.read_content(model, path, size <= SMALL_FILE).await
+    }
+
+    /// Opens and hashes the file afresh, reading it again (up to [`READS`] times) while what
+    /// is read disagrees with the size its handle reports. `small` (from the row's stat)
+    /// takes a read permit first, since the bytes may be kept.
+    async fn read_content(
+        &self,
+        model: &str,
+        path: &Path,
+        small: bool,
+    ) -> Result<Content<'_>, Failure> {
+        let permit = if small {
             Some(self.reads.acquire().await.map_err(|_| closed())?)
         } else {
             None
         };
-        let (sha256, bytes) = if size <= INLINE_FILE {
-            read_and_hash(path, size).map_err(|e| unreadable(path, e))?
-        } else {
-            let owned = path.to_owned();
-            blocking(path, move || read_and_hash(&owned, size)).await?
+        let mut reads = 0;
+        let hashed = loop {
+            reads += 1;
+            match self.read_once(model, path, permit.is_some()).await {
+                Ok(hashed) => break hashed,
+                Err(Miss::Changed(why)) if reads >= READS => return Err(changed(path, &why)),
+                Err(Miss::Changed(_)) => {}
+                Err(Miss::Failed(f)) => return Err(f),
+            }
         };
-        // The stamp is the stat from before the read: if the file changed in between, the
-        // next row's stat differs and it hashes again. If only the length differs, the
-        // stamp would be wrong for these bytes, so it is not recorded.
-        let read_size = bytes.as_ref().map_or(size, |b| b.len() as u64);
-        if let Some(mtime) = mtime
-            && read_size == size
-        {
+        // The stamp is the handle's, from before the read: if the file changed since, the
+        // next row's stat differs and it hashes again.
+        if let Some(mtime) = hashed.mtime {
             self.hashes.insert(
                 path,
                 Stamp {
-                    size,
+                    size: hashed.size,
                     mtime,
-                    sha256,
+                    sha256: hashed.sha256,
                 },
             );
         }
-        let held = bytes
+        let held = hashed
+            .bytes
             .zip(permit)
             .map(|(bytes, _permit)| Held { bytes, _permit });
         Ok(Content {
-            sha256,
-            size: read_size,
+            sha256: hashed.sha256,
+            size: hashed.size,
             held,
         })
+    }
+
+    /// One open and read. With `keep`, a file of at most [`SMALL_FILE`] is read whole and
+    /// its bytes returned; anything larger is size-checked, then hashed as a stream.
+    async fn read_once(&self, model: &str, path: &Path, keep: bool) -> Result<Hashed, Miss> {
+        enum Step {
+            Hashed(Hashed),
+            Large(Opened),
+        }
+        let owned = path.to_owned();
+        let step = blocking(path, move || {
+            let opened = file::open(&owned)?;
+            if keep && opened.size <= SMALL_FILE {
+                file::hash(opened, true).map(Step::Hashed)
+            } else {
+                Ok(Step::Large(opened))
+            }
+        })
+        .await?;
+        let opened = match step {
+            Step::Hashed(hashed) => return Ok(hashed),
+            Step::Large(opened) => opened,
+        };
+        // Before the hash: hashing a file the model refuses costs a whole read for nothing
+        // (a 20 GB sparse file took about a minute). The policy is the one the upload needs.
+        let policy = self.policy(model).await?;
+        too_large(path, model, opened.size, &policy)?;
+        blocking(path, move || file::hash(opened, false)).await
     }
 
     /// Returns a URL for `content` (the file at `path`) bound to `model`, uploading it unless
     /// this run already did. With `replace`, a URL the model rejected is dropped first (if it
     /// is still the current one) so that exactly one fresh upload replaces it. The bytes that
-    /// `content` holds are released when this returns.
-    pub async fn ensure(
+    /// `content` holds are released when this returns. If the file's bytes turn out not to be
+    /// the hashed ones, `content` is read afresh (it then names the new bytes) and the upload
+    /// starts over under the new hash.
+    pub async fn ensure<'s>(
+        &'s self,
+        model: &str,
+        path: &Path,
+        content: &mut Content<'s>,
+        replace: Option<&str>,
+        log: &mut RowLog,
+    ) -> Result<Uploaded, Failure> {
+        let mut replace = replace;
+        let mut reads = 1;
+        loop {
+            match self.ensure_once(model, path, content, replace, log).await {
+                Ok(uploaded) => return Ok(uploaded),
+                Err(Miss::Failed(f)) => return Err(f),
+                Err(Miss::Changed(why)) => {
+                    log.retries.push("file_changed");
+                    self.hashes.forget(path);
+                    if reads >= READS {
+                        return Err(changed(path, &why));
+                    }
+                    reads += 1;
+                    // The rejected URL belonged to the old bytes.
+                    replace = None;
+                    *content = self
+                        .read_content(model, path, content.size <= SMALL_FILE)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn ensure_once(
         &self,
         model: &str,
         path: &Path,
         content: &mut Content<'_>,
         replace: Option<&str>,
         log: &mut RowLog,
-    ) -> Result<Uploaded, Failure> {
+    ) -> Result<Uploaded, Miss> {
         let sha256 = content.sha256;
         let (size, held) = (content.size, content.held.take());
         let cell = {
@@ -253,10 +331,12 @@ impl Uploads {
             .get_or_try_init(|| async {
                 if let Some(url) = self.cache.lookup(model, &sha256, unix_now()) {
                     outcome = UploadOutcome::Cached;
-                    return Ok(url);
+                    return Ok::<_, Miss>(url);
                 }
                 outcome = UploadOutcome::New;
                 let url = self.upload(model, path, size, &sha256, held, log).await?;
+                // Only here, after a verified upload: the cache never names bytes nobody
+                // checked.
                 self.cache.record(model, &sha256, &url, unix_now());
                 Ok(url)
             })
@@ -275,7 +355,7 @@ impl Uploads {
         sha256: &[u8; 32],
         held: Option<Held<'_>>,
         log: &mut RowLog,
-    ) -> Result<String, Failure> {
+    ) -> Result<String, Miss> {
         // Held for the whole upload, including waits for a policy: it bounds open files and
         // concurrent request bodies, which is what the limit is for.
         let _slot = self.slots.acquire().await.map_err(|_| closed())?;
@@ -286,46 +366,33 @@ impl Uploads {
             .unwrap_or_else(|| "file".to_owned());
         let content_type = dashscope::content_type_for(path);
         // A small file goes up from memory: the bytes hashed a moment ago, or (its hash came
-        // from the cache) read now, inside the slot, which bounds them. Large files stream.
-        let mut bytes = held.map(|h| h.bytes);
-        let mut read_once = false;
+        // from the cache) read and checked against that hash now, inside the slot, which
+        // bounds them. A large file is opened once here and streamed by every attempt.
+        let source = match held {
+            Some(h) => Source::Bytes(h.bytes),
+            None => self.source(path, size, sha256).await?,
+        };
         let mut last_expired = None;
         for _ in 0..POLICY_ROUNDS {
-            let policy = self
-                .credentials
-                .get(model)
-                .await
-                .map_err(|e| Failure::api("upload credential", e))?;
-            let limit = policy.max_file_size_bytes();
-            if size > limit {
-                return Err(Failure::local(
-                    "file_too_large",
-                    format!(
-                        "{} is {} bytes; model {model} accepts files up to {} MB ({limit} \
-                         bytes); shrink or split the file, or give the model a public \
-                         http(s):// URL of it instead",
-                        path.display(),
-                        size,
-                        policy.max_file_size_mb
-                    ),
-                ));
-            }
-            if bytes.is_none() && size <= SMALL_FILE && !read_once {
-                bytes = read_small(path, size).await?;
-                read_once = true;
-            }
+            let policy = self.policy(model).await?;
+            too_large(path, model, size, &policy)?;
             let key = policy.object_key(&sha_hex, &name);
             let (result, attempts) = dashscope::retry(
                 &self.retry,
                 || async {
-                    match &bytes {
-                        Some(b) => {
+                    match &source {
+                        Source::Bytes(b) => {
                             let b = b.clone();
                             self.client
                                 .upload_bytes(&policy, &key, b, content_type)
                                 .await
                         }
-                        None => self.client.upload(&policy, &key, path, content_type).await,
+                        Source::File(f) => {
+                            let f = Arc::clone(f);
+                            self.client
+                                .upload(&policy, &key, f, size, sha256, content_type)
+                                .await
+                        }
                     }
                 },
                 |err, _| log.on_retry(err),
@@ -333,8 +400,18 @@ impl Uploads {
             .await;
             log.attempts += attempts;
             match result {
-                Ok(()) => return Ok(dashscope::oss_url(&key)),
-                // Our key is derived from the content, so whoever wrote it wrote these bytes.
+                Ok(Sent::Verified) => return Ok(dashscope::oss_url(&key)),
+                Ok(Sent::Unverified(why)) => {
+                    // The bytes sent were not whole or not the hashed ones, so the host
+                    // never had a complete body for this key. Still, this key is never
+                    // tried again: dropping the credential gives the next attempt a fresh
+                    // folder, where no 409 can meet whatever this one left behind.
+                    self.credentials.invalidate(model, &policy);
+                    return Err(Miss::Changed(why));
+                }
+                // Our key is derived from the content, and every upload is verified before
+                // its last byte leaves, so whoever stored an object under it stored these
+                // bytes.
                 Err(e) if e.kind == ErrorKind::AlreadyExists => {
                     return Ok(dashscope::oss_url(&key));
                 }
@@ -343,73 +420,94 @@ impl Uploads {
                     self.credentials.invalidate(model, &policy);
                     last_expired = Some(e);
                 }
-                Err(e) => return Err(Failure::api("upload", e)),
+                Err(e) => return Err(Failure::api("upload", e).into()),
             }
         }
         let err = last_expired.map_or_else(
             || Failure::local("internal", "no policy round ran"),
             |e| Failure::api("upload (policy kept expiring; check the system clock)", e),
         );
-        Err(err)
+        Err(err.into())
+    }
+
+    /// The bytes or the open handle an upload sends, for a file whose hash is known.
+    async fn source(&self, path: &Path, size: u64, sha256: &[u8; 32]) -> Result<Source, Miss> {
+        let (owned, sha256) = (path.to_owned(), *sha256);
+        blocking(path, move || {
+            let opened = file::open(&owned)?;
+            if size <= SMALL_FILE {
+                file::read_expected(opened, size, &sha256).map(Source::Bytes)
+            } else if opened.size != size {
+                Err(ReadError::Changed(format!(
+                    "its size is {} bytes, not the {size} it had when it was hashed",
+                    opened.size
+                )))
+            } else {
+                Ok(Source::File(Arc::new(opened.file)))
+            }
+        })
+        .await
+    }
+
+    async fn policy(&self, model: &str) -> Result<Arc<Policy>, Failure> {
+        self.credentials
+            .get(model)
+            .await
+            .map_err(|e| Failure::api("upload credential", e))
     }
 }
 
-/// Reads a small file whose hash is already known, for its upload. Not re-hashed: as for a
-/// streamed upload, the key names the content the row hashed. `None` when the file has grown
-/// past [`SMALL_FILE`] since the stat: then it is streamed like any large file.
-async fn read_small(path: &Path, size: u64) -> Result<Option<Bytes>, Failure> {
-    let read = move |p: &Path| -> std::io::Result<Option<Bytes>> {
-        let mut buf = Vec::with_capacity(size as usize + 1);
-        std::fs::File::open(p)?
-            .take(SMALL_FILE + 1)
-            .read_to_end(&mut buf)?;
-        Ok((buf.len() as u64 <= SMALL_FILE).then(|| buf.into()))
-    };
-    if size <= INLINE_FILE {
-        read(path).map_err(|e| unreadable(path, e))
-    } else {
-        let owned = path.to_owned();
-        blocking(path, move || read(&owned)).await
+/// `file_too_large` when `size` is over what `model` accepts.
+fn too_large(path: &Path, model: &str, size: u64, policy: &Policy) -> Result<(), Failure> {
+    let limit = policy.max_file_size_bytes();
+    if size <= limit {
+        return Ok(());
     }
+    Err(Failure::local(
+        "file_too_large",
+        format!(
+            "{} is {size} bytes; model {model} accepts files up to {} MB ({limit} bytes); \
+             shrink or split the file, or give the model a public http(s):// URL of it instead",
+            path.display(),
+            policy.max_file_size_mb
+        ),
+    ))
 }
 
-/// SHA-256 of the file at `path`, stat'ed at `size` bytes. Up to [`SMALL_FILE`] it is read
-/// whole, and the bytes come back with the hash; a larger file (or one that grew past the
-/// limit since the stat) is hashed as a stream and never held whole.
-fn read_and_hash(path: &Path, size: u64) -> std::io::Result<([u8; 32], Option<Bytes>)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    if size <= SMALL_FILE {
-        let mut buf = Vec::with_capacity(size as usize + 1);
-        (&mut file).take(SMALL_FILE + 1).read_to_end(&mut buf)?;
-        hasher.update(&buf);
-        if buf.len() as u64 <= SMALL_FILE {
-            return Ok((hasher.finalize().into(), Some(buf.into())));
-        }
-    }
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok((hasher.finalize().into(), None))
-}
-
-/// Runs file I/O on the blocking pool so a large or slow file never stalls the runtime.
+/// Runs file I/O on the blocking pool, so that neither a large or slow file nor one that
+/// is not what it seemed ever stalls a runtime thread.
 async fn blocking<T: Send + 'static>(
     path: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, Failure> {
+    f: impl FnOnce() -> Result<T, ReadError> + Send + 'static,
+) -> Result<T, Miss> {
+    let shown = path.display();
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(unreadable(path, err)),
-        Err(err) => Err(Failure::local(
+        Ok(Err(ReadError::Changed(why))) => Err(Miss::Changed(why)),
+        Ok(Err(ReadError::NotAFile(what))) => Err(Miss::Failed(Failure::local(
+            "not_a_file",
+            format!("{shown} is {what}; the file column must name a regular file"),
+        ))),
+        Ok(Err(ReadError::Io(err))) => Err(Miss::Failed(Failure::local(
+            "unreadable_file",
+            format!("cannot read {shown}: {err}"),
+        ))),
+        Err(err) => Err(Miss::Failed(Failure::local(
             "internal",
-            format!("reading {} stopped: {err}", path.display()),
-        )),
+            format!("reading {shown} stopped: {err}"),
+        ))),
     }
 }
 
-fn unreadable(path: &Path, err: std::io::Error) -> Failure {
+fn changed(path: &Path, why: &str) -> Failure {
     Failure::local(
-        "unreadable_file",
-        format!("cannot read {}: {err}", path.display()),
+        "file_changed",
+        format!(
+            "{} kept changing while it was read and uploaded ({why}, {READS} times); make \
+             sure nothing writes to it during the run, or give dashbatch a copy. A file whose \
+             size is not its length (e.g. under /proc) cannot be uploaded",
+            path.display()
+        ),
     )
 }
 

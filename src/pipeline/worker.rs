@@ -114,7 +114,7 @@ impl Worker {
         match &row.source {
             Source::Local(path) => {
                 let metadata = check_local_file(path)?;
-                let mut content = self.uploads.content(path, &metadata).await?;
+                let mut content = self.uploads.content(&row.model, path, &metadata).await?;
                 self.still_running()?;
                 let up = self
                     .uploads

@@ -140,3 +140,40 @@ fn a_symlinked_output_becomes_its_target_and_the_state_folder_sits_beside_it() {
     assert_eq!(plan.config.output, dir.path().join("real/out.csv"));
     assert_eq!(plan.config.state_dir, dir.path().join("real/.dashbatch"));
 }
+
+#[test]
+fn upload_clocks_come_from_flags_the_job_file_or_defaults() {
+    let defaults = plan(args(Path::new("jobs/m.csv")), false).unwrap();
+    assert_eq!(defaults.upload_timeout, Duration::from_secs(900));
+    assert_eq!(defaults.upload_stall_timeout, Duration::from_secs(60));
+
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("j.toml");
+    std::fs::write(
+        &job,
+        "manifest = \"m.csv\"\nupload_timeout_s = 120\nupload_stall_timeout_s = 7\n",
+    )
+    .unwrap();
+    let from_job = plan(args(&job), false).unwrap();
+    assert_eq!(from_job.upload_timeout, Duration::from_secs(120));
+    assert_eq!(from_job.upload_stall_timeout, Duration::from_secs(7));
+    let flagged = plan(
+        RunArgs {
+            upload_stall_timeout_s: Some(3),
+            ..args(&job)
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!(flagged.upload_stall_timeout, Duration::from_secs(3));
+    assert_eq!(flagged.upload_timeout, Duration::from_secs(120));
+
+    for text in ["upload_timeout_s = 0", "upload_stall_timeout_s = 86401"] {
+        std::fs::write(&job, format!("manifest = \"m.csv\"\n{text}\n")).unwrap();
+        let err = plan(args(&job), false).err().expect(text).to_string();
+        assert!(
+            err.contains(text.split(' ').next().unwrap()),
+            "{text}: {err}"
+        );
+    }
+}

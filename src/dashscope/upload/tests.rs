@@ -79,6 +79,30 @@ fn temp_file(contents: &[u8], name: &str) -> (tempfile::TempDir, std::path::Path
     (dir, path)
 }
 
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Opens, sizes and hashes `path`, as the pipeline does before it calls `upload`.
+fn opened(path: &std::path::Path) -> (Arc<std::fs::File>, u64, [u8; 32]) {
+    let bytes = std::fs::read(path).unwrap();
+    let file = std::fs::File::open(path).unwrap();
+    (Arc::new(file), bytes.len() as u64, sha(&bytes))
+}
+
+async fn upload_path(
+    c: &Client,
+    policy: &Policy,
+    key: &str,
+    path: &std::path::Path,
+    content_type: &str,
+) -> Result<Sent, ApiError> {
+    let (file, len, sha256) = opened(path);
+    c.upload(policy, key, file, len, &sha256, content_type)
+        .await
+}
+
 #[tokio::test]
 async fn sends_every_policy_field_then_the_file_last() {
     let (seen, root) = fake_oss(vec![]).await;
@@ -90,10 +114,16 @@ async fn sends_every_policy_field_then_the_file_last() {
     let contents: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let (_dir, path) = temp_file(&contents, "cat photo.png");
     let key = policy.object_key("ab12", "cat photo.png");
-    client("http://127.0.0.1:9")
-        .upload(&policy, &key, &path, "image/png")
-        .await
-        .unwrap();
+    let sent = upload_path(
+        &client("http://127.0.0.1:9"),
+        &policy,
+        &key,
+        &path,
+        "image/png",
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent, Sent::Verified);
 
     let forms = seen.forms.lock().unwrap();
     let fields = &forms[0];
@@ -150,10 +180,12 @@ async fn upload_bytes_sends_the_same_form_as_upload() {
     let (_dir, path) = temp_file(&contents, "clip.mp3");
     let key = policy.object_key("cd34", "clip.mp3");
     let c = client("http://127.0.0.1:9");
-    c.upload(&policy, &key, &path, "audio/mpeg").await.unwrap();
-    c.upload_bytes(&policy, &key, Bytes::from(contents.clone()), "audio/mpeg")
-        .await
-        .unwrap();
+    let sent = upload_path(&c, &policy, &key, &path, "audio/mpeg").await;
+    assert_eq!(sent.unwrap(), Sent::Verified);
+    let sent = c
+        .upload_bytes(&policy, &key, Bytes::from(contents.clone()), "audio/mpeg")
+        .await;
+    assert_eq!(sent.unwrap(), Sent::Verified);
 
     let forms = seen.forms.lock().unwrap();
     let strip = |form: &[Field]| -> Vec<_> {
@@ -218,7 +250,7 @@ async fn oss_errors_are_classified_and_a_second_call_rebuilds_the_form() {
     };
     let (_dir, path) = temp_file(b"hello", "a.mp3");
     let c = client("http://127.0.0.1:9");
-    let up = || c.upload(&policy, "dir/k_a.mp3", &path, "audio/mpeg");
+    let up = || upload_path(&c, &policy, "dir/k_a.mp3", &path, "audio/mpeg");
 
     let e = up().await.unwrap_err();
     assert_eq!(
@@ -229,7 +261,7 @@ async fn oss_errors_are_classified_and_a_second_call_rebuilds_the_form() {
     assert_eq!(e.kind, ErrorKind::AlreadyExists);
     let e = up().await.unwrap_err();
     assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Server, "http_503"));
-    up().await.unwrap();
+    assert_eq!(up().await.unwrap(), Sent::Verified);
 
     // Every attempt carried the whole file.
     let forms = seen.forms.lock().unwrap();
@@ -248,36 +280,27 @@ async fn local_problems_fail_before_any_request() {
     let c = client("http://127.0.0.1:9");
 
     let (_dir, big) = temp_file(&vec![0u8; 1024 * 1024 + 1], "big.png");
-    let e = c
-        .upload(&policy, "d/k", &big, "image/png")
+    let e = upload_path(&c, &policy, "d/k", &big, "image/png")
         .await
         .unwrap_err();
     assert_eq!(
         (e.kind, e.code.as_str(), e.status),
         (ErrorKind::Rejected, "file_too_large", None)
     );
-
-    let e = c
-        .upload(
-            &policy,
-            "d/k",
-            std::path::Path::new("/definitely/not/here.png"),
-            "image/png",
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind, e.code.as_str()),
-        (ErrorKind::Rejected, "file_unreadable")
-    );
     assert!(!e.is_retryable());
 
-    let dir = tempfile::tempdir().unwrap();
-    let e = c
-        .upload(&policy, "d/k", dir.path(), "image/png")
+    // The file is no longer the size it was hashed at: nothing is sent.
+    let (_dir, path) = temp_file(b"twelve bytes", "a.png");
+    let (file, len, sha256) = opened(&path);
+    std::fs::write(&path, b"now thirteen!").unwrap();
+    let sent = c
+        .upload(&policy, "d/k", file, len, &sha256, "image/png")
         .await
-        .unwrap_err();
-    assert_eq!(e.code, "file_unreadable");
+        .unwrap();
+    assert!(
+        matches!(&sent, Sent::Unverified(why) if why.contains("13 bytes")),
+        "{sent:?}"
+    );
 
     assert!(seen.forms.lock().unwrap().is_empty());
 }
@@ -294,11 +317,175 @@ async fn unreachable_host_is_a_retryable_network_error() {
         ..sample_policy()
     };
     let (_dir, path) = temp_file(b"x", "a.png");
-    let e = client("http://127.0.0.1:9")
-        .upload(&policy, "d/k", &path, "image/png")
-        .await
-        .unwrap_err();
+    let e = upload_path(
+        &client("http://127.0.0.1:9"),
+        &policy,
+        "d/k",
+        &path,
+        "image/png",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Network);
     assert!(e.is_retryable());
     assert!(!e.to_string().contains(TEST_KEY));
+}
+
+/// A loopback listener whose accepted sockets keep a small receive buffer: the kernel then
+/// cannot swallow a whole test file (loopback autotuning allows tens of MB), so a server
+/// that pauses really holds the client back.
+fn small_window_listener() -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(16).unwrap()
+}
+
+/// Finding 4: a file rewritten in place while it streams. The host reads the first piece,
+/// the test rewrites every byte of the file, the host reads on. The bytes sent are then not
+/// the hashed ones: the client must say so, and must never let the host have a whole body.
+#[tokio::test]
+async fn a_file_rewritten_mid_upload_is_unverified_and_never_stored_whole() {
+    use tokio::sync::{Notify, oneshot};
+    #[derive(Clone)]
+    struct Gate {
+        started: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+        go: Arc<Notify>,
+        /// Every form that arrived whole: the SHA-256 of its file part.
+        stored: Arc<Mutex<Vec<[u8; 32]>>>,
+    }
+    async fn pausing_oss(State(gate): State<Gate>, mut form: Multipart) -> Response {
+        use sha2::Digest;
+        let mut stored = None;
+        loop {
+            let mut field = match form.next_field().await {
+                Ok(Some(field)) => field,
+                Ok(None) => break,
+                Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+            };
+            if field.name() != Some("file") {
+                let _ = field.bytes().await;
+                continue;
+            }
+            let mut hasher = sha2::Sha256::new();
+            let mut first = true;
+            loop {
+                match field.chunk().await {
+                    Ok(Some(chunk)) => hasher.update(&chunk),
+                    Ok(None) => break,
+                    Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+                }
+                if std::mem::take(&mut first) {
+                    if let Some(tx) = gate.started.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    gate.go.notified().await;
+                }
+            }
+            stored = Some(<[u8; 32]>::from(hasher.finalize()));
+        }
+        if let Some(sha256) = stored {
+            gate.stored.lock().unwrap().push(sha256);
+        }
+        StatusCode::OK.into_response()
+    }
+
+    let (tx, started) = oneshot::channel();
+    let gate = Gate {
+        started: Arc::new(Mutex::new(Some(tx))),
+        go: Arc::new(Notify::new()),
+        stored: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/", post(pausing_oss))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(gate.clone());
+    let listener = small_window_listener();
+    let root = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let policy = Policy {
+        upload_host: root,
+        ..sample_policy()
+    };
+    // 16 MiB: far more than the socket buffers can hold while the host pauses.
+    let before: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (_dir, path) = temp_file(&before, "clip.mp4");
+    let (file, len, sha256) = opened(&path);
+    let c = client("http://127.0.0.1:9");
+    let upload = c.upload(&policy, "d/k_clip.mp4", file, len, &sha256, "video/mp4");
+    tokio::pin!(upload);
+    tokio::select! {
+        _ = &mut upload => panic!("the upload ended before the host had read its first piece"),
+        _ = started => {}
+    }
+    // Rewritten in place, same length, every byte different.
+    let after: Vec<u8> = before.iter().map(|b| b.wrapping_add(1)).collect();
+    std::fs::write(&path, &after).unwrap();
+    gate.go.notify_one();
+
+    let sent = upload.await;
+    assert!(
+        matches!(&sent, Ok(Sent::Unverified(why)) if why.contains("no longer")),
+        "{sent:?}"
+    );
+    assert!(
+        gate.stored.lock().unwrap().is_empty(),
+        "the host must never receive a whole body of torn bytes"
+    );
+}
+
+/// Finding 10: a host that accepts the connection and reads nothing. The stall clock cuts
+/// the attempt (a retryable network error that names the flag); the whole-upload clock,
+/// set far longer, is not what ends it.
+#[tokio::test]
+async fn a_host_that_takes_nothing_stalls_out() {
+    let listener = small_window_listener();
+    let root = format!("http://{}", listener.local_addr().unwrap());
+    // Accepts and holds every connection without reading from it.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            keep.lock().unwrap().push(socket);
+        }
+    });
+    let policy = Policy {
+        upload_host: root,
+        ..sample_policy()
+    };
+    let c = Client::new(
+        crate::dashscope::ApiKey::new(TEST_KEY).unwrap(),
+        crate::dashscope::ClientConfig {
+            base_url: "http://127.0.0.1:9".to_owned(),
+            upload_timeout: std::time::Duration::from_secs(3600),
+            upload_stall_timeout: std::time::Duration::from_secs(1),
+            ..crate::dashscope::ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // A streamed file larger than the buffers, and a small one sent from memory: the first
+    // stalls mid-body, the second waits for an answer that never comes.
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
+    let (_dir, path) = temp_file(&big, "big.mp4");
+    let e = upload_path(&c, &policy, "d/k_big.mp4", &path, "video/mp4")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind, e.code.as_str()),
+        (ErrorKind::Network, "upload_stalled")
+    );
+    assert!(e.message.contains("--upload-stall-timeout-s"), "{e}");
+    assert!(e.is_retryable());
+    let e = c
+        .upload_bytes(
+            &policy,
+            "d/k_a.png",
+            Bytes::from_static(b"small"),
+            "image/png",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "upload_stalled");
+    assert!(!held.lock().unwrap().is_empty());
 }
