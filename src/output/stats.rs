@@ -65,8 +65,10 @@ impl Stats {
         }
         self.throttled_seen += u64::from(r.saw_429);
         if let Some(t) = r.tokens {
-            self.prompt_tokens += t.prompt;
-            self.completion_tokens += t.completion;
+            // The counts are the service's numbers: a hostile or broken answer must not
+            // overflow the run's totals (a panic in debug builds, a wrap in release).
+            self.prompt_tokens = self.prompt_tokens.saturating_add(t.prompt);
+            self.completion_tokens = self.completion_tokens.saturating_add(t.completion);
         }
     }
 
@@ -163,4 +165,28 @@ fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
     }
     let parts: Vec<String> = map.iter().map(|(k, n)| format!("{k} {n}")).collect();
     format!(" ({})", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{RowResult, Tokens};
+
+    #[test]
+    fn token_totals_saturate_instead_of_overflowing() {
+        let mut stats = Stats::default();
+        let row = RowResult {
+            status: Status::Ok,
+            tokens: Some(Tokens {
+                prompt: u64::MAX,
+                completion: u64::MAX - 1,
+                total: u64::MAX,
+            }),
+            ..RowResult::default()
+        };
+        stats.record(&row);
+        stats.record(&row);
+        assert_eq!(stats.prompt_tokens, u64::MAX);
+        assert_eq!(stats.completion_tokens, u64::MAX);
+    }
 }
