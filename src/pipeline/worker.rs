@@ -155,10 +155,7 @@ impl Worker {
         self.still_running()?;
         let model = row.model.as_str();
         // Paced by the policy's watch (see `Paced`), so a retry is paced too.
-        let attempt = || async {
-            let result = self.client.call_model(self.api, &request).await;
-            result
-        };
+        let attempt = || self.client.call_model(self.api, &request);
         let policy = self.model_retry(model);
         let (result, attempts) =
             dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
@@ -291,3 +288,6 @@ pub fn bad_row_result(bad: BadRow, started: Instant) -> RowResult {
         ..RowResult::default()
     }
 }
+
+#[cfg(test)]
+mod tests;
