@@ -12,7 +12,8 @@
 //! - [`manifest`]: streams manifest rows; a bad row is data, not an error.
 //! - [`dashscope`]: the client of the remote service: API key handling, upload credentials
 //!   (rate limit, policy cache), the OSS form upload, model calls, error classification and
-//!   retries. Written from the documentation alone.
+//!   retries. Written from the documentation alone. A new model API parameter goes in
+//!   `dashscope/model/compatible.rs` and `native.rs`, the two APIs' request mappings.
 //! - [`limit`]: rate limits behind one async interface, "acquire this cost of this key at
 //!   this rate" ([`limit::Limiter`]), and its in-process implementation. Upload credentials
 //!   and model-call pacing both go through it; a new backend (Redis) is a new file there.

@@ -87,27 +87,29 @@ pub fn validate(
         }
         *plan.models.entry(row.model.clone()).or_default() += 1;
         let at = format!("{shown}, line {line}");
-        match &row.source {
-            Source::Local(path) => {
-                if let Err(problem) = check_file(path, limit, max_file_size_mb) {
-                    plan.problem(format!("{at}: {problem}"));
-                    continue;
+        for media in &row.media {
+            match &media.source {
+                Source::Local(path) => {
+                    if let Err(problem) = check_file(path, limit, max_file_size_mb) {
+                        plan.problem(format!("{at}: {problem}"));
+                        continue;
+                    }
+                    let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+                    if let Ok(meta) = std::fs::metadata(&canonical)
+                        && seen_files.insert(canonical)
+                    {
+                        plan.distinct_files += 1;
+                        plan.bytes += meta.len();
+                    }
                 }
-                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
-                if let Ok(meta) = std::fs::metadata(&canonical)
-                    && seen_files.insert(canonical)
-                {
-                    plan.distinct_files += 1;
-                    plan.bytes += meta.len();
-                }
-            }
-            Source::Oss(url) | Source::Http(url) => {
-                plan.urls += 1;
-                let path = url.split(['?', '#']).next().unwrap_or(url);
-                if MediaKind::from_path(Path::new(path)).is_none() {
-                    plan.problem(format!(
-                        "{at}: cannot tell the media kind of {url:?} from its extension"
-                    ));
+                Source::Oss(url) | Source::Http(url) => {
+                    plan.urls += 1;
+                    let path = url.split(['?', '#']).next().unwrap_or(url);
+                    if MediaKind::from_path(Path::new(path)).is_none() {
+                        plan.problem(format!(
+                            "{at}: cannot tell the media kind of {url:?} from its extension"
+                        ));
+                    }
                 }
             }
         }

@@ -61,12 +61,6 @@ impl MediaKind {
         lookup(path).map(|(_, kind, _)| *kind)
     }
 
-    /// For `http(s)://` and `oss://` URLs: the extension of the path part, ignoring any
-    /// query string or fragment (`…/cat.png?Expires=…`).
-    pub fn from_url(url: &str) -> Option<MediaKind> {
-        Self::from_path(Path::new(strip_query(url)))
-    }
-
     pub fn as_str(&self) -> &'static str {
         match self {
             MediaKind::Image => "image",
@@ -76,6 +70,8 @@ impl MediaKind {
     }
 }
 
+/// The path part of an `http(s)://` or `oss://` URL, where its extension is: without any
+/// query string or fragment (`…/cat.png?Expires=…`).
 fn strip_query(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
@@ -105,16 +101,9 @@ pub struct Media {
 }
 
 impl Media {
-    /// Media for a local file uploaded to `url`; `None` if the extension is unknown.
-    pub fn for_file(path: &Path, url: impl Into<String>) -> Option<Media> {
-        Some(Media {
-            kind: MediaKind::from_path(path)?,
-            url: url.into(),
-            format: audio_format(path),
-        })
-    }
-
-    /// Media for a URL used as is; kind and format come from the URL's own path.
+    /// Media for a URL used as is; kind and format come from the URL's own path. `None` if
+    /// its extension is unknown. (A local file is checked before its upload gives it a URL,
+    /// so its `Media` is built from [`MediaKind::from_path`] and [`audio_format`].)
     pub fn for_url(url: impl Into<String>) -> Option<Media> {
         let url = url.into();
         let path = Path::new(strip_query(&url));
@@ -167,15 +156,22 @@ mod tests {
 
     #[test]
     fn media_for_files_and_urls() {
-        let m = Media::for_file(Path::new("dir/Voice.M4A"), "oss://k/voice.m4a").unwrap();
-        assert_eq!(m.kind, MediaKind::Audio);
-        assert_eq!(m.format.as_deref(), Some("m4a"));
+        assert_eq!(
+            audio_format(Path::new("dir/Voice.M4A")).as_deref(),
+            Some("m4a")
+        );
+        assert_eq!(audio_format(Path::new("dir/cat.png")), None);
+        let m = Media::for_url("oss://k/Voice.M4A").unwrap();
+        assert_eq!(
+            (m.kind, m.format.as_deref()),
+            (MediaKind::Audio, Some("m4a"))
+        );
         let m = Media::for_url("https://example.com/v/clip.mp4?sig=abc.png#t=1").unwrap();
         assert_eq!(m.kind, MediaKind::Video);
         assert_eq!(m.format, None);
         assert!(Media::for_url("https://example.com/page").is_none());
         assert_eq!(
-            MediaKind::from_url("oss://dir/a_b.png"),
+            Media::for_url("oss://dir/a_b.png").map(|m| m.kind),
             Some(MediaKind::Image)
         );
     }

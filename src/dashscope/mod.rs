@@ -13,7 +13,9 @@
 //! - [`policy`]: the upload credential (`getPolicy`) and content-addressed object keys.
 //! - [`upload`]: the streamed OSS PostObject form, verified against the file's hash as it is
 //!   sent, and its two clocks (whole upload, stall).
-//! - [`model`]: request and reply shapes of the compatible-mode and native model APIs.
+//! - [`model`]: model calls. The compatible-mode and native APIs are two implementations of
+//!   one request/reply mapping (`model/compatible.rs`, `model/native.rs`); a new model API
+//!   parameter is a change to those two files.
 //! - [`media`]: which file extensions are images, videos or audio, and their MIME types.
 //! - [`error`]: [`ApiError`], [`ErrorKind`] and the classification of all three error shapes.
 //! - [`credentials`]: the per-model policy cache, its single-flight refresh and rate limiter.

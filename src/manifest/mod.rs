@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::spill::{self, Spill, SpillError};
 use lines::Lines;
 
-pub use row::{BadRow, Entry, Row, Source, classify_source, derived_id};
+pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id};
 
 /// Columns every manifest must have.
 pub const REQUIRED: [&str; 3] = ["model", "file", "prompt"];
@@ -72,7 +72,8 @@ pub enum ManifestError {
 #[derive(Debug, Clone)]
 struct Columns {
     model: usize,
-    file: usize,
+    /// The media columns, in the order a row's media list takes: `file` alone, for now.
+    media: Vec<usize>,
     prompt: usize,
     id: Option<usize>,
     system: Option<usize>,
@@ -181,18 +182,24 @@ impl<R: Read> Manifest<R> {
         let extra: Vec<String> = cols.extra.iter().map(|(i, _)| lossy(Some(*i))).collect();
         let bad = |code: &'static str, message: String| {
             let model = lossy(Some(cols.model));
-            let file = lossy(Some(cols.file));
+            let files: Vec<String> = cols.media.iter().map(|&i| lossy(Some(i))).collect();
             let prompt = lossy(Some(cols.prompt));
             let system = cols.system.map(|i| lossy(Some(i)));
             let id = match cols.id.map(|i| lossy(Some(i))).filter(|s| !s.is_empty()) {
                 Some(id) => id,
-                None => derived_id(&model, &file, &prompt, system.as_deref()),
+                None => derived_id(
+                    &model,
+                    files.iter().map(String::as_str),
+                    &prompt,
+                    system.as_deref(),
+                ),
             };
             Entry::Bad(BadRow {
                 line,
                 id,
                 model,
-                file,
+                // The results line names the first media column's cell.
+                file: files.into_iter().next().unwrap_or_default(),
                 prompt,
                 extra: extra.clone(),
                 code,
@@ -224,8 +231,10 @@ impl<R: Read> Manifest<R> {
                 ),
             );
         }
-        let mut fields = [cols.model, cols.file, cols.prompt]
+        let mut fields = [cols.model]
             .into_iter()
+            .chain(cols.media.iter().copied())
+            .chain([cols.prompt])
             .chain(cols.id)
             .chain(cols.system)
             .map(text);
@@ -242,19 +251,28 @@ impl<R: Read> Manifest<R> {
         let model = get(cols.model).trim().to_owned();
         // A space before a URL would make it a local path; no file name starts or ends with one
         // on purpose.
-        let file = get(cols.file).trim().to_owned();
+        let files: Vec<String> = cols
+            .media
+            .iter()
+            .map(|&i| get(i).trim().to_owned())
+            .collect();
         let prompt = get(cols.prompt);
         let system = cols.system.map(get).filter(|s| !s.trim().is_empty());
         let id = match cols.id.map(get).filter(|s| !s.trim().is_empty()) {
             Some(id) => id.trim().to_owned(),
-            None => derived_id(&model, &file, &prompt, system.as_deref()),
+            None => derived_id(
+                &model,
+                files.iter().map(String::as_str),
+                &prompt,
+                system.as_deref(),
+            ),
         };
 
         let problem = if model.is_empty() {
             Some("the model column is empty; name the model, e.g. qwen-vl-plus")
-        } else if file.is_empty() {
+        } else if files.iter().any(String::is_empty) {
             Some("the file column is empty; give a path relative to the manifest, or a URL")
-        } else if file.contains('\0') {
+        } else if files.iter().any(|file| file.contains('\0')) {
             Some("the file column contains a NUL byte, which no path can hold")
         } else if prompt.trim().is_empty() {
             Some("the prompt column is empty; every row needs a prompt")
@@ -265,13 +283,18 @@ impl<R: Read> Manifest<R> {
             return bad("bad_row", problem.to_owned());
         }
 
-        let source = classify_source(&file, &self.base_dir);
+        let media = files
+            .into_iter()
+            .map(|file| MediaRef {
+                source: classify_source(&file, &self.base_dir),
+                file,
+            })
+            .collect();
         Entry::Row(Row {
             line,
             id,
             model,
-            file,
-            source,
+            media,
             prompt,
             system,
             extra,
@@ -283,7 +306,7 @@ impl<R: Read> Manifest<R> {
         let c = &self.columns;
         match index {
             i if i == c.model => "model",
-            i if i == c.file => "file",
+            i if c.media.contains(&i) => "file",
             i if i == c.prompt => "prompt",
             i if Some(i) == c.id => "id",
             _ => "system",
@@ -399,7 +422,7 @@ fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, Manife
     }
     Ok(Columns {
         model,
-        file,
+        media: vec![file],
         prompt,
         id,
         system,

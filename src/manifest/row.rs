@@ -1,5 +1,5 @@
-//! One manifest row, parsed: what a worker needs to process it, and what a results line needs
-//! to name it.
+//! One manifest row, parsed: what a worker needs to process it (its model, prompt and list of
+//! media), and what a results line needs to name it.
 
 use std::path::PathBuf;
 
@@ -16,7 +16,15 @@ pub enum Source {
     Http(String),
 }
 
-/// A row that parsed. Its file has not been looked at yet: that is the worker's job, so a
+/// One media input of a row: a media column's cell as written, and where it points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRef {
+    /// The cell as written (trimmed), for the results file and messages.
+    pub file: String,
+    pub source: Source,
+}
+
+/// A row that parsed. Its files have not been looked at yet: that is the worker's job, so a
 /// missing file fails its own row in the same way as any other per-row problem.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -24,9 +32,9 @@ pub struct Row {
     pub line: u64,
     pub id: String,
     pub model: String,
-    /// The `file` column as written, for the results file.
-    pub file: String,
-    pub source: Source,
+    /// The row's media in column order, never empty. One item for now, from the `file`
+    /// column; a list so that more media columns are a change to the manifest reader alone.
+    pub media: Vec<MediaRef>,
     pub prompt: String,
     pub system: Option<String>,
     /// Values of the pass-through columns, in header order.
@@ -38,14 +46,19 @@ pub struct Row {
 }
 
 impl Row {
+    /// The `file` column as written: the first media item, the one the results line names.
+    pub fn file(&self) -> &str {
+        self.media.first().map_or("", |m| m.file.as_str())
+    }
+
     /// This row as a failed one, for a problem found after it parsed (a repeated id, a run
     /// that stopped before it).
     pub fn into_bad(self, code: &'static str, message: String) -> BadRow {
         BadRow {
             line: self.line,
+            file: self.file().to_owned(),
             id: self.id,
             model: self.model,
-            file: self.file,
             prompt: self.prompt,
             extra: self.extra,
             code,
@@ -60,7 +73,7 @@ impl Row {
         self.id
             == derived_id(
                 &self.model,
-                &self.file,
+                self.media.iter().map(|m| m.file.as_str()),
                 &self.prompt,
                 self.system.as_deref(),
             )
@@ -107,14 +120,29 @@ impl Entry {
 
 /// The id of a row without an `id` column: a hash of what defines the work, so that the same
 /// row keeps its id across runs (resume depends on it) and edits to a row give it a new one.
-pub fn derived_id(model: &str, file: &str, prompt: &str, system: Option<&str>) -> String {
+/// `files` are the row's media cells as written, in column order.
+pub fn derived_id<'a>(
+    model: &str,
+    files: impl IntoIterator<Item = &'a str>,
+    prompt: &str,
+    system: Option<&str>,
+) -> String {
+    let mut files = files.into_iter();
+    // The first file keeps the place it had when a row held one, so a one-file row keeps the
+    // id earlier versions gave it (and its results lines still resume); any further files
+    // come after the system prompt.
+    let first = files.next().unwrap_or("");
     let mut hasher = Sha256::new();
     // The unit separator cannot appear in a CSV field that matters here, and keeps
     // ("ab", "c") and ("a", "bc") apart.
-    for part in [model, file, prompt, system.unwrap_or("")] {
+    let mut add = |part: &str| {
         hasher.update(part.as_bytes());
         hasher.update([0x1f]);
+    };
+    for part in [model, first, prompt, system.unwrap_or("")] {
+        add(part);
     }
+    files.for_each(add);
     let digest = hasher.finalize();
     hex::encode(&digest[..8])
 }
@@ -138,11 +166,36 @@ mod tests {
 
     #[test]
     fn derived_id_is_stable_and_separates_fields() {
-        let a = derived_id("m", "a.png", "p", None);
-        assert_eq!(a, derived_id("m", "a.png", "p", None));
+        let a = derived_id("m", ["a.png"], "p", None);
+        assert_eq!(a, derived_id("m", ["a.png"], "p", None));
         assert_eq!(a.len(), 16);
-        assert_ne!(a, derived_id("m", "a.pn", "gp", None));
-        assert_ne!(a, derived_id("m", "a.png", "p", Some("s")));
+        assert_ne!(a, derived_id("m", ["a.pn"], "gp", None));
+        assert_ne!(a, derived_id("m", ["a.png"], "p", Some("s")));
+        // A second file is part of the work, wherever the first one is.
+        let two = derived_id("m", ["a.png", "b.png"], "p", None);
+        assert_ne!(a, two);
+        assert_ne!(two, derived_id("m", ["b.png", "a.png"], "p", None));
+        assert_ne!(two, derived_id("m", ["a.png"], "p", Some("b.png")));
+    }
+
+    /// Resume finds a row's earlier line by its id: a one-file row must keep the id that
+    /// earlier versions derived, byte for byte. The values were computed by the version
+    /// before rows held a list of media.
+    #[test]
+    fn the_derived_id_of_a_one_file_row_is_unchanged() {
+        assert_eq!(
+            derived_id("qwen-vl-plus", ["img/cat.png"], "What is this?", None),
+            "7c2124e73a70032e"
+        );
+        assert_eq!(
+            derived_id(
+                "qwen-vl-plus",
+                ["img/cat.png"],
+                "What is this?",
+                Some("Be brief.")
+            ),
+            "808c40927a652789"
+        );
     }
 
     #[test]
@@ -151,15 +204,17 @@ mod tests {
             line: 2,
             id: id.to_owned(),
             model: "m".into(),
-            file: "a.png".into(),
-            source: Source::Local("a.png".into()),
+            media: vec![MediaRef {
+                file: "a.png".into(),
+                source: Source::Local("a.png".into()),
+            }],
             prompt: "p".into(),
             system: Some("s".into()),
             extra: vec![],
             input_digest: None,
         };
-        assert!(row(&derived_id("m", "a.png", "p", Some("s"))).has_derived_id());
-        assert!(!row(&derived_id("m", "a.png", "p", None)).has_derived_id());
+        assert!(row(&derived_id("m", ["a.png"], "p", Some("s"))).has_derived_id());
+        assert!(!row(&derived_id("m", ["a.png"], "p", None)).has_derived_id());
         assert!(!row("a1").has_derived_id());
     }
 

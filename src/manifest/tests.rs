@@ -29,7 +29,10 @@ fn reads_rows_with_optional_and_extra_columns() {
     assert_eq!(first.id, "a1");
     assert_eq!(first.prompt, "What, is this?");
     assert_eq!(first.system.as_deref(), Some("Be brief"));
-    assert_eq!(first.source, Source::Local("/base/img/cat.png".into()));
+    assert_eq!(
+        first.media[0].source,
+        Source::Local("/base/img/cat.png".into())
+    );
     assert_eq!(first.extra, vec!["7"]);
     let Entry::Row(second) = &rows[1] else {
         panic!("{:?}", rows[1])
@@ -39,12 +42,12 @@ fn reads_rows_with_optional_and_extra_columns() {
         second.id,
         derived_id(
             "qwen-vl-max",
-            "oss://dashscope-instant/x/y.png",
+            ["oss://dashscope-instant/x/y.png"],
             "Describe",
             None
         )
     );
-    assert!(matches!(second.source, Source::Oss(_)));
+    assert!(matches!(second.media[0].source, Source::Oss(_)));
 }
 
 #[test]
@@ -179,13 +182,16 @@ fn the_file_column_is_trimmed() {
     let Entry::Row(local) = &rows[0] else {
         panic!("{:?}", rows[0])
     };
-    assert_eq!(local.file, "a.jpg");
-    assert_eq!(local.source, Source::Local("/base/a.jpg".into()));
-    assert_eq!(local.id, derived_id("m", "a.jpg", "p", None));
+    assert_eq!(local.file(), "a.jpg");
+    assert_eq!(local.media[0].source, Source::Local("/base/a.jpg".into()));
+    assert_eq!(local.id, derived_id("m", ["a.jpg"], "p", None));
     let Entry::Row(url) = &rows[1] else {
         panic!("{:?}", rows[1])
     };
-    assert_eq!(url.source, Source::Http("https://example.com/a.png".into()));
+    assert_eq!(
+        url.media[0].source,
+        Source::Http("https://example.com/a.png".into())
+    );
     assert!(bad(&rows[2]).message.contains("file column is empty"));
 }
 
@@ -428,7 +434,7 @@ fn the_id_scan_counts_rows_and_finds_repeated_ids() {
         "id,model,file,prompt\na,m,x.png,p\nb,m,y.png,p\na,m,z.png,q\n,m,x.png,p\n,m,x.png,p\n",
     )
     .unwrap();
-    let derived = id_key(&derived_id("m", "x.png", "p", None));
+    let derived = id_key(&derived_id("m", ["x.png"], "p", None));
     // In memory, and spilled to a temp file and checked in three slices: the same answer.
     for (in_memory, per_pass) in [(100, 100), (2, 100), (2, 2)] {
         let scan = scan_ids_in(&path, in_memory, per_pass).unwrap();

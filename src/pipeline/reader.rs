@@ -54,7 +54,7 @@ pub fn read(
             entry if repeats.seen_before(key) => Entry::Bad(duplicate(entry, &path)),
             Entry::Row(mut row) => {
                 let digest = InputDigest::of(&row);
-                let legacy = InputDigest::legacy(&row.model, &row.file, &row.prompt);
+                let legacy = InputDigest::legacy(&row.model, row.file(), &row.prompt);
                 match done.check(key, [digest.0, legacy.0]) {
                     Resumed::Done => {
                         skipped += 1;

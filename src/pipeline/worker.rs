@@ -1,12 +1,16 @@
-//! Processing one row, start to finish: local checks, upload, model call, result.
+//! Processing one row, start to finish: each media item made ready (local checks, upload;
+//! see [`prepare`]), the model call, the result.
 //! A worker never fails as a process; everything that goes wrong becomes its row's result.
+
+mod prepare;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::failure::{Failure, NOT_ATTEMPTED, check_local_file};
+use self::prepare::Prepared;
+use super::failure::{Failure, NOT_ATTEMPTED};
 use super::outage::Scope;
 use super::outage::gate::Gate;
 use super::pacing::{Outcome, Pacing};
@@ -16,11 +20,11 @@ use futures::future::BoxFuture;
 
 use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
-    self, Api, ApiError, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
+    self, Api, ApiError, Client, ErrorKind, ModelReply, ModelRequest, RetryPolicy,
 };
 use crate::limit::Cost;
-use crate::manifest::{BadRow, Entry, Row, Source};
-use crate::output::{RowResult, Status, Tokens, UploadOutcome};
+use crate::manifest::{BadRow, Entry, Row};
+use crate::output::{RowResult, Status, Tokens};
 
 pub struct Worker {
     /// The manifest, named in every row's error message with the row's line.
@@ -43,8 +47,8 @@ pub struct Worker {
 /// What a successful row carries into its result.
 struct Done {
     reply: ModelReply,
-    url: String,
-    upload: UploadOutcome,
+    /// The row's media as the model was given them, in the row's order.
+    media: Vec<Prepared>,
 }
 
 impl Worker {
@@ -110,70 +114,43 @@ impl Worker {
     }
 
     async fn run_row(&self, row: &Row, log: &mut RowLog) -> Result<Done, Failure> {
-        let kind = media_kind(&row.source, &row.file)?;
-        match &row.source {
-            Source::Local(path) => {
-                let metadata = check_local_file(path)?;
-                let mut content = self.uploads.content(&row.model, path, &metadata).await?;
-                self.still_running()?;
-                let up = self
-                    .uploads
-                    .ensure(&row.model, path, &mut content, None, log)
-                    .await?;
-                match self.call(row, kind, &up.url, log).await {
-                    // The URL may have expired or been lost since this run uploaded it:
-                    // one fresh upload, one more call.
-                    Err(f) if f.kind == Some(ErrorKind::InvalidOssUrl) => {
-                        log.retries.push("invalid_oss_url");
-                        let up = self
-                            .uploads
-                            .ensure(&row.model, path, &mut content, Some(&up.url), log)
-                            .await?;
-                        let reply = self.call(row, kind, &up.url, log).await?;
-                        Ok(Done {
-                            reply,
-                            url: up.url,
-                            upload: up.outcome,
-                        })
-                    }
-                    other => Ok(Done {
-                        reply: other?,
-                        url: up.url,
-                        upload: up.outcome,
-                    }),
-                }
-            }
-            Source::Oss(url) | Source::Http(url) => {
-                let reply = self.call(row, kind, url, log).await?;
-                Ok(Done {
-                    reply,
-                    url: if matches!(row.source, Source::Oss(_)) {
-                        url.clone()
-                    } else {
-                        String::new()
-                    },
-                    upload: UploadOutcome::None,
-                })
-            }
+        let mut media = Vec::with_capacity(row.media.len());
+        for item in &row.media {
+            media.push(self.prepare(&row.model, item, None, log).await?);
         }
+        let reply = match self.call(row, &media, log).await {
+            // A URL of temporary storage may have expired or been lost since its upload (of
+            // this run, or an earlier one found in the upload cache). The model does not say
+            // which URL it means: one fresh upload of each local file, one more call.
+            Err(f)
+                if f.kind == Some(ErrorKind::InvalidOssUrl)
+                    && media.iter().any(Prepared::uploaded) =>
+            {
+                log.retries.push("invalid_oss_url");
+                for (item, prepared) in row.media.iter().zip(&mut media) {
+                    if prepared.uploaded() {
+                        let rejected = Some(prepared.media.url.as_str());
+                        *prepared = self.prepare(&row.model, item, rejected, log).await?;
+                    }
+                }
+                self.call(row, &media, log).await?
+            }
+            other => other?,
+        };
+        Ok(Done { reply, media })
     }
 
     async fn call(
         &self,
         row: &Row,
-        kind: MediaKind,
-        url: &str,
+        media: &[Prepared],
         log: &mut RowLog,
     ) -> Result<ModelReply, Failure> {
         let request = ModelRequest {
             model: row.model.clone(),
             prompt: row.prompt.clone(),
             system: row.system.clone(),
-            media: Some(Media {
-                kind,
-                url: url.to_owned(),
-                format: (kind == MediaKind::Audio).then(|| extension(&row.file)),
-            }),
+            media: media.iter().map(|p| p.media.clone()).collect(),
         };
         self.still_running()?;
         let model = row.model.as_str();
@@ -241,31 +218,6 @@ impl Watch for Paced {
     }
 }
 
-/// The media kind of a row, from the extension of its file or URL path.
-fn media_kind(source: &Source, file: &str) -> Result<MediaKind, Failure> {
-    let path = match source {
-        Source::Local(p) => p.clone(),
-        // The query string and fragment are not part of the file name.
-        Source::Oss(u) | Source::Http(u) => u.split(['?', '#']).next().unwrap_or(u).into(),
-    };
-    MediaKind::from_path(&path).ok_or_else(|| {
-        Failure::local(
-            "unsupported_media",
-            format!(
-                "cannot tell the media kind of {file:?} from its extension; \
-                 use an image (.png, .jpg, ...), video (.mp4, ...) or audio (.mp3, .wav, ...) file"
-            ),
-        )
-    })
-}
-
-fn extension(file: &str) -> String {
-    Path::new(file.split(['?', '#']).next().unwrap_or(file))
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
 fn row_result(
     row: Row,
     outcome: Result<Done, Failure>,
@@ -274,11 +226,13 @@ fn row_result(
     manifest: &Path,
 ) -> RowResult {
     let line = row.line;
+    // The results line names the `file` column, the first media item.
+    let file = row.media.into_iter().next().map(|m| m.file);
     let mut result = RowResult {
         id: row.id,
         line: row.line,
         model: row.model,
-        file: row.file,
+        file: file.unwrap_or_default(),
         prompt: row.prompt,
         status: Status::Ok,
         attempts: log.attempts,
@@ -300,8 +254,11 @@ fn row_result(
                 completion: u.completion_tokens,
                 total: u.total_tokens,
             });
-            result.oss_url = done.url;
-            result.upload = done.upload;
+            // The results line has one `oss_url` and one `upload`: the `file` column's.
+            if let Some(first) = done.media.first() {
+                result.oss_url = first.oss_url().to_owned();
+                result.upload = first.upload;
+            }
             result.request_id = done.reply.request_id.unwrap_or_default();
         }
         Err(f) => {
@@ -331,3 +288,6 @@ pub fn bad_row_result(bad: BadRow, started: Instant) -> RowResult {
         ..RowResult::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -36,7 +36,7 @@ fn request() -> ModelRequest {
         model: "m".into(),
         prompt: "p".into(),
         system: None,
-        media: None,
+        media: vec![],
     }
 }
 

@@ -1,12 +1,43 @@
+use super::compatible::{self, Compatible};
+use super::native::{self, Native};
 use super::*;
+use crate::dashscope::MediaKind;
 use serde_json::json;
 
+const COMPATIBLE_PATH: &str = compatible::PATH;
+const NATIVE_PATH: &str = native::PATH;
+
+fn compatible_body(request: &ModelRequest) -> serde_json::Value {
+    Compatible.body(request)
+}
+
+fn native_body(request: &ModelRequest) -> serde_json::Value {
+    Native.body(request)
+}
+
+fn parse_compatible(
+    body: &[u8],
+    status: u16,
+    header_id: Option<String>,
+) -> Result<ModelReply, ApiError> {
+    Compatible.parse(body, status, header_id)
+}
+
+fn parse_native(
+    body: &[u8],
+    status: u16,
+    header_id: Option<String>,
+) -> Result<ModelReply, ApiError> {
+    Native.parse(body, status, header_id)
+}
+
+/// A request with at most one media input, the shape of every row so far.
 fn request(media: Option<Media>, system: Option<&str>) -> ModelRequest {
     ModelRequest {
         model: "qwen-vl-plus".into(),
         prompt: "What is this?".into(),
         system: system.map(str::to_owned),
-        media,
+        media: media.into_iter().collect(),
     }
 }
 
@@ -80,6 +111,33 @@ fn native_request_shapes() {
     assert_eq!(
         body["input"]["messages"][0]["content"][0],
         json!({"audio":"oss://a"})
+    );
+}
+
+/// Several media inputs go in the order given, all before the prompt, in both APIs.
+#[test]
+fn a_request_carries_every_media_input_in_order() {
+    let mut req = request(None, None);
+    req.media = [
+        media(MediaKind::Image, "oss://k/a.png", None),
+        media(MediaKind::Audio, "oss://k/b.wav", Some("wav")),
+        media(MediaKind::Image, "https://example.com/c.jpg", None),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(
+        compatible_body(&req)["messages"][0]["content"],
+        json!([
+            {"type":"image_url","image_url":{"url":"oss://k/a.png"}},
+            {"type":"input_audio","input_audio":{"data":"oss://k/b.wav","format":"wav"}},
+            {"type":"image_url","image_url":{"url":"https://example.com/c.jpg"}},
+            {"type":"text","text":"What is this?"}])
+    );
+    assert_eq!(
+        native_body(&req)["input"]["messages"][0]["content"],
+        json!([{"image":"oss://k/a.png"},{"audio":"oss://k/b.wav"},
+            {"image":"https://example.com/c.jpg"},{"text":"What is this?"}])
     );
 }
 

@@ -24,31 +24,23 @@ use crate::manifest::{Row, Source};
 pub struct InputDigest(pub u64);
 
 impl InputDigest {
-    /// The digest of `row` as it stands now: one `stat` of a local file.
+    /// The digest of `row` as it stands now: one `stat` of each local file. The first media
+    /// item keeps the place it had when a row held one file, so a one-file row's digest is
+    /// the one earlier versions wrote; further items follow.
     pub fn of(row: &Row) -> Self {
-        let file = match &row.source {
-            Source::Local(path) => match std::fs::metadata(path) {
-                Ok(meta) => {
-                    let mtime = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos());
-                    format!("local size={} mtime_ns={mtime}", meta.len())
-                }
-                // The row fails on its missing file; no ok line can match this.
-                Err(_) => "local missing".to_owned(),
-            },
-            Source::Oss(_) | Source::Http(_) => "url".to_owned(),
-        };
-        Self::hash(&[
+        let stamps: Vec<String> = row.media.iter().map(|m| stamp(&m.source)).collect();
+        let mut parts = vec![
             "v2",
             &row.model,
-            &row.file,
+            row.file(),
             &row.prompt,
             row.system.as_deref().unwrap_or(""),
-            &file,
-        ])
+            stamps.first().map_or("", String::as_str),
+        ];
+        for (media, stamp) in row.media.iter().zip(&stamps).skip(1) {
+            parts.extend([media.file.as_str(), stamp.as_str()]);
+        }
+        Self::hash(&parts)
     }
 
     /// The digest of a line without an `input_digest`: what it records of the row.
@@ -76,6 +68,25 @@ impl InputDigest {
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
         Self(u64::from_be_bytes(first))
+    }
+}
+
+/// What the digest knows of a media item beyond its cell: for a local file, one `stat`.
+fn stamp(source: &Source) -> String {
+    match source {
+        Source::Local(path) => match std::fs::metadata(path) {
+            Ok(meta) => {
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                format!("local size={} mtime_ns={mtime}", meta.len())
+            }
+            // The row fails on its missing file; no ok line can match this.
+            Err(_) => "local missing".to_owned(),
+        },
+        Source::Oss(_) | Source::Http(_) => "url".to_owned(),
     }
 }
 
@@ -107,13 +118,14 @@ pub fn line_digest(digest: Option<&[u8]>, model: &[u8], file: &[u8], prompt: &[u
 pub fn row_digests(row: &Row) -> [u64; 2] {
     [
         InputDigest::of(row).0,
-        InputDigest::legacy(&row.model, &row.file, &row.prompt).0,
+        InputDigest::legacy(&row.model, row.file(), &row.prompt).0,
     ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::MediaRef;
     use std::path::PathBuf;
 
     fn row(file: PathBuf, prompt: &str) -> Row {
@@ -121,8 +133,10 @@ mod tests {
             line: 2,
             id: "1".into(),
             model: "m".into(),
-            file: "a.png".into(),
-            source: Source::Local(file),
+            media: vec![MediaRef {
+                file: "a.png".into(),
+                source: Source::Local(file),
+            }],
             prompt: prompt.into(),
             system: None,
             extra: vec![],
@@ -148,6 +162,31 @@ mod tests {
         f.set_modified(UNIX_EPOCH + std::time::Duration::from_nanos(1_234_567_891))
             .unwrap();
         assert_ne!(d, InputDigest::of(&base));
+    }
+
+    /// Resume compares a row's digest with the one its earlier line carries: a one-file row
+    /// must keep the digest that earlier versions wrote, byte for byte. The values were
+    /// computed by the version before rows held a list of media.
+    #[test]
+    fn the_digest_of_a_one_file_row_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cat.png");
+        std::fs::write(&path, b"cat").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(UNIX_EPOCH + std::time::Duration::from_nanos(1_234_567_891))
+            .unwrap();
+        let mut local = row(path, "What is this?");
+        local.model = "qwen-vl-plus".into();
+        local.media[0].file = "img/cat.png".into();
+        assert_eq!(InputDigest::of(&local).to_string(), "13612c316ac55aa2");
+        let url = "https://example.com/a.png";
+        let mut remote = local.clone();
+        remote.media[0] = MediaRef {
+            file: url.into(),
+            source: Source::Http(url.into()),
+        };
+        remote.system = Some("Be brief.".into());
+        assert_eq!(InputDigest::of(&remote).to_string(), "3738aba0d076eb0b");
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! Model calls: what a request asks ([`ModelRequest`]), what a reply says ([`ModelReply`]),
+//! and the call itself, which is the same for both HTTP APIs.
+//!
+//! Each API is one [`Mapping`] of a request to a path and a body, and of an answer back to a
+//! reply:
+//! - [`compatible`]: `POST {root}/compatible-mode/v1/chat/completions`, the OpenAI shape.
+//! - [`native`]: `POST {root}/api/v1/services/aigc/multimodal-generation/generation`.
+//!
+//! Both always send `X-DashScope-OssResourceResolve: enable`: without it the service cannot
+//! resolve `oss://` URLs, and it is harmless for `http(s)://` ones.
+//!
+//! Owns the mapping of one prompt, an optional system prompt and a list of media inputs to
+//! each API's content parts, and reading text, finish reason and token usage back. Reply
+//! parsing is lenient about what it does not need (content as a string or a list of parts,
+//! missing usage) and strict about what it does (a choice must be there): a 200 without one
+//! is classified `Network`, since a truncated body is the realistic cause.
+//!
+//! Deliberately not here: streaming replies, generation parameters, tool calls. Each differs
+//! between the two APIs (where a parameter goes, how a stream is asked for and what its
+//! chunks look like), so each is a change to the two mappings, not to the call.
+
+mod compatible;
+mod native;
+
+use reqwest::header::AUTHORIZATION;
+use serde::Deserialize;
+
+use super::auth::scrub;
+use super::body::BodyLimit;
+use super::client::Client;
+use super::error::{ApiError, truncate};
+use super::media::Media;
+
+/// Which of the two HTTP APIs to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI-compatible chat completions (the default in the CLI).
+    Compatible,
+    /// DashScope's native multimodal-generation API.
+    Native,
+}
+
+impl Api {
+    /// The one place an [`Api`] picks its mapping.
+    fn mapping(self) -> &'static dyn Mapping {
+        match self {
+            Api::Compatible => &compatible::Compatible,
+            Api::Native => &native::Native,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRequest {
+    pub model: String,
+    pub prompt: String,
+    pub system: Option<String>,
+    /// The media inputs, in the order the model is to see them, all before the prompt.
+    pub media: Vec<Media>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Usage as a reply counts it; a missing total is the sum of the two counts (saturating:
+    /// they are the service's numbers).
+    fn counted(prompt_tokens: u64, completion_tokens: u64, total_tokens: Option<u64>) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: total_tokens.unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelReply {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    pub request_id: Option<String>,
+}
+
+/// One model API's request/reply mapping: where a call goes, what it sends and how its
+/// answer reads. A seam because there are two real implementations, and the features still
+/// to come (streaming, generation parameters) differ between them.
+trait Mapping: Sync {
+    /// The path under the service root.
+    fn path(&self) -> &'static str;
+
+    /// The JSON body that asks `request`.
+    fn body(&self, request: &ModelRequest) -> serde_json::Value;
+
+    /// Reads a 2xx answer's body. `header_id` is the request id its headers carry.
+    fn parse(
+        &self,
+        body: &[u8],
+        status: u16,
+        header_id: Option<String>,
+    ) -> Result<ModelReply, ApiError>;
+}
+
+const OSS_RESOLVE: &str = "X-DashScope-OssResourceResolve";
+
+impl Client {
+    /// One attempt at a model call.
+    pub async fn call_model(
+        &self,
+        api: Api,
+        request: &ModelRequest,
+    ) -> Result<ModelReply, ApiError> {
+        let mapping = api.mapping();
+        let http = self
+            .inner
+            .http
+            .post(self.url(mapping.path()))
+            .header(AUTHORIZATION, self.inner.auth.clone())
+            .header(OSS_RESOLVE, "enable")
+            .json(&mapping.body(request))
+            .timeout(self.inner.config.request_timeout);
+        let (status, headers, bytes) = self.send(http, BodyLimit::Model).await?;
+        let header_id = ["x-request-id", "x-dashscope-request-id"]
+            .iter()
+            .find_map(|n| headers.get(*n)?.to_str().ok())
+            .map(str::to_owned);
+        let reply = mapping.parse(&bytes, status, header_id);
+        let secret = self.secret();
+        reply
+            .map(|reply| reply.redact(secret))
+            .map_err(|err| err.redact(secret))
+    }
+}
+
+impl ModelReply {
+    /// Every text copied from the reply, with the key scrubbed out (a gateway that quotes
+    /// the Authorization header back could put it in any of them). The answer itself is
+    /// kept whole; the short fields are also cut to a length a results line can carry.
+    fn redact(self, secret: &str) -> ModelReply {
+        const MAX_SHORT: usize = 128;
+        let short = |text: &str| truncate(&scrub(text, secret), MAX_SHORT);
+        ModelReply {
+            text: scrub(&self.text, secret),
+            finish_reason: self.finish_reason.as_deref().map(short),
+            request_id: self.request_id.as_deref().map(short),
+            usage: self.usage,
+        }
+    }
+}
+
+/// A reply's message, the same in both APIs' replies.
+#[derive(Deserialize)]
+struct ReplyMessage {
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+/// The text of a reply message: a plain string, or the `text` items of a list of parts
+/// (native replies mix them with non-text items such as `image_hw`), joined.
+fn content_text(content: &serde_json::Value) -> String {
+    match content {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|item| item.get("text")?.as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
