@@ -74,6 +74,9 @@ fn validate_lists_exactly_the_rows_run_fails_in_the_same_words() {
         "{rows:?}"
     );
     let messages: Vec<&str> = failed.values().map(|(_, m)| m.as_str()).collect();
-    assert_eq!(problems, messages, "validate words each problem as run does");
+    assert_eq!(
+        problems, messages,
+        "validate words each problem as run does"
+    );
     assert!(messages[0].contains("media is a folder"), "{}", messages[0]);
 }

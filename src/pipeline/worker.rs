@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::failure::{Failure, NOT_ATTEMPTED, check_local_file};
+use super::checks;
+use super::failure::Failure;
 use super::outage::Scope;
 use super::outage::gate::Gate;
 use super::pacing::{Outcome, Pacing};
@@ -16,8 +17,9 @@ use futures::future::BoxFuture;
 
 use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
-    self, Api, ApiError, Client, ErrorKind, Media, MediaKind, ModelReply, ModelRequest, RetryPolicy,
+    self, Api, ApiError, Client, ErrorKind, ModelReply, ModelRequest, RetryPolicy,
 };
+use crate::failure::FailureCode;
 use crate::limit::Cost;
 use crate::manifest::{BadRow, Entry, Row, Source};
 use crate::output::{RowResult, Status, Tokens, UploadOutcome};
@@ -55,17 +57,11 @@ impl Worker {
             Entry::Row(row) => {
                 let mut log = RowLog::default();
                 let outcome = self.run_row(&row, &mut log).await;
-                if let Err(f) = &outcome {
-                    if f.is_unauthorized() {
-                        self.stop.stop(StopReason::KeyRejected(format!(
-                            "the API key was rejected ({}); check DASHSCOPE_API_KEY or \
-                             --api-key-file",
-                            f.message
-                        )));
-                    }
-                    if f.is_throttled() {
-                        log.saw_429 += 1;
-                    }
+                // (A 401 has stopped the run already: the gate saw it answered.)
+                if let Err(f) = &outcome
+                    && f.is_throttled()
+                {
+                    log.saw_429 += 1;
                 }
                 row_result(row, outcome, log, started, &self.manifest)
             }
@@ -79,7 +75,7 @@ impl Worker {
         match self.stop.reason() {
             None => Ok(()),
             Some(reason) => Err(Failure::local(
-                NOT_ATTEMPTED,
+                FailureCode::NotAttempted,
                 format!("not attempted: {reason}"),
             )),
         }
@@ -110,26 +106,27 @@ impl Worker {
     }
 
     async fn run_row(&self, row: &Row, log: &mut RowLog) -> Result<Done, Failure> {
-        let kind = media_kind(&row.source, &row.file)?;
         match &row.source {
             Source::Local(path) => {
-                let metadata = check_local_file(path)?;
+                // The file before its name: a folder named `media` is a folder.
+                let metadata = checks::local_file(path)?;
+                checks::media_kind(&row.source, &row.file)?;
                 let mut content = self.uploads.content(&row.model, path, &metadata).await?;
                 self.still_running()?;
                 let up = self
                     .uploads
                     .ensure(&row.model, path, &mut content, None, log)
                     .await?;
-                match self.call(row, kind, &up.url, log).await {
+                match self.call(row, &up.url, log).await {
                     // The URL may have expired or been lost since this run uploaded it:
                     // one fresh upload, one more call.
                     Err(f) if f.kind == Some(ErrorKind::InvalidOssUrl) => {
-                        log.retries.push("invalid_oss_url");
+                        log.retries.push(ErrorKind::InvalidOssUrl.as_str());
                         let up = self
                             .uploads
                             .ensure(&row.model, path, &mut content, Some(&up.url), log)
                             .await?;
-                        let reply = self.call(row, kind, &up.url, log).await?;
+                        let reply = self.call(row, &up.url, log).await?;
                         Ok(Done {
                             reply,
                             url: up.url,
@@ -144,7 +141,7 @@ impl Worker {
                 }
             }
             Source::Oss(url) | Source::Http(url) => {
-                let reply = self.call(row, kind, url, log).await?;
+                let reply = self.call(row, url, log).await?;
                 Ok(Done {
                     reply,
                     url: if matches!(row.source, Source::Oss(_)) {
@@ -158,30 +155,17 @@ impl Worker {
         }
     }
 
-    async fn call(
-        &self,
-        row: &Row,
-        kind: MediaKind,
-        url: &str,
-        log: &mut RowLog,
-    ) -> Result<ModelReply, Failure> {
+    async fn call(&self, row: &Row, url: &str, log: &mut RowLog) -> Result<ModelReply, Failure> {
         let request = ModelRequest {
             model: row.model.clone(),
             prompt: row.prompt.clone(),
             system: row.system.clone(),
-            media: Some(Media {
-                kind,
-                url: url.to_owned(),
-                format: (kind == MediaKind::Audio).then(|| extension(&row.file)),
-            }),
+            media: Some(checks::media(&row.source, &row.file, url)?),
         };
         self.still_running()?;
         let model = row.model.as_str();
         // Paced by the policy's watch (see `Paced`), so a retry is paced too.
-        let attempt = || async {
-            let result = self.client.call_model(self.api, &request).await;
-            result
-        };
+        let attempt = || self.client.call_model(self.api, &request);
         let policy = self.model_retry(model);
         let (result, attempts) =
             dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
@@ -244,31 +228,6 @@ impl Watch for Paced {
     }
 }
 
-/// The media kind of a row, from the extension of its file or URL path.
-fn media_kind(source: &Source, file: &str) -> Result<MediaKind, Failure> {
-    let path = match source {
-        Source::Local(p) => p.clone(),
-        // The query string and fragment are not part of the file name.
-        Source::Oss(u) | Source::Http(u) => u.split(['?', '#']).next().unwrap_or(u).into(),
-    };
-    MediaKind::from_path(&path).ok_or_else(|| {
-        Failure::local(
-            "unsupported_media",
-            format!(
-                "cannot tell the media kind of {file:?} from its extension; \
-                 use an image (.png, .jpg, ...), video (.mp4, ...) or audio (.mp3, .wav, ...) file"
-            ),
-        )
-    })
-}
-
-fn extension(file: &str) -> String {
-    Path::new(file.split(['?', '#']).next().unwrap_or(file))
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
 fn row_result(
     row: Row,
     outcome: Result<Done, Failure>,
@@ -309,7 +268,7 @@ fn row_result(
         }
         Err(f) => {
             result.status = Status::Failed;
-            result.error_code = f.code;
+            result.error_code = Some(f.code);
             result.error_message = format!("{}, line {line}: {}", manifest.display(), f.message);
             result.request_id = f.request_id.unwrap_or_default();
         }
@@ -326,7 +285,7 @@ pub fn bad_row_result(bad: BadRow, started: Instant) -> RowResult {
         file: bad.file,
         prompt: bad.prompt,
         status: Status::Failed,
-        error_code: bad.code.to_owned(),
+        error_code: Some(bad.code.into()),
         error_message: bad.message,
         latency_ms: started.elapsed().as_millis() as u64,
         finished_at: chrono::Utc::now(),
