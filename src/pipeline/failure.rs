@@ -47,10 +47,6 @@ impl Failure {
         }
     }
 
-    pub fn is_unauthorized(&self) -> bool {
-        self.kind == Some(ErrorKind::Unauthorized)
-    }
-
     pub fn is_throttled(&self) -> bool {
         self.kind == Some(ErrorKind::Throttled)
     }
