@@ -29,7 +29,10 @@
 //!   [`dashscope`] never imports it, so a misreading in one is caught by the other.
 //! - [`spill`]: lists of per-row keys that move to a temp file past a fixed size, so the passes
 //!   over every row (duplicate ids, compaction) keep memory flat at any manifest size.
-//! - [`validate`]: `dashbatch validate`, the offline check of a manifest.
+//! - [`validate`]: `dashbatch validate`, the offline check of a manifest, with the row
+//!   checks `run` uses ([`pipeline::checks`]).
+//! - [`failure`]: the failure codes we write (a new one is a variant there and a line in the
+//!   README) and the `error_code` column's value.
 //! - [`exit`]: the process exit codes, in one place.
 
 pub mod cli;
@@ -37,6 +40,7 @@ pub mod config;
 pub mod dashscope;
 pub mod emulator;
 pub mod exit;
+pub mod failure;
 pub mod limit;
 pub mod manifest;
 pub mod output;

@@ -6,9 +6,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::dashscope::MediaKind;
-use crate::manifest::{Entry, Manifest, ManifestError, Source};
+use crate::manifest::{self, Entry, Manifest, ManifestError, MediaRef, Source};
 use crate::output::resume::{self, ResumeError, id_key};
+use crate::pipeline::Failure;
+use crate::pipeline::checks::{self, Repeats};
 
 /// How many problems are listed one by one; the rest are counted.
 const SHOWN_PROBLEMS: usize = 50;
@@ -61,18 +62,15 @@ pub fn validate(
             Default::default()
         }
     };
-    let limit = max_file_size_mb.saturating_mul(1024 * 1024);
-    let mut seen_ids = HashSet::new();
+    // The pass `run` makes before its first row: which ids repeat, in flat memory.
+    let ids = manifest::scan_ids(manifest)?;
+    let mut repeats = Repeats::new(&ids.duplicates);
     let mut seen_files: HashSet<PathBuf> = HashSet::new();
     let shown = manifest.display().to_string();
     for entry in entries {
         plan.rows += 1;
-        let line = entry.line();
-        if !seen_ids.insert(id_key(entry.id())) {
-            plan.problem(format!(
-                "{shown}, line {line}: id {:?} is already used by an earlier row",
-                entry.id()
-            ));
+        if repeats.seen_before(id_key(entry.id())) {
+            plan.problem(checks::duplicate(entry, manifest).message);
             continue;
         }
         let row = match entry {
@@ -86,30 +84,22 @@ pub fn validate(
             plan.done += 1;
         }
         *plan.models.entry(row.model.clone()).or_default() += 1;
-        let at = format!("{shown}, line {line}");
-        for media in &row.media {
-            match &media.source {
-                Source::Local(path) => {
-                    if let Err(problem) = check_file(path, limit, max_file_size_mb) {
-                        plan.problem(format!("{at}: {problem}"));
-                        continue;
-                    }
-                    let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
-                    if let Ok(meta) = std::fs::metadata(&canonical)
-                        && seen_files.insert(canonical)
-                    {
-                        plan.distinct_files += 1;
-                        plan.bytes += meta.len();
-                    }
-                }
-                Source::Oss(url) | Source::Http(url) => {
-                    plan.urls += 1;
-                    let path = url.split(['?', '#']).next().unwrap_or(url);
-                    if MediaKind::from_path(Path::new(path)).is_none() {
-                        plan.problem(format!(
-                            "{at}: cannot tell the media kind of {url:?} from its extension"
-                        ));
-                    }
+        for item in &row.media {
+            if !matches!(item.source, Source::Local(_)) {
+                plan.urls += 1;
+            }
+            // Worded as `run` words the row's `error_message`.
+            if let Err(failure) = check(item, max_file_size_mb) {
+                plan.problem(format!("{shown}, line {}: {}", row.line, failure.message));
+                continue;
+            }
+            if let Source::Local(path) = &item.source {
+                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+                if let Ok(meta) = std::fs::metadata(&canonical)
+                    && seen_files.insert(canonical)
+                {
+                    plan.distinct_files += 1;
+                    plan.bytes += meta.len();
                 }
             }
         }
@@ -117,34 +107,15 @@ pub fn validate(
     Ok(plan)
 }
 
-fn check_file(path: &Path, limit: u64, limit_mb: u64) -> Result<(), String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            format!("{shown} does not exist; paths are relative to the manifest's folder")
-        }
-        _ => format!("cannot read {shown}: {e}"),
-    })?;
-    if meta.is_dir() {
-        return Err(format!(
-            "{shown} is a folder; the file column must name a file"
-        ));
-    }
-    if !meta.is_file() {
-        return Err(format!("{shown} is not a regular file"));
-    }
-    std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if MediaKind::from_path(path).is_none() {
-        return Err(format!(
-            "cannot tell the media kind of {shown} from its extension; use an image, video \
-             or audio file"
-        ));
-    }
-    if meta.len() > limit {
-        return Err(format!(
-            "{shown} is {} bytes, over the {limit_mb} MB upload limit",
-            meta.len()
-        ));
-    }
-    Ok(())
+/// The checks `run` makes before a row's first request, in its order, with the size limit
+/// of the flag in place of the model's (which only its upload credential states).
+fn check(item: &MediaRef, max_file_size_mb: u64) -> Result<(), Failure> {
+    let Source::Local(path) = &item.source else {
+        return checks::media_kind(&item.source, &item.file).map(drop);
+    };
+    let meta = checks::local_file(path)?;
+    checks::media_kind(&item.source, &item.file)?;
+    // `run` opens the file to upload it: one it cannot open fails there.
+    std::fs::File::open(path).map_err(|err| checks::unreadable(path, &err))?;
+    checks::size(path, meta.len(), max_file_size_mb, "--max-file-size-mb")
 }

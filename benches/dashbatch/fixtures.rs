@@ -42,7 +42,7 @@ pub fn sample_result(i: u64) -> RowResult {
         oss_url: format!("oss://dashscope-instant/abc/2025-01-01/0123456789abcdef/{i}.png"),
         upload: UploadOutcome::Reused,
         attempts: 1,
-        error_code: String::new(),
+        error_code: None,
         error_message: String::new(),
         request_id: "5b0c8d0e-6b1a-4c1f-9a57-3c1d2e4f5a6b".into(),
         latency_ms: 123,

@@ -261,7 +261,6 @@ fn judge(err: PipelineError) -> (String, u8, Stats) {
 
 fn exit_code(outcome: &Outcome) -> u8 {
     match &outcome.stopped {
-        _ if outcome.interrupted => exit::INTERRUPTED,
         Some(StopReason::Interrupted) => exit::INTERRUPTED,
         Some(StopReason::KeyRejected(_)) => exit::USAGE,
         Some(StopReason::Outage(_)) => exit::UNAVAILABLE,

@@ -7,7 +7,10 @@
 //! queues the callers of a model in arrival order.
 //!
 //! Deliberately not here: knowing why a policy went bad. The pipeline sees the 403 "Policy
-//! expired" from OSS and calls [`Credentials::invalidate`] with the policy it used.
+//! expired" from OSS and calls [`Credentials::invalidate`] with the policy it used. Nor
+//! stopping after a 401: a rejected key is run state, kept by the caller's stop switch,
+//! which refuses every later request through the retry policy's watch (the pipeline's
+//! `Stop`, set by its outage gate as the 401 arrives).
 //!
 //! # Concurrency
 //! - `slots` (std `Mutex<HashMap>`): the current policy per model. Held only for a lookup or
@@ -30,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::client::Client;
-use super::error::{ApiError, ErrorKind};
+use super::error::ApiError;
 use super::policy::Policy;
 use super::retry::{RetryPolicy, retry};
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
@@ -91,10 +94,6 @@ struct Inner {
     limiter: Arc<dyn Limiter>,
     slots: Mutex<HashMap<String, Slot>>,
     fetches: AtomicU64,
-    /// The 401 of the first fetch the service refused. A key does not come back to life
-    /// mid-run, so every later `get` fails at once with it instead of sending the rejected
-    /// key again, whatever the model.
-    rejected: std::sync::OnceLock<ApiError>,
 }
 
 #[derive(Default)]
@@ -126,7 +125,6 @@ impl Credentials {
                 options,
                 slots: Mutex::new(HashMap::new()),
                 fetches: AtomicU64::new(0),
-                rejected: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -134,9 +132,6 @@ impl Credentials {
     /// A policy for `model` with more than `safety_margin` of its lifetime left, fetched if
     /// need be (single-flight, rate-limited, retried per `options.retry`).
     pub async fn get(&self, model: &str) -> Result<Arc<Policy>, ApiError> {
-        if let Some(err) = self.inner.rejected.get() {
-            return Err(err.clone());
-        }
         if !self.inner.options.reuse {
             return self.fetch(model).await.map(Arc::new);
         }
@@ -152,9 +147,6 @@ impl Credentials {
         };
 
         let _refreshing = refresh.lock().await;
-        if let Some(err) = self.inner.rejected.get() {
-            return Err(err.clone());
-        }
         {
             let slots = self.slots();
             if let Some(slot) = slots.get(model) {
@@ -241,12 +233,7 @@ impl Credentials {
             Ok(policy) => {
                 tracing::debug!(model, attempts, request_id = %policy.request_id, "upload policy fetched")
             }
-            Err(err) => {
-                if err.kind == ErrorKind::Unauthorized {
-                    let _ = self.inner.rejected.set(err.clone());
-                }
-                tracing::warn!(model, attempts, %err, "getPolicy failed")
-            }
+            Err(err) => tracing::warn!(model, attempts, %err, "getPolicy failed"),
         }
         result
     }

@@ -16,6 +16,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
 
 use super::auth::scrub;
+use crate::failure::{ErrorCode, FailureCode};
 
 /// What kind of failure this is, as far as a caller's next step is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,7 +56,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::InvalidOssUrl => "invalid_oss_url",
             ErrorKind::Rejected => "rejected",
-            ErrorKind::BodyTooLarge => "response_too_large",
+            ErrorKind::BodyTooLarge => FailureCode::ResponseTooLarge.as_str(),
         }
     }
 }
@@ -73,10 +74,9 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// `None` when no HTTP response arrived (network errors, local file errors).
     pub status: Option<u16>,
-    /// The service's code (`Throttling.RateQuota`, `AccessDenied`, …) or one of ours:
-    /// `http_<status>`, `timeout`, `connect`, `network`, `invalid_body`, `file_unreadable`,
-    /// `file_too_large`, `response_too_large`, `invalid_upload_host`, `policy_quotes_key`.
-    pub code: String,
+    /// The service's code (`Throttling.RateQuota`, `AccessDenied`, …, `http_<status>` for
+    /// an answer without one) or one of ours ([`FailureCode`]: `timeout`, `connect`, …).
+    pub code: ErrorCode,
     pub message: String,
     pub request_id: Option<String>,
     pub retry_after: Option<Duration>,
@@ -115,18 +115,28 @@ impl ApiError {
     /// No answer at all: the connection failed or the request timed out. (A reply cut off
     /// mid-body is `Network` too, but something answered.)
     pub fn is_no_answer(&self) -> bool {
-        self.kind == ErrorKind::Network && matches!(self.code.as_str(), "connect" | "timeout")
+        self.kind == ErrorKind::Network
+            && (self.code == FailureCode::Connect || self.code == FailureCode::Timeout)
     }
 
     /// An error made on our side of the wire (no HTTP status).
-    pub fn local(kind: ErrorKind, code: &str, message: impl Into<String>) -> ApiError {
+    pub fn local(kind: ErrorKind, code: FailureCode, message: impl Into<String>) -> ApiError {
         ApiError {
             kind,
             status: None,
-            code: code.to_owned(),
+            code: code.into(),
             message: message.into(),
             request_id: None,
             retry_after: None,
+        }
+    }
+
+    /// An error with the service's `code`, as a test needs one without a response.
+    #[cfg(test)]
+    pub(crate) fn service(kind: ErrorKind, code: &str, message: &str) -> ApiError {
+        ApiError {
+            code: ErrorCode::service(code),
+            ..ApiError::local(kind, FailureCode::Internal, message)
         }
     }
 
@@ -140,7 +150,7 @@ impl ApiError {
         ApiError {
             kind: ErrorKind::Network,
             status: Some(status),
-            code: "invalid_body".to_owned(),
+            code: FailureCode::InvalidBody.into(),
             message: format!("unexpected response body: {detail}"),
             request_id,
             retry_after: None,
@@ -151,13 +161,13 @@ impl ApiError {
     /// (the key travels only in the Authorization header).
     pub fn from_transport(err: &reqwest::Error) -> ApiError {
         let code = if err.is_timeout() {
-            "timeout"
+            FailureCode::Timeout
         } else if err.is_connect() {
-            "connect"
+            FailureCode::Connect
         } else if err.is_body() || err.is_decode() {
-            "body"
+            FailureCode::Body
         } else {
-            "network"
+            FailureCode::Network
         };
         // Include the source chain: reqwest's own text is often just "error sending request".
         let mut message = err.to_string();
@@ -170,7 +180,7 @@ impl ApiError {
         ApiError {
             kind: ErrorKind::Network,
             status: err.status().map(|s| s.as_u16()),
-            code: code.to_owned(),
+            code: code.into(),
             message,
             request_id: None,
             retry_after: None,
@@ -201,7 +211,7 @@ impl ApiError {
         ApiError {
             kind: classify(status, &code, &message),
             status: Some(status),
-            code,
+            code: ErrorCode::service(code),
             message,
             request_id,
             retry_after,
@@ -214,7 +224,7 @@ impl ApiError {
         ApiError {
             kind: ErrorKind::BodyTooLarge,
             status: Some(status),
-            code: "response_too_large".to_owned(),
+            code: FailureCode::ResponseTooLarge.into(),
             message,
             request_id: header_request_id(headers),
             retry_after: None,
@@ -227,7 +237,10 @@ impl ApiError {
     /// does not echo keys, but some gateways quote the Authorization header back. Every
     /// error leaving [`super::Client`] has been through this.
     pub fn redact(mut self, secret: &str) -> ApiError {
-        self.code = truncate(&scrub(&self.code, secret), MAX_ID_CHARS);
+        // Only the service's codes are text from an answer; ours are fixed names.
+        if let ErrorCode::Service(code) = &self.code {
+            self.code = ErrorCode::service(truncate(&scrub(code, secret), MAX_ID_CHARS));
+        }
         self.message = truncate(&scrub(&self.message, secret), MAX_MESSAGE_CHARS);
         self.request_id = self
             .request_id

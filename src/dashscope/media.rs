@@ -9,6 +9,9 @@
 //! GIF is left out: it is not documented for Qwen-VL and animated GIFs are ambiguous
 //! (image or video?), so it fails early as `unsupported_media` instead.
 //!
+//! A URL's kind comes from its path alone: `strip_query` is the one place its query and
+//! fragment are set aside (`…/cat.png?Expires=…`), for `run` and `validate` alike.
+//!
 //! Deliberately not here: sniffing file contents. The extension is what the user controls
 //! and what the service sees in the object key.
 
@@ -59,6 +62,11 @@ impl MediaKind {
     /// By extension, case-insensitively. `None` for anything not in the table.
     pub fn from_path(path: &Path) -> Option<MediaKind> {
         lookup(path).map(|(_, kind, _)| *kind)
+    }
+
+    /// By the extension of the URL's path, its query and fragment set aside.
+    pub fn from_url(url: &str) -> Option<MediaKind> {
+        MediaKind::from_path(Path::new(strip_query(url)))
     }
 
     pub fn as_str(&self) -> &'static str {

@@ -22,6 +22,7 @@ use super::auth::scrub;
 use super::body::BodyLimit;
 use super::client::Client;
 use super::error::{ApiError, ErrorKind, truncate};
+use crate::failure::FailureCode;
 
 /// One upload credential. Holds nothing secret about the account: the OSS signature only
 /// authorises uploads under `upload_dir` until the policy expires.
@@ -242,7 +243,7 @@ pub(super) fn parse_policy(body: &[u8], fetched_at: Instant) -> Result<Policy, A
     };
     if let Err(reason) = check_upload_host(&data.upload_host) {
         return Err(refused(
-            "invalid_upload_host",
+            FailureCode::InvalidUploadHost,
             format!(
                 "getPolicy named the upload host {:?}, {reason}; dashbatch cannot upload \
                  there (hint: check that the service URL points at DashScope)",
@@ -289,11 +290,11 @@ fn check_upload_host(host: &str) -> Result<(), String> {
 }
 
 /// A 200 getPolicy reply we will not use. Not retryable: the next reply would say the same.
-fn refused(code: &str, message: String, request_id: Option<String>) -> ApiError {
+fn refused(code: FailureCode, message: String, request_id: Option<String>) -> ApiError {
     ApiError {
         kind: ErrorKind::Rejected,
         status: Some(200),
-        code: code.to_owned(),
+        code: code.into(),
         message,
         request_id,
         retry_after: None,
@@ -320,7 +321,7 @@ fn vet(mut policy: Policy, secret: &str) -> Result<Policy, ApiError> {
     ];
     if let Some((field, _)) = sent_on.iter().find(|(_, value)| value.contains(secret)) {
         return Err(refused(
-            "policy_quotes_key",
+            FailureCode::PolicyQuotesKey,
             format!(
                 "the upload credential quotes the API key back in its `{field}` field; \
                  dashbatch will not send it on to the upload host (hint: something between \

@@ -250,7 +250,7 @@ mod tests {
     fn err(kind: ErrorKind, retry_after: Option<Duration>) -> ApiError {
         ApiError {
             retry_after,
-            ..ApiError::local(kind, "test", "test error")
+            ..ApiError::service(kind, "test", "test error")
         }
     }
 

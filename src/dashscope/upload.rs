@@ -40,6 +40,7 @@ use super::body::BodyLimit;
 use super::client::Client;
 use super::error::{ApiError, ErrorKind};
 use super::policy::Policy;
+use crate::failure::{FailureCode, too_large_message};
 
 /// How an upload attempt ended when the host did not refuse it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +164,7 @@ impl Client {
             answer = self.send(request, BodyLimit::Upload) => answer.map(|_| ()),
             () = progress.stalled(config.upload_stall_timeout) => Err(ApiError::local(
                 ErrorKind::Network,
-                "upload_stalled",
+                FailureCode::UploadStalled,
                 format!(
                     "upload to {host}: no progress for {} s (the host took no more of the \
                      file and gave no answer); raise --upload-stall-timeout-s on a very slow \
@@ -173,7 +174,7 @@ impl Client {
             )),
             () = tokio::time::sleep(config.upload_timeout) => Err(ApiError::local(
                 ErrorKind::Network,
-                "upload_timeout",
+                FailureCode::UploadTimeout,
                 format!(
                     "upload to {host} did not finish within {} s; raise --upload-timeout-s \
                      for large files on a slow link",
@@ -187,7 +188,7 @@ impl Client {
             (Some(End::Mismatch(why)), _) => Ok(Sent::Unverified(why)),
             (Some(End::Unreadable(err)), _) => Err(ApiError::local(
                 ErrorKind::Rejected,
-                "unreadable_file",
+                FailureCode::UnreadableFile,
                 format!("cannot read the file for {object_key}: {err}"),
             )),
             (_, Err(err)) => Err(err),
@@ -204,12 +205,12 @@ fn check_size(policy: &Policy, len: u64, shown: impl FnOnce() -> String) -> Resu
     if len > policy.max_file_size_bytes() {
         return Err(ApiError::local(
             ErrorKind::Rejected,
-            "file_too_large",
-            format!(
-                "{} is {len} bytes; model limit is {} MB; shrink or split the file, or give \
-                 the model a public http(s):// URL of it instead",
+            FailureCode::FileTooLarge,
+            too_large_message(
                 shown(),
-                policy.max_file_size_mb
+                len,
+                policy.max_file_size_mb,
+                "its upload credential",
             ),
         ));
     }
@@ -241,7 +242,13 @@ fn build_form(
     let part = Part::stream_with_length(body, len)
         .file_name(file_name)
         .mime_str(mime)
-        .map_err(|e| ApiError::local(ErrorKind::Rejected, "invalid_content_type", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::local(
+                ErrorKind::Rejected,
+                FailureCode::InvalidContentType,
+                e.to_string(),
+            )
+        })?;
     let form = Form::new()
         .text("OSSAccessKeyId", policy.oss_access_key_id.clone())
         .text("Signature", policy.signature.clone())

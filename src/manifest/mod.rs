@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::failure::FailureCode;
 use crate::spill::{self, Spill, SpillError};
 use lines::Lines;
 
@@ -180,7 +181,7 @@ impl<R: Read> Manifest<R> {
                 .unwrap_or_default()
         };
         let extra: Vec<String> = cols.extra.iter().map(|(i, _)| lossy(Some(*i))).collect();
-        let bad = |code: &'static str, message: String| {
+        let bad = |code: FailureCode, message: String| {
             let model = lossy(Some(cols.model));
             let files: Vec<String> = cols.media.iter().map(|&i| lossy(Some(i))).collect();
             let prompt = lossy(Some(cols.prompt));
@@ -213,7 +214,7 @@ impl<R: Read> Manifest<R> {
             && open.record == start.offset
         {
             return bad(
-                "bad_row",
+                FailureCode::BadRow,
                 format!(
                     "a quoted field opened on line {} is never closed, so this row runs to the \
                      end of the manifest; close the quote or double the \" inside the field",
@@ -223,7 +224,7 @@ impl<R: Read> Manifest<R> {
         }
         if rec.len() != cols.width {
             return bad(
-                "bad_row",
+                FailureCode::BadRow,
                 format!(
                     "expected {} fields as in the header, found {}; quote fields that contain commas",
                     cols.width,
@@ -240,7 +241,7 @@ impl<R: Read> Manifest<R> {
             .map(text);
         if let Some(Err(i)) = fields.find(Result::is_err) {
             return bad(
-                "bad_encoding",
+                FailureCode::BadEncoding,
                 format!(
                     "column {} is not valid UTF-8; save the manifest as UTF-8",
                     self.column_name(i)
@@ -280,7 +281,7 @@ impl<R: Read> Manifest<R> {
             None
         };
         if let Some(problem) = problem {
-            return bad("bad_row", problem.to_owned());
+            return bad(FailureCode::BadRow, problem.to_owned());
         }
 
         let media = files
@@ -355,7 +356,7 @@ impl<R: Read> Iterator for Manifest<R> {
                     file: String::new(),
                     prompt: String::new(),
                     extra: vec![String::new(); self.columns.extra.len()],
-                    code: "bad_row",
+                    code: FailureCode::BadRow,
                     message: format!(
                         "{}, line {line}: cannot parse the record: {err}",
                         self.path.display()

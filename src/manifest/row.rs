@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use crate::failure::FailureCode;
+
 /// Where a row's media comes from, decided from the `file` column as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -53,7 +55,7 @@ impl Row {
 
     /// This row as a failed one, for a problem found after it parsed (a repeated id, a run
     /// that stopped before it).
-    pub fn into_bad(self, code: &'static str, message: String) -> BadRow {
+    pub fn into_bad(self, code: FailureCode, message: String) -> BadRow {
         BadRow {
             line: self.line,
             file: self.file().to_owned(),
@@ -91,7 +93,7 @@ pub struct BadRow {
     pub prompt: String,
     pub extra: Vec<String>,
     /// A stable machine-readable code for the `error_code` column.
-    pub code: &'static str,
+    pub code: FailureCode,
     pub message: String,
 }
 
@@ -147,13 +149,20 @@ pub fn derived_id<'a>(
     hex::encode(&digest[..8])
 }
 
-/// Decides a row's source from the `file` column.
+/// Decides a row's source from the `file` column: the one parse of it that `run` and
+/// `validate` share. A scheme is case-insensitive (RFC 3986, 3.1), and is written in
+/// lowercase in the URL given to the model, since services (and the emulator) look for
+/// `https://` and `oss://` as spelled; the rest of the URL is kept as written.
 pub fn classify_source(file: &str, base_dir: &std::path::Path) -> Source {
-    let lower = file.get(..8).unwrap_or(file).to_ascii_lowercase();
-    if lower.starts_with("oss://") {
-        Source::Oss(file.to_owned())
-    } else if lower.starts_with("http://") || lower.starts_with("https://") {
-        Source::Http(file.to_owned())
+    let scheme = |scheme: &str| {
+        file.get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .map(|_| format!("{scheme}{}", &file[scheme.len()..]))
+    };
+    if let Some(url) = scheme("oss://") {
+        Source::Oss(url)
+    } else if let Some(url) = scheme("http://").or_else(|| scheme("https://")) {
+        Source::Http(url)
     } else {
         Source::Local(base_dir.join(file))
     }
@@ -226,8 +235,17 @@ mod tests {
             Source::Oss("oss://dashscope-instant/x/a.png".into())
         );
         assert_eq!(
-            classify_source("HTTPS://example.com/a.png", base),
-            Source::Http("HTTPS://example.com/a.png".into())
+            classify_source("HTTPS://EXAMPLE.COM/B.PNG", base),
+            Source::Http("https://EXAMPLE.COM/B.PNG".into()),
+            "the scheme is lowercased, the rest kept"
+        );
+        assert_eq!(
+            classify_source("Oss://d/a.png", base),
+            Source::Oss("oss://d/a.png".into())
+        );
+        assert_eq!(
+            classify_source("httpx://a.png", base),
+            Source::Local("/jobs/httpx://a.png".into())
         );
         assert_eq!(
             classify_source("img/a.png", base),

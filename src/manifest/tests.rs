@@ -116,7 +116,10 @@ fn a_quote_never_closed_fails_its_row_instead_of_swallowing_the_rest() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(matches!(rows[0], Entry::Row(_)), "{:?}", rows[0]);
     let b = bad(&rows[1]);
-    assert_eq!((b.line, b.code, b.id.as_str()), (3, "bad_row", "a"));
+    assert_eq!(
+        (b.line, b.code, b.id.as_str()),
+        (3, FailureCode::BadRow, "a")
+    );
     assert!(
         b.message.contains(
             "m.csv, line 3: a quoted field opened on line 3 is never closed, so this row runs \

@@ -120,7 +120,7 @@ impl<W: Durable> Reporter<W> {
                     ));
                 }
                 if result.status == Status::Failed {
-                    tracing::debug!(line = result.line, id = %result.id, code = %result.error_code,
+                    tracing::debug!(line = result.line, id = %result.id, code = result.error_code.as_ref().map_or("", |c| c.as_str()),
                         "row failed: {}", result.error_message);
                 }
             }
@@ -221,11 +221,8 @@ mod tests {
             oss_url: String::new(),
             upload: UploadOutcome::New,
             attempts: 1,
-            error_code: if status == Status::Ok {
-                String::new()
-            } else {
-                "throttled".into()
-            },
+            error_code: (status == Status::Failed)
+                .then(|| crate::failure::ErrorCode::service("Throttling.RateQuota")),
             error_message: String::new(),
             request_id: String::new(),
             latency_ms: 1,

@@ -4,6 +4,8 @@ use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::failure::ErrorCode;
+
 /// The fixed columns, in order. Pass-through manifest columns follow them. A new column goes
 /// last (before the pass-through ones), so that scripts that read the others by position keep
 /// working; code reads them through [`column`].
@@ -133,7 +135,8 @@ pub struct RowResult {
     pub upload: UploadOutcome,
     /// HTTP attempts this row made itself: its upload (if it did one) and its model calls.
     pub attempts: u32,
-    pub error_code: String,
+    /// Set on a failed row: our code or the service's.
+    pub error_code: Option<ErrorCode>,
     pub error_message: String,
     pub request_id: String,
     pub latency_ms: u64,
@@ -208,7 +211,7 @@ impl<W: Write> ResultsWriter<W> {
         c.write_field(&r.oss_url)?;
         c.write_field(r.upload.as_str())?;
         c.write_field(num.format(r.attempts))?;
-        c.write_field(&r.error_code)?;
+        c.write_field(r.error_code.as_ref().map_or("", ErrorCode::as_str))?;
         c.write_field(&r.error_message)?;
         c.write_field(&r.request_id)?;
         c.write_field(num.format(r.latency_ms))?;
@@ -275,7 +278,7 @@ mod tests {
             oss_url: "oss://d/a.png".into(),
             upload: UploadOutcome::New,
             attempts: 2,
-            error_code: String::new(),
+            error_code: None,
             error_message: String::new(),
             request_id: "r1".into(),
             latency_ms: 120,

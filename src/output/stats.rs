@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::results::{RowResult, Status, UploadOutcome};
+use crate::failure::ErrorCode;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -38,7 +39,7 @@ pub struct Stats {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     /// Failed rows by error code.
-    pub failures: BTreeMap<String, u64>,
+    pub failures: BTreeMap<ErrorCode, u64>,
     /// Models whose calls were paced after 429s, and the pace they ended at (calls/s).
     pub model_pace: BTreeMap<String, f64>,
     pub elapsed_s: f64,
@@ -51,7 +52,9 @@ impl Stats {
             Status::Ok => self.rows_ok += 1,
             Status::Failed => {
                 self.rows_failed += 1;
-                *self.failures.entry(r.error_code.clone()).or_default() += 1;
+                if let Some(code) = &r.error_code {
+                    *self.failures.entry(code.clone()).or_default() += 1;
+                }
             }
         }
         match r.upload {

@@ -15,8 +15,8 @@ use crate::output::resume::{self, LineIndex, Lines, id_key, row_digests};
 use crate::output::{ResultsWriter, Stats};
 use crate::spill::{self, Spill};
 
+use super::checks::{Repeats, duplicate};
 use super::not_attempted;
-use super::reader::{Repeats, duplicate};
 use super::worker::bad_row_result;
 
 /// Manifest rows per window: the line index of one window stays near 1 MiB, whatever the

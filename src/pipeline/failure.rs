@@ -1,14 +1,13 @@
-//! Why a row failed, in the form a results line records it.
+//! Why a row failed, in the form a results line records it. The row checks that produce
+//! most local failures are in [`super::checks`].
 
 use crate::dashscope::{ApiError, ErrorKind};
-
-/// The code of a row the run stopped before it finished (or before it started).
-pub const NOT_ATTEMPTED: &str = "not_attempted";
+use crate::failure::{ErrorCode, FailureCode};
 
 /// A row's failure: a stable code for scripts and a message for people.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     pub request_id: Option<String>,
     /// Set when the failure came from the service, to tell a 401 or a 429 apart.
@@ -17,9 +16,9 @@ pub struct Failure {
 
 impl Failure {
     /// A failure found on our side, before or without any request.
-    pub fn local(code: &str, message: impl Into<String>) -> Self {
+    pub fn local(code: FailureCode, message: impl Into<String>) -> Self {
         Self {
-            code: code.to_owned(),
+            code: code.into(),
             message: message.into(),
             request_id: None,
             kind: None,
@@ -48,37 +47,7 @@ impl Failure {
         }
     }
 
-    pub fn is_unauthorized(&self) -> bool {
-        self.kind == Some(ErrorKind::Unauthorized)
-    }
-
     pub fn is_throttled(&self) -> bool {
         self.kind == Some(ErrorKind::Throttled)
-    }
-}
-
-/// Checks a local file before anything is sent, so the message can say what to fix.
-/// Returns the metadata, so that the hash cache can use its size and mtime without a second
-/// stat.
-pub fn check_local_file(path: &std::path::Path) -> Result<std::fs::Metadata, Failure> {
-    let shown = path.display();
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => Err(Failure::local(
-            "not_a_file",
-            format!("{shown} is a folder; the file column must name a file"),
-        )),
-        Ok(meta) if !meta.is_file() => Err(Failure::local(
-            "not_a_file",
-            format!("{shown} is not a regular file"),
-        )),
-        Ok(meta) => Ok(meta),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(Failure::local(
-            "file_not_found",
-            format!("{shown} does not exist; paths are relative to the manifest's folder"),
-        )),
-        Err(err) => Err(Failure::local(
-            "unreadable_file",
-            format!("cannot read {shown}: {err}"),
-        )),
     }
 }

@@ -13,6 +13,7 @@
 //! when to stop (a signal, a rejected key, an outage: see [`stop`] and [`outage`]), and
 //! leaves the results file complete at the end (see [`compact`]).
 
+pub mod checks;
 mod compact;
 mod failure;
 mod outage;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RunConfig;
 use crate::dashscope::{Client, CredentialOptions, Credentials, RetryPolicy};
+use crate::failure::FailureCode;
 use crate::manifest::{self, Entry, Manifest, ManifestError};
 use crate::output::lock::{LockError, RunLock};
 use crate::output::reporter::ReportError;
@@ -53,10 +55,9 @@ use worker::Worker;
 #[derive(Debug)]
 pub struct Outcome {
     pub stats: Stats,
-    /// Why dispatching stopped early, if it did (a rejected key, an outage, a signal).
+    /// Why dispatching stopped early, if it did (a rejected key, an outage, a signal): the
+    /// first of them ([`Stop::stopped`]).
     pub stopped: Option<StopReason>,
-    /// True when the stop came from `shutdown` (a signal), not from the service.
-    pub interrupted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +206,7 @@ pub async fn run(
     stats.throttled_seen = gate.throttled();
     // Rows the run stopped in flight wrote `not_attempted` lines: they count with the rows
     // it never reached (added after compaction), not as failures.
-    if let Some(n) = stats.failures.remove(failure::NOT_ATTEMPTED) {
+    if let Some(n) = stats.failures.remove(&FailureCode::NotAttempted.into()) {
         stats.rows_failed = stats.rows_failed.saturating_sub(n);
         stats.rows_not_attempted = n;
     }
@@ -215,11 +216,7 @@ pub async fn run(
         .map_err(|e| report_err(ReportError::Sync(e)))?;
     drop(file);
 
-    let interrupted = shutdown.is_cancelled();
-    let stopped = stop
-        .reason()
-        .cloned()
-        .or_else(|| interrupted.then_some(StopReason::Interrupted));
+    let stopped = stop.stopped();
     let reason = stopped
         .as_ref()
         .map_or_else(|| "the run ended".to_owned(), ToString::to_string);
@@ -246,11 +243,7 @@ pub async fn run(
     if let Err(err) = cache.compact(unix_now()) {
         tracing::warn!("cannot tidy the upload cache: {err}");
     }
-    Ok(Outcome {
-        stats,
-        stopped,
-        interrupted,
-    })
+    Ok(Outcome { stats, stopped })
 }
 
 /// Feeds rows to at most `concurrency` workers until the manifest ends or the run stops.
@@ -320,7 +313,7 @@ fn not_attempted(entry: Entry, reason: &str) -> RowResult {
     let bad = match entry {
         Entry::Bad(bad) => bad,
         Entry::Row(row) => row.into_bad(
-            failure::NOT_ATTEMPTED,
+            FailureCode::NotAttempted,
             format!("not attempted: {reason}; the next run will process it"),
         ),
     };

@@ -8,29 +8,10 @@ use std::collections::HashSet;
 
 use tokio::sync::mpsc;
 
-use crate::manifest::{BadRow, Entry, Manifest, id_key};
+use super::checks::{Repeats, duplicate};
+use crate::manifest::{Entry, Manifest, id_key};
 use crate::output::Event;
 use crate::output::resume::{Done, InputDigest, Resumed};
-
-/// Tells the second and later rows of a repeated id from the first. Only ids known to repeat
-/// are remembered, so this costs nothing per ordinary row.
-pub struct Repeats<'a> {
-    duplicates: &'a HashSet<u64>,
-    seen: HashSet<u64>,
-}
-
-impl<'a> Repeats<'a> {
-    pub fn new(duplicates: &'a HashSet<u64>) -> Self {
-        Self {
-            duplicates,
-            seen: HashSet::new(),
-        }
-    }
-
-    pub fn seen_before(&mut self, key: u64) -> bool {
-        self.duplicates.contains(&key) && !self.seen.insert(key)
-    }
-}
 
 /// Reads `manifest` to the end or until the workers stop listening. `done` holds the `ok`
 /// lines of earlier runs; `duplicates` the ids a first pass found more than once
@@ -74,62 +55,4 @@ pub fn read(
     }
     let _ = events.blocking_send(Event::Skipped(skipped));
     let _ = events.blocking_send(Event::Changed(changed));
-}
-
-/// The error row for a second (or later) row with an id already used.
-pub fn duplicate(entry: Entry, manifest: &std::path::Path) -> BadRow {
-    let at = format!("{}, line {}", manifest.display(), entry.line());
-    let id = entry.id();
-    let message = match &entry {
-        // The same model, file, prompt and system: the same work, written twice.
-        Entry::Row(row) if row.has_derived_id() => format!(
-            "{at}: this row repeats an earlier row (same model, file, prompt and system, so \
-             the same derived id {id:?}) and is not run twice; delete the repeat, or add an id \
-             column and give each copy its own id to run it again"
-        ),
-        _ => format!(
-            "{at}: id {id:?} is already used by an earlier row; ids must be unique (give this \
-             row its own id, or leave the id empty to let dashbatch derive one)"
-        ),
-    };
-    match entry {
-        Entry::Bad(mut bad) => {
-            bad.code = "duplicate_id";
-            bad.message = message;
-            bad
-        }
-        Entry::Row(row) => row.into_bad("duplicate_id", message),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::{Path, PathBuf};
-
-    fn second_of(text: &str) -> BadRow {
-        let manifest =
-            Manifest::from_reader(text.as_bytes(), Path::new("m.csv"), PathBuf::new()).unwrap();
-        let second = manifest.into_iter().nth(1).unwrap();
-        duplicate(second, Path::new("m.csv"))
-    }
-
-    #[test]
-    fn a_repeated_row_and_a_reused_id_get_their_own_advice() {
-        let repeat = second_of("model,file,prompt\nm,a.png,p\nm,a.png,p\n");
-        assert_eq!(repeat.code, "duplicate_id");
-        assert!(
-            repeat
-                .message
-                .starts_with("m.csv, line 3: this row repeats an earlier row")
-        );
-        assert!(repeat.message.contains("add an id column"));
-
-        let reused = second_of("id,model,file,prompt\nx,m,a.png,p\nx,m,b.png,q\n");
-        assert!(
-            reused.message.contains("id \"x\" is already used"),
-            "{}",
-            reused.message
-        );
-    }
 }

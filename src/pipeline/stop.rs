@@ -1,9 +1,10 @@
 //! Why a run stops early, and the switch every part of the pipeline watches.
 //!
 //! A run stops dispatching for one of three reasons: a signal (the caller's `shutdown`), a key
-//! the service rejected, or an outage that outlasted `--outage-timeout`. The first reason set
-//! wins and is the one the summary and the `not_attempted` lines name. Deliberately not here:
-//! deciding that the key is bad or the service is down (the worker and [`super::outage`] do).
+//! the service rejected, or an outage that outlasted `--outage-timeout`. This is the one place
+//! that state lives: the first reason wins and is the one the summary, the exit code and the
+//! `not_attempted` lines name ([`Stop::stopped`]). Deliberately not here: deciding that the
+//! key is bad or the service is down (the outage gate, which sees every answer, does both).
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -11,8 +12,10 @@ use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::dashscope::{ApiError, ErrorKind};
+use crate::failure::FailureCode;
 
-/// Why a run stopped before the end of its manifest.
+/// Why a run stopped before the end of its manifest. A new reason (a spending limit, say) is
+/// a new variant here, and its exit code in the CLI's `exit_code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// The service answered 401; the message says what to check.
@@ -25,6 +28,13 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// The stop for a 401: the message says what to check.
+    pub fn key_rejected(err: &ApiError) -> StopReason {
+        StopReason::KeyRejected(format!(
+            "the API key was rejected ({err}); check DASHSCOPE_API_KEY or --api-key-file"
+        ))
+    }
+
     /// A short stable name, for scripts and logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -39,7 +49,7 @@ impl StopReason {
     pub fn refusal(&self) -> ApiError {
         ApiError::local(
             ErrorKind::Rejected,
-            super::failure::NOT_ATTEMPTED,
+            FailureCode::NotAttempted,
             format!("not attempted: {self}"),
         )
     }
@@ -57,18 +67,22 @@ impl fmt::Display for StopReason {
 /// The run's stop switch, shared by the dispatcher, the workers and the outage gate.
 #[derive(Debug)]
 pub struct Stop {
+    /// The caller's: cancelled by a signal.
+    shutdown: CancellationToken,
     /// Cancelled to stop dispatching new rows: by a reason, by a signal (it is a child of the
     /// caller's `shutdown`), or when results can no longer be written.
     dispatch: CancellationToken,
     /// Cancelled with a reason only. Requests are refused from then on; a signal alone lets
     /// the rows in flight finish, so it does not cancel this.
     refuse: CancellationToken,
+    /// Set once, by [`Stop::stop`]: the first reason, a signal that came before it included.
     reason: OnceLock<StopReason>,
 }
 
 impl Stop {
     pub fn new(shutdown: &CancellationToken) -> Self {
         Self {
+            shutdown: shutdown.clone(),
             dispatch: shutdown.child_token(),
             refuse: CancellationToken::new(),
             reason: OnceLock::new(),
@@ -77,6 +91,10 @@ impl Stop {
 
     /// Stops the run for `reason`, unless it was already stopped for another.
     pub fn stop(&self, reason: StopReason) {
+        // A signal that came first is the reason, though it does not refuse requests itself.
+        if self.shutdown.is_cancelled() {
+            let _ = self.reason.set(StopReason::Interrupted);
+        }
         if self.reason.set(reason).is_ok()
             && let Some(reason) = self.reason.get()
         {
@@ -86,9 +104,19 @@ impl Stop {
         self.dispatch.cancel();
     }
 
-    /// Why the run stopped, if something other than a signal stopped it.
+    /// Why requests are refused, once they are: set only by [`Stop::stop`], never by a
+    /// signal alone, which lets the rows in flight finish.
     pub fn reason(&self) -> Option<&StopReason> {
         self.reason.get()
+    }
+
+    /// Why the run stopped, if it did: the first of a signal and a reason to refuse.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.reason.get().cloned().or_else(|| {
+            self.shutdown
+                .is_cancelled()
+                .then_some(StopReason::Interrupted)
+        })
     }
 
     /// Cancelled once no new row should start.
@@ -114,14 +142,26 @@ mod tests {
         assert!(stop.dispatch().is_cancelled());
         assert!(!stop.refuse.is_cancelled(), "rows in flight may finish");
         assert_eq!(stop.reason(), None);
+        assert_eq!(stop.stopped(), Some(StopReason::Interrupted));
 
-        stop.stop(StopReason::Outage("model m answered only 429".into()));
+        // The signal came first: it stays the reason, and requests are now refused.
         stop.stop(StopReason::KeyRejected("401".into()));
         assert!(stop.refuse.is_cancelled());
+        assert_eq!(stop.stopped(), Some(StopReason::Interrupted));
+    }
+
+    #[test]
+    fn a_reason_set_before_a_signal_stays_the_reason() {
+        let shutdown = CancellationToken::new();
+        let stop = Stop::new(&shutdown);
+        assert_eq!(stop.stopped(), None);
+        stop.stop(StopReason::Outage("model m answered only 429".into()));
+        shutdown.cancel();
+        stop.stop(StopReason::KeyRejected("401".into()));
         assert_eq!(stop.reason().map(StopReason::as_str), Some("outage"));
         assert_eq!(
-            stop.reason().unwrap().to_string(),
-            "model m answered only 429"
+            stop.stopped().map(|r| r.to_string()).as_deref(),
+            Some("model m answered only 429")
         );
     }
 }

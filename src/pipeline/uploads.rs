@@ -33,8 +33,10 @@ use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use self::file::{Hashed, Opened, ReadError};
 use self::hashes::{HashCache, Stamp};
+use super::checks;
 use super::failure::Failure;
 use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, Policy, RetryPolicy, Sent};
+use crate::failure::FailureCode;
 use crate::output::UploadOutcome;
 use crate::output::state::{UploadCache, unix_now};
 
@@ -282,7 +284,7 @@ impl Uploads {
                 Ok(uploaded) => return Ok(uploaded),
                 Err(Miss::Failed(f)) => return Err(f),
                 Err(Miss::Changed(why)) => {
-                    log.retries.push("file_changed");
+                    log.retries.push(FailureCode::FileChanged.as_str());
                     self.hashes.forget(path);
                     if reads >= READS {
                         return Err(changed(path, &why));
@@ -416,7 +418,7 @@ impl Uploads {
                     return Ok(dashscope::oss_url(&key));
                 }
                 Err(e) if e.kind == ErrorKind::PolicyExpired => {
-                    log.retries.push("policy_expired");
+                    log.retries.push(ErrorKind::PolicyExpired.as_str());
                     self.credentials.invalidate(model, &policy);
                     last_expired = Some(e);
                 }
@@ -424,7 +426,7 @@ impl Uploads {
             }
         }
         let err = last_expired.map_or_else(
-            || Failure::local("internal", "no policy round ran"),
+            || Failure::local(FailureCode::Internal, "no policy round ran"),
             |e| Failure::api("upload (policy kept expiring; check the system clock)", e),
         );
         Err(err.into())
@@ -459,19 +461,12 @@ impl Uploads {
 
 /// `file_too_large` when `size` is over what `model` accepts.
 fn too_large(path: &Path, model: &str, size: u64, policy: &Policy) -> Result<(), Failure> {
-    let limit = policy.max_file_size_bytes();
-    if size <= limit {
-        return Ok(());
-    }
-    Err(Failure::local(
-        "file_too_large",
-        format!(
-            "{} is {size} bytes; model {model} accepts files up to {} MB ({limit} bytes); \
-             shrink or split the file, or give the model a public http(s):// URL of it instead",
-            path.display(),
-            policy.max_file_size_mb
-        ),
-    ))
+    checks::size(
+        path,
+        size,
+        policy.max_file_size_mb,
+        &format!("model {model}"),
+    )
 }
 
 /// Runs file I/O on the blocking pool, so that neither a large or slow file nor one that
@@ -484,16 +479,10 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(ReadError::Changed(why))) => Err(Miss::Changed(why)),
-        Ok(Err(ReadError::NotAFile(what))) => Err(Miss::Failed(Failure::local(
-            "not_a_file",
-            format!("{shown} is {what}; the file column must name a regular file"),
-        ))),
-        Ok(Err(ReadError::Io(err))) => Err(Miss::Failed(Failure::local(
-            "unreadable_file",
-            format!("cannot read {shown}: {err}"),
-        ))),
+        Ok(Err(ReadError::NotAFile(what))) => Err(Miss::Failed(checks::not_a_file(path, what))),
+        Ok(Err(ReadError::Io(err))) => Err(Miss::Failed(checks::unreadable(path, &err))),
         Err(err) => Err(Miss::Failed(Failure::local(
-            "internal",
+            FailureCode::Internal,
             format!("reading {shown} stopped: {err}"),
         ))),
     }
@@ -501,7 +490,7 @@ async fn blocking<T: Send + 'static>(
 
 fn changed(path: &Path, why: &str) -> Failure {
     Failure::local(
-        "file_changed",
+        FailureCode::FileChanged,
         format!(
             "{} kept changing while it was read and uploaded ({why}, {READS} times); make \
              sure nothing writes to it during the run, or give dashbatch a copy. A file whose \
@@ -512,7 +501,7 @@ fn changed(path: &Path, why: &str) -> Failure {
 }
 
 fn closed() -> Failure {
-    Failure::local("internal", "upload slots closed")
+    Failure::local(FailureCode::Internal, "upload slots closed")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use self::prepare::Prepared;
-use super::failure::{Failure, NOT_ATTEMPTED};
+use super::failure::Failure;
 use super::outage::Scope;
 use super::outage::gate::Gate;
 use super::pacing::{Outcome, Pacing};
@@ -22,6 +22,7 @@ use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
     self, Api, ApiError, Client, ErrorKind, ModelReply, ModelRequest, RetryPolicy,
 };
+use crate::failure::FailureCode;
 use crate::limit::Cost;
 use crate::manifest::{BadRow, Entry, Row};
 use crate::output::{RowResult, Status, Tokens};
@@ -59,17 +60,11 @@ impl Worker {
             Entry::Row(row) => {
                 let mut log = RowLog::default();
                 let outcome = self.run_row(&row, &mut log).await;
-                if let Err(f) = &outcome {
-                    if f.is_unauthorized() {
-                        self.stop.stop(StopReason::KeyRejected(format!(
-                            "the API key was rejected ({}); check DASHSCOPE_API_KEY or \
-                             --api-key-file",
-                            f.message
-                        )));
-                    }
-                    if f.is_throttled() {
-                        log.saw_429 += 1;
-                    }
+                // (A 401 has stopped the run already: the gate saw it answered.)
+                if let Err(f) = &outcome
+                    && f.is_throttled()
+                {
+                    log.saw_429 += 1;
                 }
                 row_result(row, outcome, log, started, &self.manifest)
             }
@@ -83,7 +78,7 @@ impl Worker {
         match self.stop.reason() {
             None => Ok(()),
             Some(reason) => Err(Failure::local(
-                NOT_ATTEMPTED,
+                FailureCode::NotAttempted,
                 format!("not attempted: {reason}"),
             )),
         }
@@ -126,7 +121,7 @@ impl Worker {
                 if f.kind == Some(ErrorKind::InvalidOssUrl)
                     && media.iter().any(Prepared::uploaded) =>
             {
-                log.retries.push("invalid_oss_url");
+                log.retries.push(ErrorKind::InvalidOssUrl.as_str());
                 for (item, prepared) in row.media.iter().zip(&mut media) {
                     if prepared.uploaded() {
                         let rejected = Some(prepared.media.url.as_str());
@@ -263,7 +258,7 @@ fn row_result(
         }
         Err(f) => {
             result.status = Status::Failed;
-            result.error_code = f.code;
+            result.error_code = Some(f.code);
             result.error_message = format!("{}, line {line}: {}", manifest.display(), f.message);
             result.request_id = f.request_id.unwrap_or_default();
         }
@@ -280,7 +275,7 @@ pub fn bad_row_result(bad: BadRow, started: Instant) -> RowResult {
         file: bad.file,
         prompt: bad.prompt,
         status: Status::Failed,
-        error_code: bad.code.to_owned(),
+        error_code: Some(bad.code.into()),
         error_message: bad.message,
         latency_ms: started.elapsed().as_millis() as u64,
         finished_at: chrono::Utc::now(),

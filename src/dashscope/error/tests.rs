@@ -272,10 +272,10 @@ fn display_format_and_redaction() {
         e.to_string(),
         "InvalidApiKey: Invalid API-key provided: **** (HTTP 401, request r-9)"
     );
-    let local = ApiError::local(ErrorKind::Rejected, "file_unreadable", "gone");
+    let local = ApiError::local(ErrorKind::Rejected, FailureCode::UnreadableFile, "gone");
     assert_eq!(
         local.to_string(),
-        "file_unreadable: gone (no HTTP response)"
+        "unreadable_file: gone (no HTTP response)"
     );
 }
 
@@ -286,7 +286,11 @@ fn display_format_and_redaction() {
 fn redaction_covers_every_field_before_the_cut() {
     const KEY: &str = "sk-CANARY-0123456789abcdef";
     let scrubbed = |e: &ApiError| {
-        for text in [&e.code, &e.message, e.request_id.as_deref().unwrap_or("")] {
+        for text in [
+            e.code.as_str(),
+            &e.message,
+            e.request_id.as_deref().unwrap_or(""),
+        ] {
             assert!(!text.contains("CANARY"), "{e:?}");
         }
     };

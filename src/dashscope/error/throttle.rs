@@ -45,7 +45,7 @@ impl ThrottleScope {
 impl ApiError {
     /// The scope of the limit, if this is a throttle ([`ErrorKind::Throttled`]).
     pub fn throttle_scope(&self) -> Option<ThrottleScope> {
-        (self.kind == ErrorKind::Throttled).then(|| ThrottleScope::from_code(&self.code))
+        (self.kind == ErrorKind::Throttled).then(|| ThrottleScope::from_code(self.code.as_str()))
     }
 }
 

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::Path;
 
 use super::{ResumeError, line_digest, reader_builder};
+use crate::failure::FailureCode;
 use crate::manifest::id_key;
 use crate::output::results::{COLUMNS, col};
 use crate::spill::{Spill, SpillError};
@@ -174,7 +175,7 @@ fn read_lines(path: &Path, flag: u64, lines: &mut Spill<3>) -> Result<(), Resume
         // the writer refuses it, which would fail the whole compaction.
         if record.len() != fields
             || fields < COLUMNS.len()
-            || &record[col::ERROR_CODE] == b"duplicate_id"
+            || &record[col::ERROR_CODE] == FailureCode::DuplicateId.as_str().as_bytes()
         {
             continue;
         }

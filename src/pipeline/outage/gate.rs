@@ -123,6 +123,14 @@ impl Gate {
         if result.is_err_and(|e| e.kind == ErrorKind::Throttled) {
             self.throttled.fetch_add(1, Ordering::Relaxed);
         }
+        // Stopped here, as the answer arrives, so that no request sent after it (getPolicy
+        // for another model, another row's upload) carries the rejected key again.
+        if let Err(err) = result
+            && err.kind == ErrorKind::Unauthorized
+        {
+            self.stop.stop(StopReason::key_rejected(err));
+            self.changed.notify_waiters();
+        }
         let answer = lock(&self.outages).answered(scopes, ticket.probe, result, Instant::now());
         for (scope, change) in &answer.changes {
             match change {

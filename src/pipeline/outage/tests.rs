@@ -1,24 +1,29 @@
 use super::*;
+use crate::failure::FailureCode;
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
 fn refused() -> ApiError {
-    ApiError::local(ErrorKind::Network, "connect", "connection refused")
+    ApiError::local(
+        ErrorKind::Network,
+        FailureCode::Connect,
+        "connection refused",
+    )
 }
 
 fn throttled() -> ApiError {
     ApiError {
         status: Some(429),
-        ..ApiError::local(ErrorKind::Throttled, "Throttling.RateQuota", "slow down")
+        ..ApiError::service(ErrorKind::Throttled, "Throttling.RateQuota", "slow down")
     }
 }
 
 fn answered(kind: ErrorKind, status: u16) -> ApiError {
     ApiError {
         status: Some(status),
-        ..ApiError::local(kind, "x", "x")
+        ..ApiError::service(kind, "x", "x")
     }
 }
 
@@ -185,7 +190,7 @@ fn scopes_are_independent_and_only_their_own_failures_count() {
 fn what_counts_as_a_failure_or_a_success() {
     use Signal::*;
     let cut = ApiError::invalid_body(200, None, "truncated");
-    let timeout = ApiError::local(ErrorKind::Network, "timeout", "timed out");
+    let timeout = ApiError::local(ErrorKind::Network, FailureCode::Timeout, "timed out");
     let cases: [(&ApiError, Signal, Signal); 7] = [
         (&refused(), Down, Neither),
         (&timeout, Down, Neither),
@@ -194,7 +199,7 @@ fn what_counts_as_a_failure_or_a_success() {
         (&answered(ErrorKind::Rejected, 400), Up, Up),
         (&cut, Up, Up),
         (
-            &ApiError::local(ErrorKind::Rejected, "not_attempted", "stopped"),
+            &ApiError::local(ErrorKind::Rejected, FailureCode::NotAttempted, "stopped"),
             Neither,
             Neither,
         ),

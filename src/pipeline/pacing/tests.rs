@@ -23,7 +23,7 @@ fn the_outcome_of_a_call_is_read_from_its_result() {
     use crate::dashscope::ErrorKind;
     let ok: Result<(), ApiError> = Ok(());
     assert_eq!(Outcome::of(ok.as_ref()), Outcome::Ok);
-    let mut err = ApiError::local(ErrorKind::Throttled, "Throttling.BurstRate", "slow down");
+    let mut err = ApiError::service(ErrorKind::Throttled, "Throttling.BurstRate", "slow down");
     assert_eq!(
         Outcome::of(Err::<(), _>(&err)),
         Outcome::Throttled(ThrottleScope::Burst)

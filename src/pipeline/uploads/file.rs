@@ -11,9 +11,9 @@
 //! Every function here blocks: callers run them on the blocking pool, never on a runtime
 //! thread, so a slow disk or a stuck network filesystem holds one pool thread, not the run.
 
-use std::fs::{File, FileType, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -64,7 +64,9 @@ pub(super) fn open(path: &Path) -> Result<Opened, ReadError> {
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(ReadError::NotAFile(describe(meta.file_type())));
+        return Err(ReadError::NotAFile(crate::pipeline::checks::describe(
+            meta.file_type(),
+        )));
     }
     // O_NONBLOCK was for the open. Linux ignores it for reads of regular files, but some
     // network and FUSE filesystems honour it and would answer a read with EAGAIN.
@@ -75,20 +77,6 @@ pub(super) fn open(path: &Path) -> Result<Opened, ReadError> {
         size: meta.len(),
         mtime: meta.modified().ok(),
     })
-}
-
-fn describe(kind: FileType) -> &'static str {
-    if kind.is_dir() {
-        "a folder"
-    } else if kind.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
-    } else {
-        "not a regular file"
-    }
 }
 
 /// Hashes the whole of `opened`, keeping its bytes when `keep`. Reads at most one byte past

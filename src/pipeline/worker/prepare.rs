@@ -6,10 +6,11 @@
 //! row decides when an item is prepared again (see [`Worker::run_row`]).
 
 use super::Worker;
-use crate::dashscope::{Media, MediaKind, media::audio_format};
+use crate::dashscope::{Media, media::audio_format};
 use crate::manifest::{MediaRef, Source};
 use crate::output::UploadOutcome;
-use crate::pipeline::failure::{Failure, check_local_file};
+use crate::pipeline::checks;
+use crate::pipeline::failure::Failure;
 use crate::pipeline::uploads::RowLog;
 
 /// One media item of a row, ready for the model.
@@ -50,7 +51,7 @@ impl Worker {
         let path = match &item.source {
             Source::Local(path) => path,
             Source::Oss(url) | Source::Http(url) => {
-                let media = Media::for_url(url.as_str()).ok_or_else(|| unsupported(item))?;
+                let media = checks::url_media(url, &item.file)?;
                 return Ok(Prepared {
                     media,
                     upload: UploadOutcome::None,
@@ -58,10 +59,10 @@ impl Worker {
                 });
             }
         };
-        // Before the file is looked at: a kind the model cannot take fails the row whatever
-        // the file is.
-        let kind = MediaKind::from_path(path).ok_or_else(|| unsupported(item))?;
-        let metadata = check_local_file(path)?;
+        // The file before its name, as `validate` judges it: a folder named `media` is a
+        // folder.
+        let metadata = checks::local_file(path)?;
+        let kind = checks::media_kind(&item.source, &item.file)?;
         let mut content = self.uploads.content(model, path, &metadata).await?;
         self.still_running()?;
         let up = self
@@ -78,15 +79,4 @@ impl Worker {
             public: false,
         })
     }
-}
-
-fn unsupported(item: &MediaRef) -> Failure {
-    Failure::local(
-        "unsupported_media",
-        format!(
-            "cannot tell the media kind of {:?} from its extension; use an image (.png, \
-             .jpg, ...), video (.mp4, ...) or audio (.mp3, .wav, ...) file",
-            item.file
-        ),
-    )
 }
