@@ -1,4 +1,6 @@
 use super::*;
+use crate::config::settings::{ApiChoice, parse_rps};
+use crate::dashscope::Api;
 
 fn args(input: &Path) -> RunArgs {
     RunArgs {
@@ -46,10 +48,13 @@ fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
 
     let flagged = plan(
         RunArgs {
-            concurrency: Some(900),
-            max_attempts: Some(3),
-            api: Some(ApiFlag::Compatible),
-            outage_timeout: Some(2),
+            settings: Settings {
+                concurrency: Some(900),
+                max_attempts: Some(3),
+                api: Some(ApiChoice::Compatible),
+                outage_timeout: Some(2),
+                ..Settings::default()
+            },
             ..args(&job)
         },
         false,
@@ -131,7 +136,10 @@ fn a_symlinked_output_becomes_its_target_and_the_state_folder_sits_beside_it() {
     std::os::unix::fs::symlink("real/out.csv", &alias).unwrap();
     let plan = plan(
         RunArgs {
-            output: Some(alias),
+            settings: Settings {
+                output: Some(alias),
+                ..Settings::default()
+            },
             ..args(&dir.path().join("m.csv"))
         },
         false,
@@ -159,7 +167,10 @@ fn upload_clocks_come_from_flags_the_job_file_or_defaults() {
     assert_eq!(from_job.upload_stall_timeout, Duration::from_secs(7));
     let flagged = plan(
         RunArgs {
-            upload_stall_timeout_s: Some(3),
+            settings: Settings {
+                upload_stall_timeout_s: Some(3),
+                ..Settings::default()
+            },
             ..args(&job)
         },
         false,
