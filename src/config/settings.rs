@@ -2,12 +2,14 @@
 //!
 //! [`Settings`] is both `run`'s flags (clap) and a job file's keys (serde): a field's name is
 //! its job-file key and, with `-` for `_`, its flag; its doc comment is its help. A number's
-//! default and accepted range are one [`Bounded`] constant, listed in [`BOUNDED`], which the
-//! flag's parser, the job file's check, the help text and the typed configuration all read.
-//! [`Layers`] is the one merge: a flag, else the job file, else the default.
+//! default and accepted range are one [`Bounded`] constant, which the flag's parser, the job
+//! file's check, the help text and the typed configuration all read. [`Layers`] is the one
+//! merge: a flag, else the job file, else the default.
 //!
-//! A new setting is a field here (for a number, with its `Bounded` constant) and its use
-//! where the typed configuration is built (`cli::run::plan`).
+//! A new setting is a field here (a number with its `Bounded` constant, listed in
+//! [`defaults`] for the help) and its use where the typed configuration is built
+//! (`cli::run::plan`). The tests hold every flag to being a job-file key, every path to being
+//! relative to the job file, and every help to stating its default or having none.
 //!
 //! Every field is an `Option` (a switch is `false` when not given), so that a setting left
 //! out is visible as such. A clap `default_value` would make every flag look given and
@@ -140,8 +142,11 @@ pub const CONCURRENCY: Bounded<u32> = Bounded::new("concurrency", 32, 1..=100_00
 pub const UPLOAD_CONCURRENCY: Bounded<u32> = Bounded::new("upload_concurrency", 16, 1..=10_000);
 pub const MAX_ATTEMPTS: Bounded<u32> =
     Bounded::new("max_attempts", RetryPolicy::DEFAULT_MAX_ATTEMPTS, 1..=100);
-pub const CREDENTIAL_QPS: Bounded<u32> =
-    Bounded::new("credential_qps", CredentialOptions::DEFAULT_QPS.get(), 1..=100);
+pub const CREDENTIAL_QPS: Bounded<u32> = Bounded::new(
+    "credential_qps",
+    CredentialOptions::DEFAULT_QPS.get(),
+    1..=100,
+);
 pub const REQUEST_TIMEOUT_S: Bounded<u64> = Bounded::new(
     "request_timeout_s",
     ClientConfig::DEFAULT_REQUEST_TIMEOUT.as_secs(),
@@ -198,24 +203,33 @@ impl<T: Copy + Into<u64>> Bounded<T> {
 
     /// A flag's value, else the job file's (checked here: clap checked only the flag), else
     /// the default.
-    pub fn pick(&self, layers: &Layers, field: impl Fn(&Settings) -> Option<T>) -> Result<T, SettingError>
+    pub fn pick(
+        &self,
+        layers: &Layers,
+        field: impl Fn(&Settings) -> Option<T>,
+    ) -> Result<T, SettingError>
     where
         T: PartialOrd + std::fmt::Display,
     {
-        layers.merge(field, Some(self.default), self.key, |value| {
-            if self.range.contains(value) {
-                Ok(())
-            } else if (*self.range.end()).into() == u64::MAX {
-                Err(format!("use {} or more", self.range.start()))
-            } else {
-                Err(format!("use {}..={}", self.range.start(), self.range.end()))
-            }
-        })
-        .map(|value| value.unwrap_or(self.default))
+        layers
+            .merge(field, Some(self.default), self.key, |value| {
+                if self.range.contains(value) {
+                    Ok(())
+                } else if (*self.range.end()).into() == u64::MAX {
+                    Err(format!("use {} or more", self.range.start()))
+                } else {
+                    Err(format!("use {}..={}", self.range.start(), self.range.end()))
+                }
+            })
+            .map(|value| value.unwrap_or(self.default))
     }
 
     /// A number of seconds, as [`Self::pick`].
-    pub fn seconds(&self, layers: &Layers, field: impl Fn(&Settings) -> Option<T>) -> Result<Duration, SettingError>
+    pub fn seconds(
+        &self,
+        layers: &Layers,
+        field: impl Fn(&Settings) -> Option<T>,
+    ) -> Result<Duration, SettingError>
     where
         T: PartialOrd + std::fmt::Display,
     {
@@ -311,13 +325,20 @@ impl Layers {
 
     /// `--model-rps`, else the job file's `model_rps`, checked as the flag is.
     pub fn model_rps(&self) -> Result<Option<f64>, SettingError> {
-        self.merge(|s| s.model_rps, None, "model_rps", |&rps| {
-            if rps_in_range(rps) {
-                Ok(())
-            } else {
-                Err(format!("use a number of calls per second above 0, at most {MAX_MODEL_RPS}"))
-            }
-        })
+        self.merge(
+            |s| s.model_rps,
+            None,
+            "model_rps",
+            |&rps| {
+                if rps_in_range(rps) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "use a number of calls per second above 0, at most {MAX_MODEL_RPS}"
+                    ))
+                }
+            },
+        )
     }
 }
 

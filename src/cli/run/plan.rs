@@ -66,8 +66,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         outage_timeout: OUTAGE_TIMEOUT.seconds(&layers, |s| s.outage_timeout)?,
         api: layers.given(|s| s.api).unwrap_or(API).into(),
         concurrency: CONCURRENCY.pick(&layers, |s| s.concurrency)? as usize,
-        upload_concurrency: UPLOAD_CONCURRENCY.pick(&layers, |s| s.upload_concurrency)?
-            as usize,
+        upload_concurrency: UPLOAD_CONCURRENCY.pick(&layers, |s| s.upload_concurrency)? as usize,
         credentials: CredentialOptions {
             qps: NonZeroU32::new(qps).unwrap_or(NonZeroU32::MIN),
             retry: retry.clone(),
@@ -83,8 +82,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         config,
         // A --base-url on the command line beats a job file's `emulator = true`, as every
         // other flag beats the job file.
-        emulator: layers.flags.emulator
-            || (layers.flags.base_url.is_none() && layers.job.emulator),
+        emulator: layers.flags.emulator || (layers.flags.base_url.is_none() && layers.job.emulator),
         base_url: layers.given(|s| s.base_url.clone()),
         api_key_file: layers.given(|s| s.api_key_file.clone()),
         request_timeout: REQUEST_TIMEOUT_S.seconds(&layers, |s| s.request_timeout_s)?,

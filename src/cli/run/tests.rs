@@ -102,7 +102,10 @@ fn out_of_range_job_file_values_are_refused_with_the_key_named() {
         std::fs::write(&job, format!("manifest = \"m.csv\"\n{text}\n")).unwrap();
         let err = plan(args(&job), false).err().expect(text).to_string();
         // The key, and the file to fix.
-        assert!(err.contains(key) && err.contains("bad.toml"), "{text}: {err}");
+        assert!(
+            err.contains(key) && err.contains("bad.toml"),
+            "{text}: {err}"
+        );
     }
 }
 

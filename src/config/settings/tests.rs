@@ -40,7 +40,10 @@ fn layers(flags: &[&str], job: &str) -> Layers {
 fn a_flag_left_out_leaves_the_job_file_its_say_and_a_flag_given_beats_it() {
     let from_job = layers(&[], "concurrency = 7\ndrain_timeout = 5");
     assert_eq!(CONCURRENCY.pick(&from_job, |s| s.concurrency).unwrap(), 7);
-    assert_eq!(DRAIN_TIMEOUT.pick(&from_job, |s| s.drain_timeout).unwrap(), 5);
+    assert_eq!(
+        DRAIN_TIMEOUT.pick(&from_job, |s| s.drain_timeout).unwrap(),
+        5
+    );
     let flagged = layers(&["--concurrency", "32"], "concurrency = 7");
     assert_eq!(CONCURRENCY.pick(&flagged, |s| s.concurrency).unwrap(), 32);
     let neither = layers(&[], "");
@@ -83,10 +86,18 @@ fn every_path_in_a_job_file_is_relative_to_its_folder() {
         .map(|a| a.get_id().as_str().to_owned())
         .collect();
     assert!(paths.len() >= 5, "{paths:?}");
-    let text: String = paths.iter().map(|key| format!("{key} = \"rel/{key}\"\n")).collect();
+    let text: String = paths
+        .iter()
+        .map(|key| format!("{key} = \"rel/{key}\"\n"))
+        .collect();
     std::fs::write(&path, format!("manifest = \"m.csv\"\n{text}")).unwrap();
     let mut job = JobFile::load(&path).unwrap();
-    let resolved: Vec<_> = job.paths_mut().into_iter().flatten().map(|p| p.clone()).collect();
+    let resolved: Vec<_> = job
+        .paths_mut()
+        .into_iter()
+        .flatten()
+        .map(|p| p.clone())
+        .collect();
     assert_eq!(resolved[0], dir.path().join("m.csv"));
     for key in &paths {
         assert!(
@@ -108,27 +119,63 @@ fn the_help_shows_each_default_from_its_constant() {
             .unwrap_or_else(|| panic!("{flag} is not in the help"));
         let entry = entry.split("\n      --").next().unwrap_or(entry);
         let flat = entry.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(flat.contains(&format!("[default: {default}]")), "{flag}: {flat}");
+        assert!(
+            flat.contains(&format!("[default: {default}]")),
+            "{flag}: {flat}"
+        );
     }
-    assert!(help.contains("[default: 32]") && help.contains("[default: 300]"), "{help}");
+    assert!(
+        help.contains("[default: 32]") && help.contains("[default: 300]"),
+        "{help}"
+    );
+}
+
+/// A new setting either shows its default or is named here as having none (or one that
+/// depends on other settings, spelt out in its help).
+#[test]
+fn every_setting_states_its_default_or_has_none() {
+    let without = [
+        "emulator",
+        "api_key_file",
+        "model_rps",
+        "summary_json",
+        "metrics_textfile",
+    ];
+    for arg in command().get_arguments() {
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let key = arg.get_id().as_str();
+        assert!(
+            help.contains("[default: ") != without.contains(&key),
+            "{key}: {help}"
+        );
+    }
 }
 
 #[test]
 fn library_defaults_are_the_settings_defaults() {
     let client = ClientConfig::default();
     assert_eq!(client.request_timeout.as_secs(), REQUEST_TIMEOUT_S.default);
-    assert_eq!(client.upload_timeout.as_secs(), u64::from(UPLOAD_TIMEOUT_S.default));
+    assert_eq!(
+        client.upload_timeout.as_secs(),
+        u64::from(UPLOAD_TIMEOUT_S.default)
+    );
     assert_eq!(
         client.upload_stall_timeout.as_secs(),
         u64::from(UPLOAD_STALL_TIMEOUT_S.default)
     );
     assert_eq!(RetryPolicy::default().max_attempts, MAX_ATTEMPTS.default);
-    assert_eq!(CredentialOptions::default().qps.get(), CREDENTIAL_QPS.default);
+    assert_eq!(
+        CredentialOptions::default().qps.get(),
+        CREDENTIAL_QPS.default
+    );
 }
 
 #[test]
 fn a_job_files_api_is_matched_without_case_and_a_wrong_one_named() {
-    assert_eq!(load("api = \"Native\"").unwrap().api, Some(ApiChoice::Native));
+    assert_eq!(
+        load("api = \"Native\"").unwrap().api,
+        Some(ApiChoice::Native)
+    );
     let err = load("api = \"openai\"").unwrap_err();
     assert!(
         err.contains("j.toml") && err.contains("openai") && err.contains("\"compatible\""),
@@ -151,8 +198,14 @@ fn a_job_files_value_out_of_range_names_the_file_the_key_and_the_range() {
         .unwrap_err()
         .to_string();
     assert!(err.ends_with("use 1 or more"), "{err}");
-    let err = layers(&[], "model_rps = 0.0").model_rps().unwrap_err().to_string();
-    assert!(err.contains("model_rps = 0") && err.contains("1000000"), "{err}");
+    let err = layers(&[], "model_rps = 0.0")
+        .model_rps()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model_rps = 0") && err.contains("1000000"),
+        "{err}"
+    );
 }
 
 #[test]
