@@ -27,6 +27,8 @@ use serde::Deserialize;
 
 use crate::dashscope::{Api, ClientConfig, CredentialOptions, RetryPolicy};
 
+pub use super::layers::{Layers, SettingError};
+
 /// The settings of a run, as flags or as a job file's keys. `deny_unknown_fields`: a
 /// misspelt key is refused, naming it, rather than silently ignored.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -279,79 +281,6 @@ fn show_defaults(arg: clap::Arg) -> clap::Arg {
     arg.help(help)
 }
 
-/// The settings of the command line over those of the job file, if any.
-#[derive(Debug, Default)]
-pub struct Layers {
-    pub flags: Settings,
-    pub job: Settings,
-    /// The job file the second layer came from, named in its errors.
-    pub job_path: Option<PathBuf>,
-}
-
-impl Layers {
-    /// The one merge: the flag's value, else the job file's (which `check` must accept:
-    /// clap has checked only the flag), else `default`.
-    pub fn merge<T>(
-        &self,
-        field: impl Fn(&Settings) -> Option<T>,
-        default: Option<T>,
-        key: &'static str,
-        check: impl Fn(&T) -> Result<(), String>,
-    ) -> Result<Option<T>, SettingError>
-    where
-        T: std::fmt::Display,
-    {
-        if let Some(flag) = field(&self.flags) {
-            return Ok(Some(flag));
-        }
-        match field(&self.job) {
-            Some(value) => match check(&value) {
-                Ok(()) => Ok(Some(value)),
-                Err(hint) => Err(SettingError {
-                    job: self.job_path.clone().unwrap_or_default(),
-                    key,
-                    value: value.to_string(),
-                    hint,
-                }),
-            },
-            None => Ok(default),
-        }
-    }
-
-    /// A setting without a default or a range: the flag's value, else the job file's.
-    pub fn given<T>(&self, field: impl Fn(&Settings) -> Option<T>) -> Option<T> {
-        field(&self.flags).or_else(|| field(&self.job))
-    }
-
-    /// `--model-rps`, else the job file's `model_rps`, checked as the flag is.
-    pub fn model_rps(&self) -> Result<Option<f64>, SettingError> {
-        self.merge(
-            |s| s.model_rps,
-            None,
-            "model_rps",
-            |&rps| {
-                if rps_in_range(rps) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "use a number of calls per second above 0, at most {MAX_MODEL_RPS}"
-                    ))
-                }
-            },
-        )
-    }
-}
-
-/// A job file's value that its flag would not accept.
-#[derive(Debug, thiserror::Error)]
-#[error("job file {}: {key} = {value} is out of range; {hint}", job.display())]
-pub struct SettingError {
-    job: PathBuf,
-    key: &'static str,
-    value: String,
-    hint: String,
-}
-
 /// `--model-rps`: above 0, at most [`MAX_MODEL_RPS`].
 pub fn parse_rps(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -362,7 +291,7 @@ pub fn parse_rps(text: &str) -> Result<f64, String> {
     }
 }
 
-fn rps_in_range(rps: f64) -> bool {
+pub(super) fn rps_in_range(rps: f64) -> bool {
     rps.is_finite() && rps > 0.0 && rps <= MAX_MODEL_RPS
 }
 
