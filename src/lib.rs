@@ -7,8 +7,9 @@
 //! # Layout
 //! - [`cli`]: argument parsing and the only place that wires the client to the emulator
 //!   (`run --emulator`). Turns errors into [`exit`] codes.
-//! - [`config`]: the validated, typed settings of a run, built from flags and job files
-//!   before any I/O.
+//! - [`config`]: the settings of a run, each declared once in `config/settings.rs` (flag,
+//!   job-file key, default, range, help), merged from flags over a job file over defaults,
+//!   and checked into a typed [`config::RunConfig`] before any I/O.
 //! - [`manifest`]: streams manifest rows; a bad row is data, not an error.
 //! - [`dashscope`]: the client of the remote service: API key handling, upload credentials
 //!   (rate limit, policy cache), the OSS form upload, model calls, error classification and
@@ -34,6 +35,11 @@
 //! - [`failure`]: the failure codes we write (a new one is a variant there and a line in the
 //!   README) and the `error_code` column's value.
 //! - [`exit`]: the process exit codes, in one place.
+//!
+//! Where to start a change:
+//! - a new `run` setting: a field of [`config::settings::Settings`] in
+//!   `src/config/settings.rs` (its flag, job-file key and help; a number's default and range
+//!   beside it), then its use in `src/cli/run/plan.rs`.
 
 pub mod cli;
 pub mod config;

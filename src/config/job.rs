@@ -1,37 +1,15 @@
 //! Job files: a TOML file that names the manifest, the output and any settings, so a crontab
 //! line stays short and the settings live under version control. Paths in a job file are
-//! relative to the job file's folder. Flags given on the command line override it.
+//! relative to the job file's folder. Flags given on the command line override it. Its keys
+//! are declared, with the flags, in [`super::settings`].
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use super::settings::Settings;
 
-/// Every key a job file may set; each mirrors the `run` flag of the same name.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobFile {
-    pub manifest: Option<PathBuf>,
-    pub output: Option<PathBuf>,
-    pub api: Option<String>,
-    pub base_url: Option<String>,
-    pub emulator: Option<bool>,
-    pub concurrency: Option<u32>,
-    pub upload_concurrency: Option<u32>,
-    pub max_attempts: Option<u32>,
-    pub credential_qps: Option<u32>,
-    pub model_rps: Option<f64>,
-    pub request_timeout_s: Option<u64>,
-    pub upload_timeout_s: Option<u32>,
-    pub upload_stall_timeout_s: Option<u32>,
-    /// Seconds, as `--drain-timeout`.
-    pub drain_timeout: Option<u64>,
-    /// Seconds, as `--outage-timeout`.
-    pub outage_timeout: Option<u64>,
-    pub state_dir: Option<PathBuf>,
-    pub summary_json: Option<PathBuf>,
-    pub metrics_textfile: Option<PathBuf>,
-    pub api_key_file: Option<PathBuf>,
-}
+/// A job file holds the same settings as `run`'s flags, under the same names
+/// ([`Settings`]), with the manifest among them.
+pub type JobFile = Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -50,7 +28,7 @@ pub fn is_job_file(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
 }
 
-impl JobFile {
+impl Settings {
     /// Reads a job file and resolves its paths against the job file's folder.
     pub fn load(path: &Path) -> Result<Self, JobError> {
         let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
@@ -63,17 +41,7 @@ impl JobFile {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        for p in [
-            &mut job.manifest,
-            &mut job.output,
-            &mut job.state_dir,
-            &mut job.summary_json,
-            &mut job.metrics_textfile,
-            &mut job.api_key_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for p in job.paths_mut().into_iter().flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -1,9 +1,13 @@
-//! The typed settings of a run, validated before any I/O starts. The CLI (and, later, job
-//! files) build a [`RunConfig`]; the pipeline only ever sees this.
+//! The settings of a run: each declared once in [`settings`] (flag, job-file key, default,
+//! range, help), read from the command line and a [`job`] file, merged once (`layers`: flag
+//! over job file over default) and checked into the typed [`RunConfig`] before any I/O
+//! starts. The pipeline only ever sees the latter.
 
 use std::path::PathBuf;
 
 pub mod job;
+mod layers;
+pub mod settings;
 
 use crate::dashscope::{Api, CredentialOptions, RetryPolicy};
 

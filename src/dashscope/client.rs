@@ -37,20 +37,29 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            base_url: "https://dashscope.aliyuncs.com".to_owned(),
+            base_url: Self::DEFAULT_BASE_URL.to_owned(),
             connect_timeout: Duration::from_secs(10),
-            // Video understanding can take a minute or more before the first byte.
-            request_timeout: Duration::from_secs(180),
-            // 1 GB at ~2 MB/s, the slow end of an uplink, is ~9 minutes.
-            upload_timeout: Duration::from_secs(15 * 60),
-            // A minute without progress is far beyond a healthy link's pauses; the kernel's
-            // send buffer (a few MB) drains within it on any link over ~1 Mbit/s.
-            upload_stall_timeout: Duration::from_secs(60),
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            upload_timeout: Self::DEFAULT_UPLOAD_TIMEOUT,
+            upload_stall_timeout: Self::DEFAULT_UPLOAD_STALL_TIMEOUT,
         }
     }
 }
 
+/// The defaults, named so that `run`'s settings (`config::settings`) take theirs from here
+/// and the library and the CLI cannot disagree.
 impl ClientConfig {
+    /// The real service's root.
+    pub const DEFAULT_BASE_URL: &str = "https://dashscope.aliyuncs.com";
+    /// Video understanding can take a minute or more before the first byte, and a long
+    /// answer streams for minutes more.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+    /// 1 GB at ~2 MB/s, the slow end of an uplink, is ~9 minutes.
+    pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+    /// A minute without progress is far beyond a healthy link's pauses; the kernel's send
+    /// buffer (a few MB) drains within it on any link over ~1 Mbit/s.
+    pub const DEFAULT_UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
     /// Accepts `DASHSCOPE_HTTP_BASE_URL`'s form (`…/api/v1`, with or without a trailing
     /// slash) and strips it to the service root. A root passes through unchanged (minus
     /// trailing slashes). Compatible mode's `…/compatible-mode/v1` is stripped too, since

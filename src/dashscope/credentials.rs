@@ -61,7 +61,7 @@ impl Default for CredentialOptions {
             // and the server counting windows on its own clock. With policy reuse, a run
             // needs about one request per model per few minutes, so the rate only matters
             // for policy-less mode and refresh storms.
-            qps: NonZeroU32::new(80).unwrap_or(NonZeroU32::MIN),
+            qps: Self::DEFAULT_QPS,
             burst: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
             reuse: true,
             // The reply we saw has a 300 s lifetime, so policies are reused for 240 s.
@@ -75,6 +75,11 @@ impl Default for CredentialOptions {
             retry: RetryPolicy::default(),
         }
     }
+}
+
+impl CredentialOptions {
+    /// See [`Default`]; `run --credential-qps` takes its default from here.
+    pub const DEFAULT_QPS: NonZeroU32 = NonZeroU32::new(80).unwrap();
 }
 
 /// The rate for the options: `qps` per second sustained, `burst` at once.

@@ -45,13 +45,19 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 6,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             base: Duration::from_millis(250),
             cap: Duration::from_secs(30),
             retry_after_ceiling: Duration::from_secs(60),
             watch: None,
         }
     }
+}
+
+impl RetryPolicy {
+    /// Five retries: with a 250 ms base doubling to a 30 s cap, about 8 s of backoff at
+    /// most before a row fails. `run --max-attempts` takes its default from here.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 }
 
 /// What [`Watch::admit`] said about one attempt, handed back with its answer.

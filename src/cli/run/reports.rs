@@ -23,7 +23,7 @@ pub(super) struct Reports {
 impl Reports {
     /// Before the job file loads: its report paths are not known yet, only the flags'.
     pub(super) fn from_flags(args: &RunArgs) -> Self {
-        let output = args.output.clone().unwrap_or_else(|| {
+        let output = args.settings.output.clone().unwrap_or_else(|| {
             if is_job_file(&args.input) {
                 PathBuf::new()
             } else {
@@ -33,8 +33,8 @@ impl Reports {
         Self {
             manifest: args.input.clone(),
             output,
-            summary_json: args.summary_json.clone(),
-            metrics_textfile: args.metrics_textfile.clone(),
+            summary_json: args.settings.summary_json.clone(),
+            metrics_textfile: args.settings.metrics_textfile.clone(),
         }
     }
 

@@ -1,4 +1,6 @@
 use super::*;
+use crate::config::settings::{ApiChoice, parse_rps};
+use crate::dashscope::Api;
 
 fn args(input: &Path) -> RunArgs {
     RunArgs {
@@ -25,6 +27,25 @@ fn the_documented_defaults_apply_when_neither_flag_nor_job_file_says() {
     assert!(!plan.emulator && !c.fresh);
 }
 
+/// The library's own defaults (`ClientConfig::default()` and friends, used by anyone who
+/// embeds the client) are the ones `run` documents and uses.
+#[test]
+fn the_library_defaults_are_the_runs_defaults() {
+    let plan = plan(args(Path::new("jobs/m.csv")), false).unwrap();
+    let client = ClientConfig::default();
+    assert_eq!(plan.request_timeout, client.request_timeout);
+    assert_eq!(plan.upload_timeout, client.upload_timeout);
+    assert_eq!(plan.upload_stall_timeout, client.upload_stall_timeout);
+    assert_eq!(
+        plan.config.retry.max_attempts,
+        crate::dashscope::RetryPolicy::default().max_attempts
+    );
+    assert_eq!(
+        plan.config.credentials.qps,
+        crate::dashscope::CredentialOptions::default().qps
+    );
+}
+
 #[test]
 fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,10 +67,13 @@ fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
 
     let flagged = plan(
         RunArgs {
-            concurrency: Some(900),
-            max_attempts: Some(3),
-            api: Some(ApiFlag::Compatible),
-            outage_timeout: Some(2),
+            settings: Settings {
+                concurrency: Some(900),
+                max_attempts: Some(3),
+                api: Some(ApiChoice::Compatible),
+                outage_timeout: Some(2),
+                ..Settings::default()
+            },
             ..args(&job)
         },
         false,
@@ -72,11 +96,16 @@ fn out_of_range_job_file_values_are_refused_with_the_key_named() {
         ("model_rps = -3.0", "model_rps"),
         ("model_rps = nan", "model_rps"),
         ("outage_timeout = 0", "outage_timeout"),
+        ("request_timeout_s = 0", "request_timeout_s"),
     ] {
         let job = dir.path().join("bad.toml");
         std::fs::write(&job, format!("manifest = \"m.csv\"\n{text}\n")).unwrap();
         let err = plan(args(&job), false).err().expect(text).to_string();
-        assert!(err.contains(key), "{text}: {err}");
+        // The key, and the file to fix.
+        assert!(
+            err.contains(key) && err.contains("bad.toml"),
+            "{text}: {err}"
+        );
     }
 }
 
@@ -131,7 +160,10 @@ fn a_symlinked_output_becomes_its_target_and_the_state_folder_sits_beside_it() {
     std::os::unix::fs::symlink("real/out.csv", &alias).unwrap();
     let plan = plan(
         RunArgs {
-            output: Some(alias),
+            settings: Settings {
+                output: Some(alias),
+                ..Settings::default()
+            },
             ..args(&dir.path().join("m.csv"))
         },
         false,
@@ -159,7 +191,10 @@ fn upload_clocks_come_from_flags_the_job_file_or_defaults() {
     assert_eq!(from_job.upload_stall_timeout, Duration::from_secs(7));
     let flagged = plan(
         RunArgs {
-            upload_stall_timeout_s: Some(3),
+            settings: Settings {
+                upload_stall_timeout_s: Some(3),
+                ..Settings::default()
+            },
             ..args(&job)
         },
         false,
