@@ -93,10 +93,10 @@ fn answer(
         .config
         .model_index(model)
         .ok_or_else(|| ApiError::model_not_found(model, shape))?;
-    if !state
+    if state
         .model_window
-        .hit(&account.name, model, Instant::now())
-        .allowed
+        .as_ref()
+        .is_some_and(|window| !window.hit(&account.name, model, Instant::now()).allowed)
     {
         return Err(ApiError::throttled());
     }
