@@ -121,6 +121,7 @@ pub enum StoreError {
 }
 
 type ObjectDigest = [u8; 16];
+type DailyBytes = HashMap<(AccountId, NaiveDate), u64>;
 
 fn digest_key(key: &str) -> ObjectDigest {
     let digest = Sha256::digest(key.as_bytes());
@@ -136,7 +137,7 @@ pub struct Objects {
     /// different accounts never queue on one lock. Locked after an object shard (never the
     /// other way round), so the existence check, the capacity charge and the insert are one
     /// atomic step and two racing uploads of one key cannot both succeed.
-    daily: Box<[Mutex<HashMap<(AccountId, NaiveDate), u64>>]>,
+    daily: Box<[Mutex<DailyBytes>]>,
 }
 
 impl Default for Objects {

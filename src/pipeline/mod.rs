@@ -1,5 +1,5 @@
-//! Orchestration of a run: manifest rows flow through a bounded stream of workers, and each
-//! finished row goes to the reporter as one event.
+//! Orchestration of a run: each manifest row runs as a task of its own, at most
+//! `concurrency` at once, and each finished row goes to the reporter as one event.
 //!
 //! ```text
 //! manifest reader ──(bounded channel)──> dispatch: one task per row, ──> reporter
@@ -13,10 +13,11 @@
 //! runtime's threads) and [`finish`] (statistics completed, compaction, on the blocking pool).
 //!
 //! Memory is bounded by the channel capacities and the rows in flight, plus 8 bytes per
-//! manifest row for the id sets that resume and duplicate detection need. Pacing lives in the
-//! client (credential limiter) and in the upload slots; this module decides what runs when,
-//! when to stop (a signal, a rejected key, an outage: see [`stop`] and [`outage`]), and
-//! leaves the results file complete at the end (see [`compact`]).
+//! manifest row for the id sets that resume and duplicate detection need. Pacing lives in
+//! [`crate::limit`] (upload credentials and model calls, the latter steered by [`pacing`])
+//! and in the upload slots; this module decides what runs when, when to stop (a signal, a
+//! rejected key, an outage: see [`stop`] and [`outage`]), and leaves the results file
+//! complete at the end (see [`compact`]).
 
 mod compact;
 mod dispatch;

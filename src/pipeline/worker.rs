@@ -178,10 +178,7 @@ impl Worker {
         self.still_running()?;
         let model = row.model.as_str();
         // Paced by the policy's watch (see `Paced`), so a retry is paced too.
-        let attempt = || async {
-            let result = self.client.call_model(self.api, &request).await;
-            result
-        };
+        let attempt = || async { self.client.call_model(self.api, &request).await };
         let policy = self.model_retry(model);
         let (result, attempts) =
             dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
