@@ -1,6 +1,6 @@
 //! Load harness: runs the release `dashbatch` binary against `dashbatch emulator`, each as
-//! its own process, and prints achieved rows/s next to the bound, the client's CPU per row
-//! and its peak RSS.
+//! its own process, and prints achieved rows/s next to the bound, the client's CPU per row,
+//! the cores it kept busy (CPU time / wall time) and its peak RSS.
 //!
 //! ```text
 //! cargo build --release --examples --bins
@@ -174,7 +174,7 @@ fn throughput(
         }
     );
     println!(
-        "{:>5} {:>7} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>8} {:>8}",
+        "{:>5} {:>7} {:>6} {:>9} {:>9} {:>6} {:>10} {:>9} {:>10} {:>8} {:>8}",
         "C",
         "rows",
         "up_c",
@@ -182,6 +182,7 @@ fn throughput(
         "bound",
         "ratio",
         "cli_us/row",
+        "cli_cores",
         "emu_us/row",
         "cli_MB",
         "uploads"
@@ -202,7 +203,7 @@ fn throughput(
         let emu = emulator.stop()?;
         let bound = c as f64 / per_row_s;
         println!(
-            "{:>5} {:>7} {:>6} {:>9.0} {:>9.0} {:>6.3} {:>10.1} {:>10.1} {:>8.1} {:>8}",
+            "{:>5} {:>7} {:>6} {:>9.0} {:>9.0} {:>6.3} {:>10.1} {:>9.2} {:>10.1} {:>8.1} {:>8}",
             c,
             rows,
             up_c,
@@ -210,6 +211,8 @@ fn throughput(
             bound,
             run.rows_per_s(rows) / bound,
             run.usage.cpu_us() / rows as f64,
+            // Cores in use: the client's CPU time over its wall time.
+            run.usage.cpu_us() / 1e6 / run.wall.as_secs_f64(),
             emu.cpu_us() / rows as f64,
             run.usage.max_rss_mb(),
             run.summary["uploads_new"],

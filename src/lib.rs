@@ -18,11 +18,12 @@
 //! - [`limit`]: rate limits behind one async interface, "acquire this cost of this key at
 //!   this rate" ([`limit::Limiter`]), and its in-process implementation. Upload credentials
 //!   and model-call pacing both go through it; a new backend (Redis) is a new file there.
-//! - [`pipeline`]: orchestration. Rows flow through a bounded stream of workers; each worker
-//!   sends one event per finished row. Also the per-run upload de-duplication, the adaptive
+//! - [`pipeline`]: orchestration, in three steps: prepare, dispatch (each row a task of its
+//!   own, at most `--concurrency` at once, spread over the runtime's threads), finish. One
+//!   event per finished row goes to the reporter. Also the per-run upload de-duplication, the adaptive
 //!   per-model pacing of model calls, outages (pause, probe, give up), and the compaction of
 //!   the results file at the end.
-//! - [`output`]: the single task that owns the results file, the statistics and the progress
+//! - [`output`]: the reporter, alone on its thread, that owns the results file, the statistics and the progress
 //!   bar; resume and compaction of the results file, the run lock, the upload cache kept
 //!   across runs, and the JSON and Prometheus reports.
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model

@@ -175,7 +175,9 @@ pub struct State {
     pub clock: Clock,
     pub stats: Stats,
     pub credential_window: SlidingWindow,
-    pub model_window: SlidingWindow,
+    /// `None` without `--model-rps`: nothing reads the window then, and recording every
+    /// call would put all calls of a model behind one shard's lock for nothing.
+    pub model_window: Option<SlidingWindow>,
     pub limits: Limits,
     pub billing: Billing,
     pub grants: Grants,
@@ -189,7 +191,7 @@ impl State {
             clock: Clock::default(),
             stats: Stats::default(),
             credential_window: SlidingWindow::new(Some(config.credential_qps)),
-            model_window: SlidingWindow::new(config.model_rps),
+            model_window: config.model_rps.map(|rps| SlidingWindow::new(Some(rps))),
             limits: Limits::new(config.burst, config.model_tpm),
             billing: Billing::new(config.arrears_after, config.arrears_code),
             grants: Grants::default(),

@@ -121,6 +121,7 @@ pub enum StoreError {
 }
 
 type ObjectDigest = [u8; 16];
+type DailyBytes = HashMap<(AccountId, NaiveDate), u64>;
 
 fn digest_key(key: &str) -> ObjectDigest {
     let digest = Sha256::digest(key.as_bytes());
@@ -132,17 +133,18 @@ fn digest_key(key: &str) -> ObjectDigest {
 #[derive(Debug)]
 pub struct Objects {
     shards: Box<[Mutex<Swept<ObjectDigest, ObjectMeta>>]>,
-    /// Bytes stored per account per service day. Locked after an object shard (never the
+    /// Bytes stored per account per service day, sharded by account so that uploads of
+    /// different accounts never queue on one lock. Locked after an object shard (never the
     /// other way round), so the existence check, the capacity charge and the insert are one
     /// atomic step and two racing uploads of one key cannot both succeed.
-    daily: Mutex<HashMap<(AccountId, NaiveDate), u64>>,
+    daily: Box<[Mutex<DailyBytes>]>,
 }
 
 impl Default for Objects {
     fn default() -> Self {
         Self {
             shards: shards(),
-            daily: Mutex::default(),
+            daily: shards(),
         }
     }
 }
@@ -170,7 +172,8 @@ impl Objects {
             return Err(StoreError::Exists);
         }
         {
-            let mut daily = lock(&self.daily);
+            // An account id is a digest, so its first byte spreads accounts evenly.
+            let mut daily = lock(&self.daily[meta.account[0] as usize % SHARDS]);
             let used = daily.entry((meta.account, day)).or_default();
             if used.saturating_add(meta.size) > daily_limit {
                 return Err(StoreError::CapacityExceeded);

@@ -2,12 +2,16 @@
 //! display. Workers never touch those; they send an [`Event`] per finished row. Keeping all
 //! three in one place means a results line, its count in the summary and the progress bar can
 //! never disagree, and no lock is held around file I/O.
+//!
+//! It runs on a thread of its own ([`Reporter::spawn`]): every write, flush and fsync it does
+//! blocks, and a runtime thread stalled on the disk would stall the rows it polls.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::results::{ResultsWriter, RowResult, Status};
 use super::stats::Stats;
@@ -178,7 +182,7 @@ impl<W: Durable> Reporter<W> {
         Ok(self)
     }
 
-    /// Ends the run: returns the final statistics and the flushed sink.
+    /// Ends the run: returns the final statistics and the flushed sink. Blocks (a flush).
     pub fn finish(mut self) -> io::Result<(Stats, W)> {
         self.stats.finish(self.started.elapsed());
         Ok((self.stats, self.writer.into_inner()?))
@@ -187,6 +191,15 @@ impl<W: Durable> Reporter<W> {
     /// Mutable statistics, for figures only the caller knows (credential calls, skips).
     pub fn stats_mut(&mut self) -> &mut Stats {
         &mut self.stats
+    }
+}
+
+impl<W: Durable + Send + 'static> Reporter<W> {
+    /// Runs [`Reporter::run`] on a blocking-pool thread, which it keeps until every sender
+    /// is gone. The runtime still drives its timers and its channel.
+    pub fn spawn(self, events: mpsc::Receiver<Event>) -> JoinHandle<Result<Self, ReportError>> {
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(self.run(events)))
     }
 }
 
@@ -233,6 +246,64 @@ mod tests {
                 + u32::from(status == Status::Failed),
             retries,
         })
+    }
+
+    /// A sink whose first `sync` waits until the test lets it go, or until a deadline.
+    struct Gated {
+        entered: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Durable for Gated {
+        fn sync(&self) -> io::Result<()> {
+            if let Some(entered) = self.entered.lock().unwrap().take() {
+                let _ = entered.send(());
+                let release = self.release.lock().unwrap();
+                if release.recv_timeout(Duration::from_secs(10)).is_err() {
+                    self.stalled
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The test runs on a one-thread runtime, and lets the sync go from that thread. Were the
+    /// sync on the runtime's thread, the test could not run until the sync's deadline.
+    #[tokio::test]
+    async fn a_slow_sync_does_not_hold_up_the_runtime() {
+        let (entered, entered_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let stalled = std::sync::Arc::default();
+        let sink = Gated {
+            entered: std::sync::Mutex::new(Some(entered)),
+            release: std::sync::Mutex::new(release_rx),
+            stalled: std::sync::Arc::clone(&stalled),
+        };
+        let writer = ResultsWriter::new(sink, &[], true).unwrap();
+        let reporter = Reporter::new(writer, Stats::default(), Progress::Hidden);
+        let (events, events_rx) = mpsc::channel(1);
+        let task = reporter.spawn(events_rx);
+        entered_rx.await.unwrap();
+        release.send(()).unwrap();
+        events.send(Event::Total(1)).await.unwrap();
+        drop(events);
+        let reporter = task.await.unwrap().unwrap();
+        assert_eq!(reporter.stats().rows_total, 1);
+        assert!(
+            !stalled.load(std::sync::atomic::Ordering::SeqCst),
+            "the sync held the runtime's only thread"
+        );
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! The upload cache kept across runs: which content was uploaded for which model, by which
 //! account, and when. A nightly run over a growing manifest then uploads only new files.
 //!
-//! Stored as JSON lines in `<state dir>/uploads.jsonl`, appended as uploads finish. The
-//! account is identified by a fingerprint of the API key (a truncated SHA-256), never by the
+//! Stored as JSON lines in `<state dir>/uploads.jsonl`, appended as uploads finish by a
+//! thread of the cache's own, so that no worker waits on the disk (see [`UploadCache::record`]).
+//! The account is identified by a fingerprint of the API key (a truncated SHA-256), never by the
 //! key. A line that does not parse (a crash mid-write, a hand edit) is skipped with a warning:
 //! losing a cache entry costs one upload, never a run.
 //!
@@ -17,6 +18,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fs4::fs_std::FileExt;
@@ -30,6 +34,10 @@ pub const REUSE_MARGIN: Duration = Duration::from_secs(2 * 3600);
 
 const FILE_NAME: &str = "uploads.jsonl";
 const LOCK_NAME: &str = "uploads.lock";
+/// Records waiting for the appender thread. An append takes microseconds and uploads tens of
+/// milliseconds, so the queue fills only while the disk stalls; a record that finds it full
+/// is dropped (it costs one upload in a later run) rather than make a worker wait.
+const QUEUE: usize = 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -46,13 +54,26 @@ type Key = (String, [u8; 32]);
 pub struct UploadCache {
     path: PathBuf,
     account: String,
+    /// Held for one lookup or insert, never across I/O.
     entries: Mutex<HashMap<Key, (String, i64)>>,
-    /// The append handle and the lock. A mutex because workers record uploads concurrently;
-    /// held only for one append or for the compaction.
-    file: Mutex<Appender>,
+    /// Work for the appender thread, which alone owns the file: `None` when the thread could
+    /// not start. A bounded queue (see [`QUEUE`]); taken in `drop` to end the thread.
+    jobs: Option<SyncSender<Job>>,
+    appender: Option<JoinHandle<()>>,
+    /// A record was dropped on a full queue; warned once.
+    overflowed: AtomicBool,
 }
 
+/// What the appender thread does, in the order asked.
+enum Job {
+    Append(Vec<u8>),
+    /// Compact at `now`, after every append queued before, and say how it went.
+    Compact(i64, mpsc::Sender<std::io::Result<()>>),
+}
+
+/// The file side of the cache, owned by the appender thread.
 struct Appender {
+    path: PathBuf,
     /// `None` when the state folder cannot be written (then the cache only serves what it
     /// loaded, and says so once).
     file: Option<File>,
@@ -109,11 +130,33 @@ impl UploadCache {
                 None
             }
         };
+        let appender = Appender {
+            path: path.clone(),
+            file,
+            lock,
+        };
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("upload-cache".into())
+            .spawn(move || appender.serve(queue));
+        let (jobs, appender) = match thread {
+            Ok(thread) => (Some(jobs), Some(thread)),
+            Err(err) => {
+                tracing::warn!(
+                    "upload cache {}: cannot start its writer ({err}); uploads of this run \
+                     will not be remembered",
+                    path.display()
+                );
+                (None, None)
+            }
+        };
         Self {
             path,
             account: account.to_owned(),
             entries: Mutex::new(entries),
-            file: Mutex::new(Appender { file, lock }),
+            jobs,
+            appender,
+            overflowed: AtomicBool::new(false),
         }
     }
 
@@ -126,7 +169,9 @@ impl UploadCache {
             .map(|(url, _)| url.clone())
     }
 
-    /// Remembers an upload. Written at once, so a crash after it still saves the upload.
+    /// Remembers an upload. Never waits on the disk: the line goes to the appender thread,
+    /// which writes it within microseconds, so a crash after that still saves the upload; a
+    /// crash before it, or a disk too slow for the queue, costs one upload in a later run.
     pub fn record(&self, model: &str, sha256: &[u8; 32], url: &str, now: i64) {
         let rec = Record {
             account: self.account.clone(),
@@ -143,12 +188,17 @@ impl UploadCache {
             return;
         };
         line.push(b'\n');
-        let mut appender = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = appender.file.as_mut()
-            && let Err(err) = f.write_all(&line)
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if let Err(TrySendError::Full(_)) = jobs.try_send(Job::Append(line))
+            && !self.overflowed.swap(true, Ordering::Relaxed)
         {
-            tracing::warn!("upload cache {}: cannot append: {err}", self.path.display());
-            appender.file = None;
+            tracing::warn!(
+                "upload cache {}: the disk is not keeping up; some uploads of this run will \
+                 not be remembered",
+                self.path.display()
+            );
         }
     }
 
@@ -161,11 +211,56 @@ impl UploadCache {
         }
     }
 
-    /// Rewrites the file without expired or unreadable lines (of any account), atomically.
-    /// Skipped when another run has the cache open: that run compacts when it ends.
+    /// Rewrites the file without expired or unreadable lines (of any account), atomically,
+    /// after the records already queued. Skipped when another run has the cache open: that
+    /// run compacts when it ends. Blocks: call it from a blocking thread.
     pub fn compact(&self, now: i64) -> std::io::Result<()> {
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let Appender { file, lock } = &mut *guard;
+        let Some(jobs) = &self.jobs else {
+            return Ok(());
+        };
+        let (done, result) = mpsc::channel();
+        if jobs.send(Job::Compact(now, done)).is_err() {
+            return Ok(());
+        }
+        // No answer: the thread is gone, and with it the file; nothing to tidy.
+        result.recv().unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for UploadCache {
+    /// Ends the appender thread once it has written every queued record.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.appender.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Appender {
+    /// The appender thread: runs jobs until the cache is dropped.
+    fn serve(mut self, jobs: Receiver<Job>) {
+        for job in jobs {
+            match job {
+                Job::Append(line) => self.append(&line),
+                Job::Compact(now, done) => {
+                    let _ = done.send(self.compact(now));
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, line: &[u8]) {
+        if let Some(f) = self.file.as_mut()
+            && let Err(err) = f.write_all(line)
+        {
+            tracing::warn!("upload cache {}: cannot append: {err}", self.path.display());
+            self.file = None;
+        }
+    }
+
+    fn compact(&mut self, now: i64) -> std::io::Result<()> {
+        let Appender { path, file, lock } = self;
         let (Some(f), Some(lock_file)) = (file.as_mut(), lock.as_ref()) else {
             return Ok(());
         };
@@ -175,11 +270,11 @@ impl UploadCache {
         FileExt::unlock(lock_file)?;
         let exclusive = FileExt::try_lock_exclusive(lock_file);
         let result = match exclusive {
-            Ok(true) => self.rewrite(now),
+            Ok(true) => rewrite(path, now),
             Ok(false) => {
                 tracing::debug!(
                     "upload cache {}: another run has it open and will tidy it",
-                    self.path.display()
+                    path.display()
                 );
                 Ok(())
             }
@@ -192,26 +287,26 @@ impl UploadCache {
             *lock = None;
             return Err(err);
         }
-        *file = open_append(&self.path).ok();
+        *file = open_append(path).ok();
         result
     }
+}
 
-    /// The compaction itself, under the exclusive lock.
-    fn rewrite(&self, now: i64) -> std::io::Result<()> {
-        let Ok(source) = File::open(&self.path) else {
-            return Ok(());
-        };
-        let mut kept = Vec::new();
-        for line in BufReader::new(source).split(b'\n').map_while(Result::ok) {
-            if let Some((rec, _)) = parse(&line)
-                && fresh(rec.uploaded_at, now)
-            {
-                kept.extend_from_slice(&line);
-                kept.push(b'\n');
-            }
+/// The compaction itself, under the exclusive lock.
+fn rewrite(path: &Path, now: i64) -> std::io::Result<()> {
+    let Ok(source) = File::open(path) else {
+        return Ok(());
+    };
+    let mut kept = Vec::new();
+    for line in BufReader::new(source).split(b'\n').map_while(Result::ok) {
+        if let Some((rec, _)) = parse(&line)
+            && fresh(rec.uploaded_at, now)
+        {
+            kept.extend_from_slice(&line);
+            kept.push(b'\n');
         }
-        super::atomic::atomic_rewrite(&self.path, |f| f.write_all(&kept))
     }
+    super::atomic::atomic_rewrite(path, |f| f.write_all(&kept))
 }
 
 /// The records of `account` in `path` that are still fresh at `now`.
@@ -404,13 +499,17 @@ mod tests {
         a.compact(NOW).unwrap();
         a.record("m", &[4; 32], "oss://d/a2.png", NOW);
         drop(a);
+        // Sorted: each run's records are in its order, but two runs' appender threads
+        // interleave as they please.
+        let mut kept = records(dir.path());
+        kept.sort();
         assert_eq!(
-            records(dir.path()),
+            kept,
             [
                 "oss://d/a1.png",
+                "oss://d/a2.png",
                 "oss://d/b1.png",
-                "oss://d/b2.png",
-                "oss://d/a2.png"
+                "oss://d/b2.png"
             ]
         );
     }

@@ -140,7 +140,11 @@ fn prepare(
         return Err((ApiError::model_access_denied(), Some(Refused::Denied)));
     }
     let now = Instant::now();
-    if !state.model_window.hit(&account.name, model, now).allowed {
+    if state
+        .model_window
+        .as_ref()
+        .is_some_and(|window| !window.hit(&account.name, model, now).allowed)
+    {
         return Err((ApiError::throttled(), Some(Refused::RateLimited)));
     }
     match state.limits.admit(&account.name, model, now) {
