@@ -14,7 +14,10 @@ use crate::failure::FailureCode;
 
 /// Waits for the reporter once every sender is gone, completes its statistics, and
 /// compacts.
-pub(super) async fn finish(prepared: Prepared, config: &RunConfig) -> Result<Outcome, PipelineError> {
+pub(super) async fn finish(
+    prepared: Prepared,
+    config: &RunConfig,
+) -> Result<Outcome, PipelineError> {
     let (manifest, output) = (config.manifest.clone(), config.output.clone());
     let Prepared {
         _lock,
