@@ -23,9 +23,12 @@
 //!   event per finished row goes to the reporter. Also the per-run upload de-duplication, the adaptive
 //!   per-model pacing of model calls, outages (pause, probe, give up), and the compaction of
 //!   the results file at the end.
-//! - [`output`]: the reporter, alone on its thread, that owns the results file, the statistics and the progress
-//!   bar; resume and compaction of the results file, the run lock, the upload cache kept
-//!   across runs, and the JSON and Prometheus reports.
+//! - [`output`]: the reporter, alone on its thread, that owns the results file, the
+//!   statistics and the progress bar; the results file with its resume (`output/results/`),
+//!   the run lock, and the JSON and Prometheus reports. Compaction, which re-reads the
+//!   manifest and decides which rows were never reached, is orchestration: `pipeline/compact.rs`.
+//! - [`upload_cache`]: the record of uploads kept across runs (`.dashbatch/uploads.jsonl`),
+//!   appended by a thread of its own.
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
 //!   APIs. Also written from the documentation alone: it never imports [`dashscope`], and
 //!   [`dashscope`] never imports it, so a misreading in one is caught by the other.
@@ -41,6 +44,11 @@
 //! - a new `run` setting: a field of [`config::settings::Settings`] in
 //!   `src/config/settings.rs` (its flag, job-file key and help; a number's default and range
 //!   beside it), then its use in `src/cli/run/plan.rs`.
+//! - a new failure code: a variant in `src/failure.rs`, and its line in the README's
+//!   `error_code` row (a test holds the two together).
+//! - a new limiter backend: a file in `src/limit/` implementing [`limit::Limiter`].
+//! - a new model API parameter: the request mappings `src/dashscope/model/compatible.rs`
+//!   and `src/dashscope/model/native.rs`.
 
 pub mod cli;
 pub mod config;
@@ -53,4 +61,5 @@ pub mod manifest;
 pub mod output;
 pub mod pipeline;
 pub mod spill;
+pub mod upload_cache;
 pub mod validate;

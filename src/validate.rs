@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{self, Entry, Manifest, ManifestError, MediaRef, Source};
-use crate::output::resume::{self, ResumeError, id_key};
+use crate::output::results::resume::{self, ResumeError, id_key};
 use crate::pipeline::Failure;
 use crate::pipeline::checks::{self, Repeats};
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use dashbatch::output::atomic::atomic_rewrite;
-use dashbatch::output::resume::open_for_append;
+use dashbatch::output::results::resume::open_for_append;
 use dashbatch::output::{RowResult, Status};
 
 fn row(id: &str, prompt: &str, note: &str) -> RowResult {

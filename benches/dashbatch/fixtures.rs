@@ -47,7 +47,7 @@ pub fn sample_result(i: u64) -> RowResult {
         request_id: "5b0c8d0e-6b1a-4c1f-9a57-3c1d2e4f5a6b".into(),
         latency_ms: 123,
         finished_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        input_digest: Some(dashbatch::output::resume::InputDigest(i)),
+        input_digest: Some(dashbatch::output::results::resume::InputDigest(i)),
         extra: vec!["b1".into()],
         retries: Vec::new(),
         saw_429: 0,

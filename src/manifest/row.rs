@@ -42,9 +42,9 @@ pub struct Row {
     /// Values of the pass-through columns, in header order.
     pub extra: Vec<String>,
     /// What the row asks, as the run's reader found it before the row ran (see
-    /// [`crate::output::resume::InputDigest`]); `None` until then. Written to the row's
+    /// [`crate::output::results::resume::InputDigest`]); `None` until then. Written to the row's
     /// results line, so that a later run can tell whether the row has changed.
-    pub input_digest: Option<crate::output::resume::InputDigest>,
+    pub input_digest: Option<crate::output::results::resume::InputDigest>,
 }
 
 impl Row {

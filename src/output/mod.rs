@@ -1,6 +1,12 @@
-//! Everything a run writes: the results CSV, the statistics and the progress display, all
-//! owned by one reporter task (see [`reporter`]).
+//! Everything a run writes: the results file (its writer, resume and the upgrade of older
+//! files, in [`results`]), the statistics and the progress display, all owned by one
+//! reporter on its own thread (see [`reporter`]), the run lock, atomic rewrites and the JSON
+//! and Prometheus reports. The upload cache kept across runs is not output: it is
+//! [`crate::upload_cache`].
 
+pub mod atomic;
+pub mod lock;
+pub mod report;
 pub mod reporter;
 pub mod results;
 pub mod stats;
@@ -8,8 +14,3 @@ pub mod stats;
 pub use reporter::{Event, Progress, Reporter};
 pub use results::{COLUMNS, ResultsWriter, RowResult, Status, Tokens, UploadOutcome};
 pub use stats::Stats;
-pub mod atomic;
-pub mod lock;
-pub mod report;
-pub mod resume;
-pub mod state;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::manifest::{Entry, Manifest};
-use crate::output::resume::{self, LineIndex, Lines, id_key, row_digests};
+use crate::output::results::resume::{self, LineIndex, Lines, id_key, row_digests};
 use crate::output::{ResultsWriter, Stats};
 use crate::spill::{self, Spill};
 

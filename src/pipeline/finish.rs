@@ -5,8 +5,8 @@
 
 use crate::config::RunConfig;
 use crate::output::reporter::ReportError;
-use crate::output::state::unix_now;
 use crate::output::{Reporter, Stats};
+use crate::upload_cache::unix_now;
 
 use super::prepare::Prepared;
 use super::{Outcome, PipelineError, compact};

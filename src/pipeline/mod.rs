@@ -43,7 +43,7 @@ use crate::failure::FailureCode;
 use crate::manifest::{Entry, ManifestError};
 use crate::output::lock::LockError;
 use crate::output::reporter::ReportError;
-use crate::output::resume::ResumeError;
+use crate::output::results::resume::ResumeError;
 use crate::output::{RowResult, Stats};
 
 pub use compact::CompactError;

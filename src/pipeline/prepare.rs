@@ -18,9 +18,9 @@ use crate::dashscope::{Client, CredentialOptions, Credentials, RetryPolicy};
 use crate::manifest::{self, Entry, Manifest};
 use crate::output::lock::RunLock;
 use crate::output::reporter::ReportError;
-use crate::output::resume::{self, Previous};
-use crate::output::state::{UploadCache, unix_now};
+use crate::output::results::resume::{self, Previous};
 use crate::output::{Event, Progress, Reporter, ResultsWriter, Stats};
+use crate::upload_cache::{UploadCache, unix_now};
 
 use super::compact::ManifestStamp;
 use super::outage::Scope;

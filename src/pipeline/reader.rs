@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::checks::{Repeats, duplicate};
 use crate::manifest::{Entry, Manifest, id_key};
 use crate::output::Event;
-use crate::output::resume::{Done, InputDigest, Resumed};
+use crate::output::results::resume::{Done, InputDigest, Resumed};
 
 /// Reads `manifest` to the end or until the workers stop listening. `done` holds the `ok`
 /// lines of earlier runs; `duplicates` the ids a first pass found more than once

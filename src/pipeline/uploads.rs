@@ -38,7 +38,7 @@ use super::failure::Failure;
 use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, Policy, RetryPolicy, Sent};
 use crate::failure::FailureCode;
 use crate::output::UploadOutcome;
-use crate::output::state::{UploadCache, unix_now};
+use crate::upload_cache::{UploadCache, unix_now};
 
 /// How many fresh policies one upload may go through after "Policy expired" answers.
 /// One expiry is normal (the policy ran out in flight); three in a row means the clocks or the

@@ -13,7 +13,7 @@ use crate::dashscope::{ApiKey, ClientConfig, CredentialOptions, Credentials};
 use crate::emulator::{self, EmulatorConfig, Running};
 use crate::manifest::{MediaRef, classify_source};
 use crate::output::UploadOutcome;
-use crate::output::state::{UploadCache, unix_now};
+use crate::upload_cache::{UploadCache, unix_now};
 
 const MODEL: &str = "qwen-vl-plus";
 

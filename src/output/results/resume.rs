@@ -17,8 +17,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::atomic::remove_stale_temps;
-use super::results::{COLUMNS, COLUMNS_V1, ResultsWriter, col};
+use super::{COLUMNS, COLUMNS_V1, ResultsWriter, col};
+use crate::output::atomic::remove_stale_temps;
 use crate::spill::SpillError;
 
 pub use crate::manifest::id_key;

@@ -37,6 +37,8 @@ pub const COLUMNS: [&str; 20] = [
 pub const COLUMNS_V1: &[&str] = COLUMNS.split_at(col::INPUT_DIGEST).0;
 
 /// Positions of the columns code reads back, from [`COLUMNS`].
+pub mod resume;
+
 pub mod col {
     use super::column;
     pub const ID: usize = column("id");
@@ -141,9 +143,9 @@ pub struct RowResult {
     pub request_id: String,
     pub latency_ms: u64,
     pub finished_at: DateTime<Utc>,
-    /// What the row asked (see [`super::resume::InputDigest`]); empty for a row that never
+    /// What the row asked (see [`resume::InputDigest`]); empty for a row that never
     /// parsed into one.
-    pub input_digest: Option<super::resume::InputDigest>,
+    pub input_digest: Option<resume::InputDigest>,
     pub extra: Vec<String>,
     /// One cause per retry this row waited for (for the summary, not the CSV).
     pub retries: Vec<&'static str>,
@@ -283,7 +285,7 @@ mod tests {
             request_id: "r1".into(),
             latency_ms: 120,
             finished_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            input_digest: Some(super::super::resume::InputDigest(0xabc)),
+            input_digest: Some(super::resume::InputDigest(0xabc)),
             extra: vec!["x".into()],
             retries: vec![],
             saw_429: 0,
