@@ -168,6 +168,7 @@ pub async fn run(
             config.upload_concurrency,
         ),
         api: config.api,
+        params: config.params.clone(),
         retry: config.retry.clone(),
         pacing: Arc::new(pacing::Pacing::new(config.model_rps)),
         stop: Arc::clone(&stop),

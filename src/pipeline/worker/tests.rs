@@ -51,6 +51,7 @@ fn worker(em: &Running, dir: &Path) -> Worker {
         uploads: Uploads::new(client.clone(), credentials, cache, fast_retry(), 4),
         client,
         api: Api::Compatible,
+        params: Default::default(),
         retry: fast_retry(),
         pacing: Arc::new(Pacing::new(None)),
         stop,
@@ -74,6 +75,7 @@ fn row(dir: &Path, files: &[&str]) -> Row {
             .collect(),
         prompt: "Compare them.".into(),
         system: None,
+        params: None,
         extra: vec![],
         input_digest: None,
     }
