@@ -50,21 +50,27 @@ async fn recording_service() -> (Bodies, String) {
         };
         if uri.path().starts_with("/compatible-mode") {
             let prompt = text(&json["messages"][0]["content"]);
-            axum::Json(json!({"id": "chatcmpl-1", "choices": [{"message": {"role": "assistant",
+            axum::Json(
+                json!({"id": "chatcmpl-1", "choices": [{"message": {"role": "assistant",
                 "content": "done", "reasoning_content": format!("thought about {prompt}")},
-                "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}))
+                "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+            )
             .into_response()
         } else {
             let prompt = text(&json["input"]["messages"][0]["content"]);
-            axum::Json(json!({"request_id": "n-1", "output": {"choices": [{"finish_reason": "stop",
+            axum::Json(
+                json!({"request_id": "n-1", "output": {"choices": [{"finish_reason": "stop",
                 "message": {"role": "assistant", "content": [{"text": "done"}],
                 "reasoning_content": format!("thought about {prompt}")}}]},
-                "usage": {"input_tokens": 1, "output_tokens": 1}}))
+                "usage": {"input_tokens": 1, "output_tokens": 1}}),
+            )
             .into_response()
         }
     }
     let seen = Bodies::default();
-    let app = Router::new().fallback(post(answer)).with_state(seen.clone());
+    let app = Router::new()
+        .fallback(post(answer))
+        .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let root = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -73,8 +79,10 @@ async fn recording_service() -> (Bodies, String) {
 
 /// Runs the binary on `job_file` with `args`, off the test's runtime.
 async fn run_cli(job_file: &Path, args: &[&str]) -> std::process::Output {
-    let (job_file, args): (_, Vec<String>) =
-        (job_file.to_owned(), args.iter().map(|a| a.to_string()).collect());
+    let (job_file, args): (_, Vec<String>) = (
+        job_file.to_owned(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
     tokio::task::spawn_blocking(move || {
         dashbatch()
             .arg("run")
@@ -95,11 +103,16 @@ async fn run_cli(job_file: &Path, args: &[&str]) -> std::process::Output {
 async fn parameters_from_flag_job_file_and_column_merge_in_both_body_shapes() {
     for (api, path) in [
         ("compatible", "/compatible-mode/v1/chat/completions"),
-        ("native", "/api/v1/services/aigc/multimodal-generation/generation"),
+        (
+            "native",
+            "/api/v1/services/aigc/multimodal-generation/generation",
+        ),
     ] {
         let (seen, root) = recording_service().await;
         let mut job = Job::with_header("id,model,file,prompt,params");
-        job.row(r#"1,qwen-vl-plus,https://example.com/a.png,first,"{""seed"": 7, ""top_p"": 0.5}""#);
+        job.row(
+            r#"1,qwen-vl-plus,https://example.com/a.png,first,"{""seed"": 7, ""top_p"": 0.5}""#,
+        );
         job.row("2,qwen-vl-plus,https://example.com/b.png,second,");
         job.manifest();
         let job_file = job.dir.path().join("job.toml");
@@ -178,14 +191,16 @@ async fn a_params_cell_that_is_not_an_object_fails_its_row_naming_the_line() {
     job.row("3,qwen-vl-plus,https://example.com/c.png,text,temperature=0.2");
     job.row(r#"4,qwen-vl-plus,https://example.com/d.png,own,"{""messages"": []}""#);
     let manifest = job.manifest();
-    let validate = dashbatch()
-        .arg("validate")
-        .arg(&manifest)
-        .output()
-        .unwrap();
+    let validate = dashbatch().arg("validate").arg(&manifest).output().unwrap();
     let stdout = String::from_utf8_lossy(&validate.stdout);
     assert_eq!(validate.status.code(), Some(1), "{stdout}");
-    for needle in ["line 3", "line 4", "line 5", "not a JSON object", "not valid JSON"] {
+    for needle in [
+        "line 3",
+        "line 4",
+        "line 5",
+        "not a JSON object",
+        "not valid JSON",
+    ] {
         assert!(stdout.contains(needle), "{needle}: {stdout}");
     }
 
@@ -220,7 +235,14 @@ fn names_dashbatch_sets_are_refused_as_flags_and_job_keys() {
     let mut job = Job::new();
     job.row("1,qwen-vl-plus,https://example.com/a.png,p");
     let manifest = job.manifest();
-    for name in ["model", "messages", "input", "stream", "stream_options", "incremental_output"] {
+    for name in [
+        "model",
+        "messages",
+        "input",
+        "stream",
+        "stream_options",
+        "incremental_output",
+    ] {
         let out = dashbatch()
             .args(["run", "--emulator", "--param", &format!("{name}=1")])
             .arg(&manifest)
@@ -296,8 +318,7 @@ async fn rows_with_one_two_and_three_files_reach_the_model_in_order() {
             assert_eq!(line["reasoning"], "", "not a thinking model");
         }
         // One id per row, each covering all its files.
-        let ids: std::collections::HashSet<&str> =
-            lines.iter().map(|l| l["id"].as_str()).collect();
+        let ids: std::collections::HashSet<&str> = lines.iter().map(|l| l["id"].as_str()).collect();
         assert_eq!(ids.len(), 4);
     }
 }
@@ -318,15 +339,30 @@ async fn a_results_file_from_before_reasoning_still_resumes() {
         job.row(line);
     }
     let outcome = run(&job, &em, Api::Compatible).await;
-    assert_eq!(outcome.stats.rows_skipped, 2, "{}", outcome.stats.summary_line());
-    assert_eq!(stats(&em).await["chat_calls"], 1, "only the failed row runs");
+    assert_eq!(
+        outcome.stats.rows_skipped,
+        2,
+        "{}",
+        outcome.stats.summary_line()
+    );
+    assert_eq!(
+        stats(&em).await["chat_calls"],
+        1,
+        "only the failed row runs"
+    );
     let text = std::fs::read_to_string(job.output()).unwrap();
     let header = text.lines().next().unwrap();
     assert!(header.ends_with(",input_digest,reasoning,note"), "{header}");
     let after = by_id(&results(&job.output()));
     assert_eq!(after.len(), 3);
     for id in ["1", "2"] {
-        for column in ["response", "input_digest", "request_id", "finished_at", "note"] {
+        for column in [
+            "response",
+            "input_digest",
+            "request_id",
+            "finished_at",
+            "note",
+        ] {
             assert_eq!(after[id][column], before[id][column], "{id} {column}");
         }
         assert_eq!(after[id]["reasoning"], "");

@@ -149,8 +149,8 @@ pub fn parse_param(text: &str) -> Result<Param, String> {
     };
     let name = name.trim();
     crate::dashscope::check_param_name(name)?;
-    let value = serde_json::from_str(value)
-        .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    let value =
+        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
     Ok(Param {
         name: name.to_owned(),
         value,

@@ -43,7 +43,8 @@ pub(super) fn parse_cell(cell: &str) -> Result<Option<Params>, String> {
     for name in params.keys() {
         check_param_name(name).map_err(|why| format!("the params column: {why}"))?;
     }
-    Ok(Some(params))
+    // `{}` asks nothing more than an empty cell, and keeps the row's id.
+    Ok(Some(params).filter(|p| !p.is_empty()))
 }
 
 /// The text of a row's parameters that its id and digest cover: the object as serde_json
@@ -65,10 +66,42 @@ mod tests {
         }
     }
 
+    /// Empty optional cells change nothing: a one-file row keeps the id and the media list it
+    /// had before `params` and `file2` existed; a filled cell makes another row.
+    #[test]
+    fn empty_optional_cells_keep_a_rows_id() {
+        let read = |text: &str| -> Vec<crate::manifest::Entry> {
+            crate::manifest::Manifest::from_reader(
+                text.as_bytes(),
+                std::path::Path::new("m.csv"),
+                ".".into(),
+            )
+            .unwrap()
+            .collect()
+        };
+        let id = |entry: &crate::manifest::Entry| entry.id().to_owned();
+        let plain = read("model,file,prompt\nm,a.png,p\n");
+        let with_empty = read("model,file,prompt,params,file2\nm,a.png,p,,\n");
+        assert_eq!(id(&plain[0]), id(&with_empty[0]));
+        let crate::manifest::Entry::Row(row) = &with_empty[0] else {
+            panic!("{:?}", with_empty[0]);
+        };
+        assert_eq!(row.media.len(), 1);
+        assert_eq!(row.params, None);
+        let filled = read(
+            "model,file,prompt,params,file2\nm,a.png,p,{},b.png\nm,a.png,p,\"{\"\"seed\"\":1}\",\n",
+        );
+        assert_ne!(id(&filled[0]), id(&plain[0]));
+        assert_ne!(id(&filled[1]), id(&plain[0]));
+    }
+
     #[test]
     fn a_cell_is_empty_or_a_json_object_of_allowed_names() {
         assert_eq!(parse_cell("  ").unwrap(), None);
-        let params = parse_cell(r#"{"temperature": 0.5, "seed": 7}"#).unwrap().unwrap();
+        assert_eq!(parse_cell("{ }").unwrap(), None);
+        let params = parse_cell(r#"{"temperature": 0.5, "seed": 7}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(params["seed"], 7);
         assert_eq!(canonical(&params), r#"{"seed":7,"temperature":0.5}"#);
         let err = parse_cell("[1, 2]").unwrap_err();
@@ -76,6 +109,9 @@ mod tests {
         let err = parse_cell("temperature=0.5").unwrap_err();
         assert!(err.contains("not valid JSON"), "{err}");
         let err = parse_cell(r#"{"stream": true}"#).unwrap_err();
-        assert!(err.contains("\"stream\"") && err.contains("set by dashbatch"), "{err}");
+        assert!(
+            err.contains("\"stream\"") && err.contains("set by dashbatch"),
+            "{err}"
+        );
     }
 }

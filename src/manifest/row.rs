@@ -34,8 +34,8 @@ pub struct Row {
     pub line: u64,
     pub id: String,
     pub model: String,
-    /// The row's media in column order, never empty. One item for now, from the `file`
-    /// column; a list so that more media columns are a change to the manifest reader alone.
+    /// The row's media, never empty: the `file` column, then `file2`, `file3`, … by their
+    /// number, empty cells left out.
     pub media: Vec<MediaRef>,
     pub prompt: String,
     pub system: Option<String>,

@@ -248,6 +248,14 @@ fn params_read_values_as_json_else_text_and_flags_go_over_the_job_file() {
         serde_json::json!({"temperature": 0.2, "stop": "END", "seed": 3,
             "response_format": {"type": "json_object"}})
     );
-    assert!(parse_param("temperature").unwrap_err().contains("KEY=VALUE"));
-    assert!(parse_param("messages=[]").unwrap_err().contains("set by dashbatch"));
+    assert!(
+        parse_param("temperature")
+            .unwrap_err()
+            .contains("KEY=VALUE")
+    );
+    assert!(
+        parse_param("messages=[]")
+            .unwrap_err()
+            .contains("set by dashbatch")
+    );
 }

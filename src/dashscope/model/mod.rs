@@ -226,6 +226,6 @@ fn content_text(content: &serde_json::Value) -> String {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod params_tests;
+#[cfg(test)]
+mod tests;

@@ -47,7 +47,10 @@ fn the_names_dashbatch_sets_are_refused() {
         "incremental_output",
     ] {
         let err = check_param_name(name).unwrap_err();
-        assert!(err.contains(name) && err.contains("set by dashbatch"), "{err}");
+        assert!(
+            err.contains(name) && err.contains("set by dashbatch"),
+            "{err}"
+        );
     }
     assert!(check_param_name("").is_err());
     for name in ["temperature", "top_p", "seed", "vl_high_resolution_images"] {

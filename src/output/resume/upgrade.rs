@@ -34,12 +34,22 @@ pub(super) fn upgrade_columns(out: &Path, extra: &[String]) -> std::io::Result<(
     // For each of today's columns, where the old file has it.
     let from: Vec<Option<usize>> = COLUMNS
         .iter()
-        .map(|name| header.iter().take(old_fixed).position(|f| f == name.as_bytes()))
+        .map(|name| {
+            header
+                .iter()
+                .take(old_fixed)
+                .position(|f| f == name.as_bytes())
+        })
         .collect();
     let old_width = header.len();
     atomic_rewrite(out, |file| {
         let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(file);
-        writer.write_record(COLUMNS.iter().copied().chain(extra.iter().map(String::as_str)))?;
+        writer.write_record(
+            COLUMNS
+                .iter()
+                .copied()
+                .chain(extra.iter().map(String::as_str)),
+        )?;
         let mut record = csv::ByteRecord::new();
         let mut upgraded = csv::ByteRecord::new();
         while reader.read_byte_record(&mut record)? {

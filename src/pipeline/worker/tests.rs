@@ -123,8 +123,14 @@ async fn a_row_of_two_files_and_a_url_gives_the_model_all_three() {
     // One URL per file, in order; `-` for the URL the row gave.
     let urls: Vec<&str> = result.oss_url.split(' ').collect();
     assert_eq!(urls.len(), 3, "{}", result.oss_url);
-    assert!(urls[0].starts_with("oss://") && urls[0].ends_with("a.png"), "{urls:?}");
-    assert!(urls[1].starts_with("oss://") && urls[1].ends_with("b.wav"), "{urls:?}");
+    assert!(
+        urls[0].starts_with("oss://") && urls[0].ends_with("a.png"),
+        "{urls:?}"
+    );
+    assert!(
+        urls[1].starts_with("oss://") && urls[1].ends_with("b.wav"),
+        "{urls:?}"
+    );
     assert_eq!(urls[2], "-");
     assert_eq!(result.upload, UploadOutcome::New);
 }
