@@ -69,3 +69,55 @@ pub(super) fn upgrade_columns(out: &Path, extra: &[String]) -> std::io::Result<(
         writer.flush()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{open_for_append, side_path};
+    use crate::output::results::{COLUMNS, COLUMNS_V2};
+
+    /// A results file and its side file from before `reasoning` are both upgraded by name:
+    /// every old value lands under its own column, the new one is empty, and their ok lines
+    /// still count. (Side files used to be refused unless they had exactly today's columns.)
+    #[test]
+    fn files_from_before_reasoning_are_upgraded_by_column_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.csv");
+        let extra = vec!["note".to_owned()];
+        let line = |id: &str| -> String {
+            COLUMNS_V2
+                .iter()
+                .map(|c| match *c {
+                    "id" => id.to_owned(),
+                    "status" => "ok".to_owned(),
+                    "input_digest" => "0123456789abcdef".to_owned(),
+                    other => format!("{other}-{id}"),
+                })
+                .chain([format!("note-{id}")])
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let header = format!("{},note\n", COLUMNS_V2.join(","));
+        std::fs::write(&out, format!("{header}{}\n", line("a"))).unwrap();
+        std::fs::write(side_path(&out), format!("{header}{}\n", line("s"))).unwrap();
+
+        let (_, previous) = open_for_append(&out, &extra, false).unwrap();
+        assert_eq!(previous.done.0.len(), 2, "both ok lines count");
+        for (file, id) in [(out.clone(), "a"), (side_path(&out), "s")] {
+            let mut reader = csv::Reader::from_path(&file).unwrap();
+            let names: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+            assert_eq!(names[..COLUMNS.len()], COLUMNS.map(String::from));
+            assert_eq!(names[COLUMNS.len()], "note");
+            let record = reader.records().next().unwrap().unwrap();
+            for (name, value) in names.iter().zip(record.iter()) {
+                let want = match name.as_str() {
+                    "id" => id.to_owned(),
+                    "status" => "ok".to_owned(),
+                    "input_digest" => "0123456789abcdef".to_owned(),
+                    "reasoning" => String::new(),
+                    other => format!("{other}-{id}"),
+                };
+                assert_eq!(value, want, "{name} in {}", file.display());
+            }
+        }
+    }
+}
