@@ -14,6 +14,7 @@
 //!
 //! This module does not look at the files rows point to; the pipeline does that per row.
 
+mod header;
 mod lines;
 mod params;
 mod row;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::failure::FailureCode;
 use crate::spill::{self, Spill, SpillError};
+use header::{Columns, parse_header};
 use lines::Lines;
 
 pub use params::{Params, canonical as canonical_params};
@@ -70,22 +72,6 @@ pub enum ManifestError {
     UnclosedHeader { path: PathBuf, line: u64 },
     #[error(transparent)]
     Spill(#[from] SpillError),
-}
-
-/// Where each known column sits in a record.
-#[derive(Debug, Clone)]
-struct Columns {
-    model: usize,
-    /// The media columns, in the order a row's media list takes: `file`, then `file2`,
-    /// `file3`, … by their number.
-    media: Vec<usize>,
-    params: Option<usize>,
-    prompt: usize,
-    id: Option<usize>,
-    system: Option<usize>,
-    /// (index, name) of pass-through columns, in header order.
-    extra: Vec<(usize, String)>,
-    width: usize,
 }
 
 /// A streaming manifest reader. Iterate it for [`Entry`] items.
@@ -386,83 +372,6 @@ impl<R: Read> Iterator for Manifest<R> {
             }
         }
     }
-}
-
-fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, ManifestError> {
-    let names: Vec<String> = header
-        .iter()
-        .map(|raw| {
-            std::str::from_utf8(raw)
-                .map(|s| s.trim().trim_start_matches('\u{feff}').to_owned())
-                .map_err(|_| ManifestError::HeaderEncoding {
-                    path: path.to_owned(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    // A set, not a scan of the names before each one: that was quadratic, and a generated
-    // header of 100k columns took seconds on every open.
-    let mut seen = std::collections::HashSet::with_capacity(names.len());
-    if let Some(name) = names
-        .iter()
-        .find(|name| !seen.insert(name.to_ascii_lowercase()))
-    {
-        return Err(ManifestError::DuplicateColumn {
-            path: path.to_owned(),
-            column: name.clone(),
-        });
-    }
-    let find = |want: &str| names.iter().position(|n| n.eq_ignore_ascii_case(want));
-    let missing: Vec<&str> = REQUIRED.into_iter().filter(|c| find(c).is_none()).collect();
-    let (Some(model), Some(file), Some(prompt)) = (find("model"), find("file"), find("prompt"))
-    else {
-        return Err(ManifestError::MissingColumns {
-            path: path.to_owned(),
-            missing: missing.join(", "),
-            found: names.join(","),
-        });
-    };
-    let id = find("id");
-    let system = find("system");
-    let params = find("params");
-    let mut further: Vec<(u64, usize)> = names
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((params::file_number(n)?, i)))
-        .collect();
-    further.sort_unstable();
-    let media: Vec<usize> = [file]
-        .into_iter()
-        .chain(further.iter().map(|&(_, i)| i))
-        .collect();
-    let known = [Some(model), Some(prompt), id, system, params];
-    let extra: Vec<(usize, String)> = names
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !known.contains(&Some(*i)) && !media.contains(i))
-        .map(|(i, n)| (i, n.clone()))
-        .collect();
-    // Pass-through columns are written after the results' own, so a name they share would
-    // appear twice in the results header (ignoring case, as for the manifest's own columns).
-    let results = &crate::output::COLUMNS;
-    if let Some((_, column)) = extra
-        .iter()
-        .find(|(_, n)| results.iter().any(|c| c.eq_ignore_ascii_case(n)))
-    {
-        return Err(ManifestError::ResultsColumn {
-            path: path.to_owned(),
-            column: column.clone(),
-        });
-    }
-    Ok(Columns {
-        model,
-        media,
-        params,
-        prompt,
-        id,
-        system,
-        extra,
-        width: names.len(),
-    })
 }
 
 /// A stable-within-this-process hash of a row id, the form in which run-wide id sets keep
