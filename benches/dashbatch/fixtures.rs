@@ -33,6 +33,7 @@ pub fn sample_result(i: u64) -> RowResult {
              image oss://dashscope-instant/abc/2025-01-01/0123456789abcdef/{i}.png \
              sha256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 size=2048"
         ),
+        reasoning: String::new(),
         finish_reason: "stop".into(),
         tokens: Some(Tokens {
             prompt: 1234,

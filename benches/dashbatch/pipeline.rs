@@ -52,6 +52,7 @@ pub fn bench(c: &mut Criterion) {
         state_dir: dir.path().join(".dashbatch"),
         drain_timeout: Duration::from_secs(30),
         outage_timeout: Duration::from_secs(300),
+        params: Default::default(),
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

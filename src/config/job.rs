@@ -46,6 +46,16 @@ impl Settings {
                 *p = base.join(&*p);
             }
         }
+        if let Some(why) = job
+            .params
+            .iter()
+            .find_map(|p| crate::dashscope::check_param_name(&p.name).err())
+        {
+            return Err(JobError::Parse {
+                path: path.to_owned(),
+                message: format!("[params]: {why}"),
+            });
+        }
         if job.manifest.is_none() {
             return Err(JobError::Parse {
                 path: path.to_owned(),

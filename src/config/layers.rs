@@ -51,6 +51,17 @@ impl Layers {
         field(&self.flags).or_else(|| field(&self.job))
     }
 
+    /// The run's generation parameters: the job file's `[params]`, then each `--param` over
+    /// them key by key (a later flag over an earlier one).
+    pub fn params(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.job
+            .params
+            .iter()
+            .chain(&self.flags.params)
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect()
+    }
+
     /// `--model-rps`, else the job file's `model_rps`, checked as the flag is.
     pub fn model_rps(&self) -> Result<Option<f64>, SettingError> {
         self.merge(

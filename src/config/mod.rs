@@ -37,6 +37,9 @@ pub struct RunConfig {
     /// How long the service, its upload host or a model may stay unavailable before the run
     /// stops (see `pipeline::outage`).
     pub outage_timeout: std::time::Duration,
+    /// Generation parameters of every model call (`--param`, a job file's `[params]`); a
+    /// row's `params` cell goes over them key by key.
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `.dashbatch/` beside the results file.

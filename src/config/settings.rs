@@ -122,6 +122,48 @@ pub struct Settings {
     /// textfile collector), including the end time and success of the run.
     #[arg(long, value_name = "PATH")]
     pub metrics_textfile: Option<PathBuf>,
+
+    /// A generation parameter for every model call, as the service names it (temperature,
+    /// top_p, max_tokens, seed, response_format, enable_thinking, …); repeatable. VALUE is
+    /// read as JSON when it parses, else as a string. In a job file: a `[params]` table. A
+    /// manifest's `params` column overrides it key by key for its row.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    #[serde(deserialize_with = "params_table")]
+    pub params: Vec<Param>,
+}
+
+/// One generation parameter: its name and its JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub value: serde_json::Value,
+}
+
+/// `--param KEY=VALUE`: the value as JSON when it parses (`0.2`, `true`, `{"type":"json_object"}`),
+/// else as a string (`--param stop=END`). Names dashbatch sets itself are refused.
+pub fn parse_param(text: &str) -> Result<Param, String> {
+    let Some((name, value)) = text.split_once('=') else {
+        return Err(format!(
+            "{text:?} is not KEY=VALUE; write e.g. --param temperature=0.2"
+        ));
+    };
+    let name = name.trim();
+    crate::dashscope::check_param_name(name)?;
+    let value =
+        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    Ok(Param {
+        name: name.to_owned(),
+        value,
+    })
+}
+
+/// A job file's `[params]` table, in the form the flags take.
+fn params_table<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<Param>, D::Error> {
+    let table = serde_json::Map::<String, serde_json::Value>::deserialize(de)?;
+    Ok(table
+        .into_iter()
+        .map(|(name, value)| Param { name, value })
+        .collect())
 }
 
 impl Settings {

@@ -1,5 +1,6 @@
 //! Reading the manifest: a CSV with a header naming at least `model`, `file` and `prompt`,
-//! optionally `id` and `system`; every other column passes through to the results.
+//! optionally `id`, `system`, `params` (a JSON object of generation parameters) and `file2`,
+//! `file3`, … (more files of the row); every other column passes through to the results.
 //!
 //! The manifest is read as a stream, one record at a time, so a ten-million-row manifest costs
 //! no more memory than a ten-row one. A problem with the file as a whole (cannot open it, no
@@ -13,7 +14,9 @@
 //!
 //! This module does not look at the files rows point to; the pipeline does that per row.
 
+mod header;
 mod lines;
+mod params;
 mod row;
 
 use std::fs::File;
@@ -22,9 +25,11 @@ use std::path::{Path, PathBuf};
 
 use crate::failure::FailureCode;
 use crate::spill::{self, Spill, SpillError};
+use header::{Columns, parse_header};
 use lines::Lines;
 
-pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id};
+pub use params::{Params, canonical as canonical_params};
+pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
 
 /// Columns every manifest must have.
 pub const REQUIRED: [&str; 3] = ["model", "file", "prompt"];
@@ -67,20 +72,6 @@ pub enum ManifestError {
     UnclosedHeader { path: PathBuf, line: u64 },
     #[error(transparent)]
     Spill(#[from] SpillError),
-}
-
-/// Where each known column sits in a record.
-#[derive(Debug, Clone)]
-struct Columns {
-    model: usize,
-    /// The media columns, in the order a row's media list takes: `file` alone, for now.
-    media: Vec<usize>,
-    prompt: usize,
-    id: Option<usize>,
-    system: Option<usize>,
-    /// (index, name) of pass-through columns, in header order.
-    extra: Vec<(usize, String)>,
-    width: usize,
 }
 
 /// A streaming manifest reader. Iterate it for [`Entry`] items.
@@ -186,13 +177,15 @@ impl<R: Read> Manifest<R> {
             let files: Vec<String> = cols.media.iter().map(|&i| lossy(Some(i))).collect();
             let prompt = lossy(Some(cols.prompt));
             let system = cols.system.map(|i| lossy(Some(i)));
+            let params = cols.params.map(|i| lossy(Some(i)));
             let id = match cols.id.map(|i| lossy(Some(i))).filter(|s| !s.is_empty()) {
                 Some(id) => id,
-                None => derived_id(
+                None => derived_id_with(
                     &model,
-                    files.iter().map(String::as_str),
+                    files.iter().map(String::as_str).filter(|f| !f.is_empty()),
                     &prompt,
                     system.as_deref(),
+                    params.as_deref().map(str::trim).filter(|p| !p.is_empty()),
                 ),
             };
             Entry::Bad(BadRow {
@@ -238,6 +231,7 @@ impl<R: Read> Manifest<R> {
             .chain([cols.prompt])
             .chain(cols.id)
             .chain(cols.system)
+            .chain(cols.params)
             .map(text);
         if let Some(Err(i)) = fields.find(Result::is_err) {
             return bad(
@@ -252,26 +246,36 @@ impl<R: Read> Manifest<R> {
         let model = get(cols.model).trim().to_owned();
         // A space before a URL would make it a local path; no file name starts or ends with one
         // on purpose.
+        // The `file` cell is required; an empty further file cell is skipped.
         let files: Vec<String> = cols
             .media
             .iter()
-            .map(|&i| get(i).trim().to_owned())
+            .enumerate()
+            .map(|(n, &i)| (n, get(i).trim().to_owned()))
+            .filter(|(n, file)| *n == 0 || !file.is_empty())
+            .map(|(_, file)| file)
             .collect();
         let prompt = get(cols.prompt);
         let system = cols.system.map(get).filter(|s| !s.trim().is_empty());
+        let params = match cols.params.map(get).as_deref().map(params::parse_cell) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(params))) => Some(params),
+            Some(Err(problem)) => return bad(FailureCode::BadRow, problem),
+        };
         let id = match cols.id.map(get).filter(|s| !s.trim().is_empty()) {
             Some(id) => id.trim().to_owned(),
-            None => derived_id(
+            None => derived_id_with(
                 &model,
                 files.iter().map(String::as_str),
                 &prompt,
                 system.as_deref(),
+                params.as_ref().map(params::canonical).as_deref(),
             ),
         };
 
         let problem = if model.is_empty() {
             Some("the model column is empty; name the model, e.g. qwen-vl-plus")
-        } else if files.iter().any(String::is_empty) {
+        } else if files.first().is_none_or(String::is_empty) {
             Some("the file column is empty; give a path relative to the manifest, or a URL")
         } else if files.iter().any(|file| file.contains('\0')) {
             Some("the file column contains a NUL byte, which no path can hold")
@@ -298,6 +302,7 @@ impl<R: Read> Manifest<R> {
             media,
             prompt,
             system,
+            params,
             extra,
             input_digest: None,
         })
@@ -307,7 +312,9 @@ impl<R: Read> Manifest<R> {
         let c = &self.columns;
         match index {
             i if i == c.model => "model",
-            i if c.media.contains(&i) => "file",
+            i if c.media.first() == Some(&i) => "file",
+            i if c.media.contains(&i) => "a further file column (file2, file3, …)",
+            i if Some(i) == c.params => "params",
             i if i == c.prompt => "prompt",
             i if Some(i) == c.id => "id",
             _ => "system",
@@ -365,71 +372,6 @@ impl<R: Read> Iterator for Manifest<R> {
             }
         }
     }
-}
-
-fn parse_header(header: &csv::ByteRecord, path: &Path) -> Result<Columns, ManifestError> {
-    let names: Vec<String> = header
-        .iter()
-        .map(|raw| {
-            std::str::from_utf8(raw)
-                .map(|s| s.trim().trim_start_matches('\u{feff}').to_owned())
-                .map_err(|_| ManifestError::HeaderEncoding {
-                    path: path.to_owned(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    // A set, not a scan of the names before each one: that was quadratic, and a generated
-    // header of 100k columns took seconds on every open.
-    let mut seen = std::collections::HashSet::with_capacity(names.len());
-    if let Some(name) = names
-        .iter()
-        .find(|name| !seen.insert(name.to_ascii_lowercase()))
-    {
-        return Err(ManifestError::DuplicateColumn {
-            path: path.to_owned(),
-            column: name.clone(),
-        });
-    }
-    let find = |want: &str| names.iter().position(|n| n.eq_ignore_ascii_case(want));
-    let missing: Vec<&str> = REQUIRED.into_iter().filter(|c| find(c).is_none()).collect();
-    let (Some(model), Some(file), Some(prompt)) = (find("model"), find("file"), find("prompt"))
-    else {
-        return Err(ManifestError::MissingColumns {
-            path: path.to_owned(),
-            missing: missing.join(", "),
-            found: names.join(","),
-        });
-    };
-    let id = find("id");
-    let system = find("system");
-    let known = [Some(model), Some(file), Some(prompt), id, system];
-    let extra: Vec<(usize, String)> = names
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !known.contains(&Some(*i)))
-        .map(|(i, n)| (i, n.clone()))
-        .collect();
-    // Pass-through columns are written after the results' own, so a name they share would
-    // appear twice in the results header (ignoring case, as for the manifest's own columns).
-    let results = &crate::output::COLUMNS;
-    if let Some((_, column)) = extra
-        .iter()
-        .find(|(_, n)| results.iter().any(|c| c.eq_ignore_ascii_case(n)))
-    {
-        return Err(ManifestError::ResultsColumn {
-            path: path.to_owned(),
-            column: column.clone(),
-        });
-    }
-    Ok(Columns {
-        model,
-        media: vec![file],
-        prompt,
-        id,
-        system,
-        extra,
-        width: names.len(),
-    })
 }
 
 /// A stable-within-this-process hash of a row id, the form in which run-wide id sets keep

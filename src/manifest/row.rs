@@ -34,11 +34,14 @@ pub struct Row {
     pub line: u64,
     pub id: String,
     pub model: String,
-    /// The row's media in column order, never empty. One item for now, from the `file`
-    /// column; a list so that more media columns are a change to the manifest reader alone.
+    /// The row's media, never empty: the `file` column, then `file2`, `file3`, … by their
+    /// number, empty cells left out.
     pub media: Vec<MediaRef>,
     pub prompt: String,
     pub system: Option<String>,
+    /// The `params` cell: generation parameters for this row, merged key by key over the
+    /// run's. `None` when the manifest has no such column or the cell is empty.
+    pub params: Option<super::Params>,
     /// Values of the pass-through columns, in header order.
     pub extra: Vec<String>,
     /// What the row asks, as the run's reader found it before the row ran (see
@@ -73,11 +76,12 @@ impl Row {
     /// work, which calls for other advice than two rows given the same id.
     pub fn has_derived_id(&self) -> bool {
         self.id
-            == derived_id(
+            == derived_id_with(
                 &self.model,
                 self.media.iter().map(|m| m.file.as_str()),
                 &self.prompt,
                 self.system.as_deref(),
+                self.params.as_ref().map(super::canonical_params).as_deref(),
             )
     }
 }
@@ -129,6 +133,19 @@ pub fn derived_id<'a>(
     prompt: &str,
     system: Option<&str>,
 ) -> String {
+    derived_id_with(model, files, prompt, system, None)
+}
+
+/// [`derived_id`] of a row that may have a `params` cell (its canonical text). A row without
+/// one keeps the id [`derived_id`] gives it; one with parameters gets another id, so that two
+/// rows asking the same with other parameters are two rows, not a repeated id.
+pub fn derived_id_with<'a>(
+    model: &str,
+    files: impl IntoIterator<Item = &'a str>,
+    prompt: &str,
+    system: Option<&str>,
+    params: Option<&str>,
+) -> String {
     let mut files = files.into_iter();
     // The first file keeps the place it had when a row held one, so a one-file row keeps the
     // id earlier versions gave it (and its results lines still resume); any further files
@@ -144,7 +161,12 @@ pub fn derived_id<'a>(
     for part in [model, first, prompt, system.unwrap_or("")] {
         add(part);
     }
-    files.for_each(add);
+    files.for_each(&mut add);
+    // Marked, so that parameters can never read as one more file.
+    if let Some(params) = params {
+        add("\u{1e}params");
+        add(params);
+    }
     let digest = hasher.finalize();
     hex::encode(&digest[..8])
 }
@@ -219,6 +241,7 @@ mod tests {
             }],
             prompt: "p".into(),
             system: Some("s".into()),
+            params: None,
             extra: vec![],
             input_digest: None,
         };

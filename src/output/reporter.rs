@@ -225,6 +225,7 @@ mod tests {
             prompt: "p".into(),
             status,
             response: String::new(),
+            reasoning: String::new(),
             finish_reason: String::new(),
             tokens: (status == Status::Ok).then_some(Tokens {
                 prompt: 5,

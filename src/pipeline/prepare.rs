@@ -196,6 +196,7 @@ fn wire(
             config.upload_concurrency,
         ),
         api: config.api,
+        params: config.params.clone(),
         retry: config.retry.clone(),
         pacing: Arc::new(pacing::Pacing::new(config.model_rps)),
         stop,

@@ -25,7 +25,7 @@ use crate::dashscope::{
 use crate::failure::FailureCode;
 use crate::limit::Cost;
 use crate::manifest::{BadRow, Entry, Row};
-use crate::output::{RowResult, Status, Tokens};
+use crate::output::{RowResult, Status, Tokens, UploadOutcome};
 
 pub struct Worker {
     /// The manifest, named in every row's error message with the row's line.
@@ -33,6 +33,8 @@ pub struct Worker {
     pub client: Client,
     pub uploads: Uploads,
     pub api: Api,
+    /// The run's generation parameters; a row's own go over them key by key.
+    pub params: serde_json::Map<String, serde_json::Value>,
     pub retry: RetryPolicy,
     /// Per-model pacing of model calls, steered by 429s.
     pub pacing: Arc<Pacing>,
@@ -146,6 +148,11 @@ impl Worker {
             prompt: row.prompt.clone(),
             system: row.system.clone(),
             media: media.iter().map(|p| p.media.clone()).collect(),
+            params: {
+                let mut params = self.params.clone();
+                params.extend(row.params.clone().unwrap_or_default());
+                params
+            },
         };
         self.still_running()?;
         let model = row.model.as_str();
@@ -242,6 +249,7 @@ fn row_result(
     match outcome {
         Ok(done) => {
             result.response = done.reply.text;
+            result.reasoning = done.reply.reasoning.unwrap_or_default();
             result.finish_reason = done.reply.finish_reason.unwrap_or_default();
             let u = done.reply.usage;
             result.tokens = Some(Tokens {
@@ -249,11 +257,8 @@ fn row_result(
                 completion: u.completion_tokens,
                 total: u.total_tokens,
             });
-            // The results line has one `oss_url` and one `upload`: the `file` column's.
-            if let Some(first) = done.media.first() {
-                result.oss_url = first.oss_url().to_owned();
-                result.upload = first.upload;
-            }
+            // One `oss_url` and one `upload` per line: see `media_columns`.
+            (result.oss_url, result.upload) = media_columns(&done.media);
             result.request_id = done.reply.request_id.unwrap_or_default();
         }
         Err(f) => {
@@ -264,6 +269,37 @@ fn row_result(
         }
     }
     result
+}
+
+/// What a results line says of a row's media. One file: its temporary URL (empty for a URL
+/// the row gave) and how it got it. Several: the URLs in file order, separated by a space,
+/// `-` for a file without a temporary URL; and the strongest outcome among the files (`new`
+/// over `reused` over `cached` over `none`), so that `upload=new` still means "this row
+/// paid for an upload".
+fn media_columns(media: &[Prepared]) -> (String, UploadOutcome) {
+    let strength = |u: &UploadOutcome| match u {
+        UploadOutcome::New => 3,
+        UploadOutcome::Reused => 2,
+        UploadOutcome::Cached => 1,
+        UploadOutcome::None => 0,
+    };
+    let upload = media
+        .iter()
+        .map(|p| p.upload)
+        .max_by_key(strength)
+        .unwrap_or_default();
+    let oss_url = match media {
+        [one] => one.oss_url().to_owned(),
+        _ => media
+            .iter()
+            .map(|p| match p.oss_url() {
+                "" => "-",
+                url => url,
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    (oss_url, upload)
 }
 
 /// A row that never reached a worker's network code.

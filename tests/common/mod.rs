@@ -81,6 +81,7 @@ impl Job {
             state_dir: self.dir.path().join(".dashbatch"),
             drain_timeout: Duration::from_secs(30),
             outage_timeout: Duration::from_secs(300),
+            params: Default::default(),
         }
     }
 }

@@ -74,6 +74,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         },
         retry,
         model_rps: layers.model_rps()?,
+        params: layers.params(),
         quiet,
         manifest,
         output,

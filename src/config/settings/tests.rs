@@ -63,6 +63,7 @@ fn every_flag_is_a_job_file_key() {
             match key {
                 "model_rps" => "2.5".to_owned(),
                 "api" => "\"native\"".to_owned(),
+                "params" => "{ temperature = 0.5 }".to_owned(),
                 _ if is(arg, ValueParser::path_buf()) || is(arg, ValueParser::string()) => {
                     "\"x\"".to_owned()
                 }
@@ -140,6 +141,7 @@ fn every_setting_states_its_default_or_has_none() {
         "model_rps",
         "summary_json",
         "metrics_textfile",
+        "params",
     ];
     for arg in command().get_arguments() {
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
@@ -223,4 +225,37 @@ fn an_out_of_range_flag_is_a_usage_error_naming_the_flag() {
             .to_string();
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
+}
+
+/// `--param KEY=VALUE` reads VALUE as JSON when it parses, else as a string; the job file's
+/// `[params]` come first and each flag goes over them key by key.
+#[test]
+fn params_read_values_as_json_else_text_and_flags_go_over_the_job_file() {
+    let layers = layers(
+        &[
+            "--param",
+            "temperature=0.2",
+            "--param",
+            "stop=END",
+            "--param",
+            r#"response_format={"type":"json_object"}"#,
+        ],
+        "[params]\ntemperature = 0.9\nseed = 3\n",
+    );
+    let params = serde_json::Value::Object(layers.params());
+    assert_eq!(
+        params,
+        serde_json::json!({"temperature": 0.2, "stop": "END", "seed": 3,
+            "response_format": {"type": "json_object"}})
+    );
+    assert!(
+        parse_param("temperature")
+            .unwrap_err()
+            .contains("KEY=VALUE")
+    );
+    assert!(
+        parse_param("messages=[]")
+            .unwrap_err()
+            .contains("set by dashbatch")
+    );
 }

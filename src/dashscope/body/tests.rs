@@ -37,6 +37,7 @@ fn request() -> ModelRequest {
         prompt: "p".into(),
         system: None,
         media: vec![],
+        params: Default::default(),
     }
 }
 

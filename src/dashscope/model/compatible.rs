@@ -58,11 +58,17 @@ impl Mapping for Compatible {
             content: Content::Parts(parts),
         });
         // Serializing these plain structs to a Value cannot fail (string keys only).
-        serde_json::to_value(Request {
+        let own = serde_json::to_value(Request {
             model: &request.model,
             messages,
         })
-        .unwrap_or(serde_json::Value::Null)
+        .unwrap_or(serde_json::Value::Null);
+        // Parameters sit at the top level, beside the request's own keys, which win.
+        let mut body = request.params.clone();
+        if let serde_json::Value::Object(own) = own {
+            body.extend(own);
+        }
+        serde_json::Value::Object(body)
     }
 
     fn parse(
@@ -86,6 +92,7 @@ impl Mapping for Compatible {
         let usage = reply.usage.unwrap_or_default();
         Ok(ModelReply {
             text: content_text(&choice.message.content),
+            reasoning: choice.message.reasoning(),
             finish_reason: choice.finish_reason,
             usage: Usage::counted(
                 usage.prompt_tokens,

@@ -15,9 +15,13 @@
 //! missing usage) and strict about what it does (a choice must be there): a 200 without one
 //! is classified `Network`, since a truncated body is the realistic cause.
 //!
-//! Deliberately not here: streaming replies, generation parameters, tool calls. Each differs
-//! between the two APIs (where a parameter goes, how a stream is asked for and what its
-//! chunks look like), so each is a change to the two mappings, not to the call.
+//! Generation parameters pass through as the service spells them: at the top level of a
+//! compatible body, under `parameters` in a native one. The names this module sets itself
+//! ([`RESERVED_PARAMS`]) are refused before a run starts ([`check_param_name`]). A thinking
+//! model's reasoning (`reasoning_content` beside the answer) is read into
+//! [`ModelReply::reasoning`].
+//!
+//! Deliberately not here: tool calls.
 
 mod compatible;
 mod native;
@@ -57,6 +61,38 @@ pub struct ModelRequest {
     pub system: Option<String>,
     /// The media inputs, in the order the model is to see them, all before the prompt.
     pub media: Vec<Media>,
+    /// Generation parameters (`temperature`, `max_tokens`, …), as the service names them.
+    /// None of them is one of [`RESERVED_PARAMS`]; a body builder puts its own keys last, so
+    /// that one slipping through could never replace them.
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Body keys the mappings set themselves, in either API: a generation parameter of one of
+/// these names would replace the request's own, so it is refused.
+pub const RESERVED_PARAMS: [&str; 7] = [
+    "model",
+    "messages",
+    "input",
+    "parameters",
+    "stream",
+    "stream_options",
+    "incremental_output",
+];
+
+/// Whether `name` may be given as a generation parameter; the error says why not and what
+/// to do instead.
+pub fn check_param_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("a parameter needs a name, as in temperature=0.2".to_owned());
+    }
+    if RESERVED_PARAMS.contains(&name) {
+        return Err(format!(
+            "{name:?} is set by dashbatch itself and cannot be given as a parameter \
+             (reserved: {}); the model and the messages come from the manifest",
+            RESERVED_PARAMS.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +117,8 @@ impl Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelReply {
     pub text: String,
+    /// A thinking model's reasoning (`reasoning_content`), when the reply carries one.
+    pub reasoning: Option<String>,
     pub finish_reason: Option<String>,
     pub usage: Usage,
     pub request_id: Option<String>,
@@ -145,6 +183,7 @@ impl ModelReply {
         let short = |text: &str| truncate(&scrub(text, secret), MAX_SHORT);
         ModelReply {
             text: scrub(&self.text, secret),
+            reasoning: self.reasoning.as_deref().map(|r| scrub(r, secret)),
             finish_reason: self.finish_reason.as_deref().map(short),
             request_id: self.request_id.as_deref().map(short),
             usage: self.usage,
@@ -157,6 +196,19 @@ impl ModelReply {
 struct ReplyMessage {
     #[serde(default)]
     content: serde_json::Value,
+    /// A thinking model's reasoning, in both APIs under this name.
+    #[serde(default)]
+    reasoning_content: Option<serde_json::Value>,
+}
+
+impl ReplyMessage {
+    /// The reasoning as text; `None` when absent, null or empty.
+    fn reasoning(&self) -> Option<String> {
+        self.reasoning_content
+            .as_ref()
+            .map(content_text)
+            .filter(|text| !text.is_empty())
+    }
 }
 
 /// The text of a reply message: a plain string, or the `text` items of a list of parts
@@ -173,5 +225,7 @@ fn content_text(content: &serde_json::Value) -> String {
     }
 }
 
+#[cfg(test)]
+mod params_tests;
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,7 @@ impl Mapping for Native {
         serde_json::to_value(Request {
             model: &request.model,
             input: Input { messages },
-            parameters: serde_json::Map::new(),
+            parameters: &request.params,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -69,6 +69,7 @@ impl Mapping for Native {
         let usage = reply.usage.unwrap_or_default();
         Ok(ModelReply {
             text: content_text(&choice.message.content),
+            reasoning: choice.message.reasoning(),
             // The native API says "null" (a string) while a reply is unfinished in streams.
             finish_reason: choice.finish_reason.filter(|r| r != "null"),
             usage: Usage::counted(usage.input_tokens, usage.output_tokens, usage.total_tokens),
@@ -83,8 +84,8 @@ impl Mapping for Native {
 struct Request<'a> {
     model: &'a str,
     input: Input<'a>,
-    /// Sent empty: the defaults are what a batch wants, and the shape says it is there.
-    parameters: serde_json::Map<String, serde_json::Value>,
+    /// The generation parameters, as given (empty: the service's defaults).
+    parameters: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]

@@ -38,6 +38,7 @@ fn request(media: Option<Media>, system: Option<&str>) -> ModelRequest {
         prompt: "What is this?".into(),
         system: system.map(str::to_owned),
         media: media.into_iter().collect(),
+        params: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::failure::ErrorCode;
 /// The fixed columns, in order. Pass-through manifest columns follow them. A new column goes
 /// last (before the pass-through ones), so that scripts that read the others by position keep
 /// working; code reads them through [`column`].
-pub const COLUMNS: [&str; 20] = [
+pub const COLUMNS: [&str; 21] = [
     "id",
     "line",
     "model",
@@ -30,11 +30,16 @@ pub const COLUMNS: [&str; 20] = [
     "latency_ms",
     "finished_at",
     "input_digest",
+    "reasoning",
 ];
 
 /// The columns of a results file written before `input_digest` existed (they are the first
 /// ones of [`COLUMNS`]); such a file is upgraded when a run resumes it.
 pub const COLUMNS_V1: &[&str] = COLUMNS.split_at(col::INPUT_DIGEST).0;
+
+/// The columns of a results file written before `reasoning` existed; upgraded in the same
+/// way.
+pub const COLUMNS_V2: &[&str] = COLUMNS.split_at(col::REASONING).0;
 
 /// Positions of the columns code reads back, from [`COLUMNS`].
 pub mod resume;
@@ -49,6 +54,7 @@ pub mod col {
     pub const STATUS: usize = column("status");
     pub const ERROR_CODE: usize = column("error_code");
     pub const INPUT_DIGEST: usize = column("input_digest");
+    pub const REASONING: usize = column("reasoning");
 }
 
 /// The position of `name` in [`COLUMNS`], at compile time: `column("nope")` does not build.
@@ -131,6 +137,8 @@ pub struct RowResult {
     pub prompt: String,
     pub status: Status,
     pub response: String,
+    /// A thinking model's reasoning; empty for other models.
+    pub reasoning: String,
     pub finish_reason: String,
     pub tokens: Option<Tokens>,
     pub oss_url: String,
@@ -222,6 +230,7 @@ impl<W: Write> ResultsWriter<W> {
             Some(digest) => c.write_field(digest.to_string())?,
             None => c.write_field("")?,
         }
+        c.write_field(&r.reasoning)?;
         // A row always carries one value per pass-through column; pad defensively so a
         // short row can never shift the columns of the file.
         for i in 0..self.extra {
@@ -271,6 +280,7 @@ mod tests {
             prompt: "What, \"exactly\"?\nSay it.".into(),
             status: Status::Ok,
             response: "A cat.".into(),
+            reasoning: "Whiskers.".into(),
             finish_reason: "stop".into(),
             tokens: Some(Tokens {
                 prompt: 10,
@@ -300,9 +310,9 @@ mod tests {
         let bytes = w.get_ref().clone();
         let mut r = csv::Reader::from_reader(bytes.as_slice());
         let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(header.len(), 21);
-        assert_eq!(&header[..20], COLUMNS);
-        assert_eq!(header[20], "batch");
+        assert_eq!(header.len(), 22);
+        assert_eq!(&header[..21], COLUMNS);
+        assert_eq!(header[21], "batch");
         let row = r.records().next().unwrap().unwrap();
         assert_eq!(&row[0], "a");
         assert_eq!(&row[4], "What, \"exactly\"?\nSay it.");
@@ -311,7 +321,9 @@ mod tests {
         assert_eq!(&row[12], "new");
         assert_eq!(&row[18], "2023-11-14T22:13:20.000Z");
         assert_eq!(&row[col::INPUT_DIGEST], "0000000000000abc");
-        assert_eq!(&row[20], "x");
+        assert_eq!(&row[col::REASONING], "Whiskers.");
+        assert_eq!(&row[21], "x");
         assert_eq!(COLUMNS_V1.len(), 19);
+        assert_eq!(COLUMNS_V2.len(), 20);
     }
 }

@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{COLUMNS, COLUMNS_V1, ResultsWriter, col};
+use super::{COLUMNS, ResultsWriter};
 use crate::output::atomic::remove_stale_temps;
 use crate::spill::SpillError;
 
@@ -25,7 +25,7 @@ pub use crate::manifest::id_key;
 pub use digest::{InputDigest, line_digest, row_digests};
 pub use done::{Done, Resumed};
 pub use index::{LineIndex, LineOffsets, LineReader, Lines, index_lines};
-use upgrade::add_digest_column;
+use upgrade::{is_earlier, upgrade_columns};
 
 mod digest;
 mod done;
@@ -47,7 +47,8 @@ pub struct Previous {
     pub done: Done,
     /// Complete lines read (all statuses).
     pub lines: u64,
-    /// The file was written before `input_digest` existed (see [`open_for_append`]).
+    /// The file has the columns of an earlier version (before `input_digest`, or before
+    /// `reasoning`); [`open_for_append`] upgrades it.
     pub legacy: bool,
 }
 
@@ -122,11 +123,12 @@ pub fn open_for_append(
     let aside = if !fresh && side.exists() {
         let (aside, _) = scan(&side, extra)?;
         if aside.legacy {
-            // Side files came with the column: this one is not ours as it stands.
-            return Err(ResumeError::Header {
-                path: side,
-                found: COLUMNS_V1.join(","),
-            });
+            // Its lines are read the same either way; the upgrade keeps its width that of the
+            // lines compaction adds.
+            upgrade_columns(&side, extra).map_err(|source| ResumeError::Io {
+                path: side.clone(),
+                source,
+            })?;
         }
         aside.done.0
     } else {
@@ -162,10 +164,10 @@ pub fn open_for_append(
     file.set_len(valid_len).map_err(io)?;
     if previous.legacy {
         drop(file);
-        add_digest_column(out, extra).map_err(io)?;
+        upgrade_columns(out, extra).map_err(io)?;
         tracing::info!(
-            "results file {}: added the input_digest column (its earlier lines are matched \
-             to rows by model, file and prompt)",
+            "results file {}: written by an earlier version; added the columns it lacked \
+             (empty on its earlier lines)",
             out.display()
         );
         file = append().map_err(io)?;
@@ -191,7 +193,7 @@ struct ScannedLine {
 /// Reads ok lines and finds where the last complete line ends, without changing the file.
 /// The returned length is 0 when the file holds no complete header line (a crash while it
 /// was being created): the caller then starts the file over. A file with the columns of the
-/// version before `input_digest` is read too ([`Previous::legacy`]).
+/// version before `input_digest` or `reasoning` is read too ([`Previous::legacy`]).
 ///
 /// Only the last line can have been cut short by a crash, since lines are only ever
 /// appended; it is left out of the length. A line in the middle with the wrong number of
@@ -232,7 +234,7 @@ fn scan_with(
         .iter()
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    let legacy = found != want && found == expected_header(COLUMNS_V1, extra);
+    let legacy = found != want && is_earlier(&found, extra);
     if found != want && !legacy {
         return Err(ResumeError::Header {
             path: out.to_owned(),
@@ -240,9 +242,21 @@ fn scan_with(
         });
     }
     let width = found.len();
-    // Read by name: the digest column is absent from a legacy file; the others sit where
-    // COLUMNS puts them in both versions.
-    let digest_at = (!legacy).then_some(col::INPUT_DIGEST);
+    // Read by name: an earlier version's file may lack a column, or have them elsewhere.
+    let at = |name: &str| found.iter().position(|f| f == name);
+    let digest_at = at("input_digest");
+    let (Some(id_at), Some(status_at), Some(model_at), Some(file_at), Some(prompt_at)) = (
+        at("id"),
+        at("status"),
+        at("model"),
+        at("file"),
+        at("prompt"),
+    ) else {
+        return Err(ResumeError::Header {
+            path: out.to_owned(),
+            found: found.join(","),
+        });
+    };
     let mut kept = Kept::default();
     // A line is known to be complete once another one follows it; the last one is checked
     // against the end of the file below.
@@ -261,18 +275,18 @@ fn scan_with(
             start: position.byte(),
             line: position.line(),
             fields,
-            ok: whole && &record[col::STATUS] == b"ok",
+            ok: whole && &record[status_at] == b"ok",
             key: if whole {
-                id_key(std::str::from_utf8(&record[col::ID]).unwrap_or_default())
+                id_key(std::str::from_utf8(&record[id_at]).unwrap_or_default())
             } else {
                 0
             },
             digest: if whole {
                 line_digest(
                     digest_at.map(|i| &record[i]),
-                    &record[col::MODEL],
-                    &record[col::FILE],
-                    &record[col::PROMPT],
+                    &record[model_at],
+                    &record[file_at],
+                    &record[prompt_at],
                 )
             } else {
                 0

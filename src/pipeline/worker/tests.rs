@@ -51,6 +51,7 @@ fn worker(em: &Running, dir: &Path) -> Worker {
         uploads: Uploads::new(client.clone(), credentials, cache, fast_retry(), 4),
         client,
         api: Api::Compatible,
+        params: Default::default(),
         retry: fast_retry(),
         pacing: Arc::new(Pacing::new(None)),
         stop,
@@ -74,6 +75,7 @@ fn row(dir: &Path, files: &[&str]) -> Row {
             .collect(),
         prompt: "Compare them.".into(),
         system: None,
+        params: None,
         extra: vec![],
         input_digest: None,
     }
@@ -118,8 +120,18 @@ async fn a_row_of_two_files_and_a_url_gives_the_model_all_three() {
     );
     assert_eq!(uploads(&em).await, 2);
     assert_eq!(result.file, "a.png");
-    assert!(result.oss_url.starts_with("oss://"), "{}", result.oss_url);
-    assert!(result.oss_url.ends_with("a.png"), "{}", result.oss_url);
+    // One URL per file, in order; `-` for the URL the row gave.
+    let urls: Vec<&str> = result.oss_url.split(' ').collect();
+    assert_eq!(urls.len(), 3, "{}", result.oss_url);
+    assert!(
+        urls[0].starts_with("oss://") && urls[0].ends_with("a.png"),
+        "{urls:?}"
+    );
+    assert!(
+        urls[1].starts_with("oss://") && urls[1].ends_with("b.wav"),
+        "{urls:?}"
+    );
+    assert_eq!(urls[2], "-");
     assert_eq!(result.upload, UploadOutcome::New);
 }
 

@@ -1,8 +1,9 @@
 //! What a row asks, as one 64-bit digest: the `input_digest` column of a results line, and
 //! what resume compares before it takes a line as the row's answer.
 //!
-//! The digest covers the model, the `file` column as written, the prompt and the system
-//! prompt, and for a local file its size and modification time in nanoseconds: a file
+//! The digest covers the model, the media cells as written, the prompt, the system prompt,
+//! the row's `params` cell (not the run's `--param`s, as it does not cover `--api`), and for
+//! each local file its size and modification time in nanoseconds: a file
 //! rewritten at the same path is a new question, found with one `stat` per row rather than
 //! by hashing every file on resume (the quick check `make` and `rsync` use). A rewrite that
 //! keeps both the size and the modification time (`cp -p`, `touch -r`) is not seen; nor is
@@ -39,6 +40,12 @@ impl InputDigest {
         ];
         for (media, stamp) in row.media.iter().zip(&stamps).skip(1) {
             parts.extend([media.file.as_str(), stamp.as_str()]);
+        }
+        // The row's own parameters (its `params` cell), after a mark; a row without them keeps
+        // the digest earlier versions wrote.
+        let params = row.params.as_ref().map(crate::manifest::canonical_params);
+        if let Some(params) = &params {
+            parts.extend(["\u{1e}params", params.as_str()]);
         }
         Self::hash(&parts)
     }
@@ -139,6 +146,7 @@ mod tests {
             }],
             prompt: prompt.into(),
             system: None,
+            params: None,
             extra: vec![],
             input_digest: None,
         }

@@ -173,7 +173,7 @@ fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
     assert!(!has_ok(&previous, "x"), "a short line is not done");
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     // Physical lines: a's prompt spans lines 2 and 3.
-    let at = format!("r.csv, line 4 (byte {note_at}): 2 field(s) where 21 were expected");
+    let at = format!("r.csv, line 4 (byte {note_at}): 2 field(s) where 22 were expected");
     assert!(warnings[0].contains(&at), "{warnings:?}");
     assert!(warnings[1].contains("r.csv, line 5 (byte "), "{warnings:?}");
     open_for_append(&out, &extra, false).unwrap();
