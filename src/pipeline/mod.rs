@@ -173,6 +173,7 @@ pub async fn run(
         stop: Arc::clone(&stop),
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),
+        refusals: Arc::default(),
     });
 
     dispatch(
@@ -204,6 +205,7 @@ pub async fn run(
         *stats.retries.entry(cause).or_default() += n;
     }
     stats.throttled_seen = gate.throttled();
+    stats.throttled_by_kind = gate.throttled_by_kind();
     // Rows the run stopped in flight wrote `not_attempted` lines: they count with the rows
     // it never reached (added after compaction), not as failures.
     if let Some(n) = stats.failures.remove(&FailureCode::NotAttempted.into()) {
@@ -211,6 +213,7 @@ pub async fn run(
         stats.rows_not_attempted = n;
     }
     reporter.stats_mut().model_pace = worker.pacing.rates();
+    reporter.stats_mut().models_refused = worker.refusals.summary();
     let (mut stats, file) = reporter
         .finish()
         .map_err(|e| report_err(ReportError::Sync(e)))?;

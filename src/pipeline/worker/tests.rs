@@ -47,6 +47,7 @@ fn worker(em: &Running, dir: &Path) -> Worker {
     let stop = Arc::new(Stop::new(&CancellationToken::new()));
     let gate = Gate::new(&em.base_url(), Duration::from_secs(300), Arc::clone(&stop));
     Worker {
+        refusals: Arc::default(),
         manifest: dir.join("manifest.csv"),
         uploads: Uploads::new(client.clone(), credentials, cache, fast_retry(), 4),
         client,
