@@ -11,7 +11,9 @@
 //! rate changes, so calls queued at a low pace go out at the new one as soon as it rises.
 //! Each model has its own state, so one throttled model never slows another, and nothing
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
-//! limit up front; the rate then stays at or below it.
+//! limit up front; the rate then stays at or below it. Without it a model starts slowly
+//! ([`aimd::START_RATE`], doubling each second; issue 11), and a growth-rate 429
+//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -121,7 +123,10 @@ impl Pacing {
     fn with_model<T>(&self, model: &str, f: impl FnOnce(&mut Model) -> T) -> T {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if !models.contains_key(model) {
-            let aimd = Aimd::new(self.cap, now());
+            let aimd = match self.cap {
+                Some(_) => Aimd::new(self.cap, now()),
+                None => Aimd::slow_start(now()),
+            };
             let pace = watch::Sender::new(Pace {
                 rate: aimd.rate(),
                 not_before: None,
@@ -199,7 +204,11 @@ impl Pacing {
     fn on_throttled(&self, model: &str, sent: Instant, scope: ThrottleScope) {
         self.with_model(model, |m| {
             let now = now();
-            if let Some(change) = m.aimd.on_throttled(sent, now) {
+            let change = match scope {
+                ThrottleScope::Burst => m.aimd.on_burst(sent, now),
+                _ => m.aimd.on_throttled(sent, now),
+            };
+            if let Some(change) = change {
                 tracing::debug!(
                     model,
                     rate = change.rate,
@@ -222,7 +231,7 @@ impl Pacing {
         let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         models
             .iter()
-            .filter_map(|(name, m)| m.aimd.rate().map(|r| (name.clone(), r)))
+            .filter_map(|(name, m)| m.aimd.paced_rate().map(|r| (name.clone(), r)))
             .collect()
     }
 }

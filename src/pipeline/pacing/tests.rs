@@ -15,7 +15,17 @@ fn models_are_paced_independently() {
     pacing.on_success("a", Instant::now());
     pacing.on_throttled("a", Instant::now(), ThrottleScope::Requests);
     assert!(pacing.rate("a").is_some());
-    assert_eq!(pacing.rate("b"), None, "b never saw a 429");
+    // Issue 11: a model starts at the slow start's rate; b's is untouched by a's 429.
+    assert_eq!(
+        pacing.rate("b"),
+        Some(aimd::START_RATE),
+        "b never saw a 429"
+    );
+    assert_eq!(
+        pacing.rates().get("b"),
+        None,
+        "a ramp is not reported as a pace"
+    );
 }
 
 #[test]
