@@ -169,7 +169,7 @@ pub async fn run(
         ),
         api: config.api,
         retry: config.retry.clone(),
-        pacing: Arc::new(pacing::Pacing::new(config.model_rps)),
+        pacing: Arc::new(pacing::Pacing::new(config.model_rps, config.model_tpm)),
         stop: Arc::clone(&stop),
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),

@@ -167,6 +167,9 @@ impl Worker {
         let (result, attempts) =
             dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
         log.attempts += attempts;
+        if let Ok(reply) = &result {
+            self.pacing.learn_tokens(model, reply.usage.total_tokens);
+        }
         result.map_err(|e| Failure::api("model call", e))
     }
 }

@@ -74,6 +74,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         },
         retry,
         model_rps: layers.model_rps()?,
+        model_tpm: layers.model_tpm()?,
         quiet,
         manifest,
         output,

@@ -53,7 +53,7 @@ fn worker(em: &Running, dir: &Path) -> Worker {
         client,
         api: Api::Compatible,
         retry: fast_retry(),
-        pacing: Arc::new(Pacing::new(None)),
+        pacing: Arc::new(Pacing::new(None, None)),
         stop,
         gate,
         model_retry: Mutex::new(HashMap::new()),
