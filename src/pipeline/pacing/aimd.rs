@@ -271,9 +271,8 @@ impl Aimd {
                 self.unpaced_ok.pop_front();
             }
         }
-        let Some(rate) = self.rate else {
-            return None;
-        };
+        // Unpaced (before an unpaced start's first 429): nothing to change.
+        let rate = self.rate?;
         if self
             .ceiling
             .is_some_and(|c| now.saturating_duration_since(c.at) >= FORGET)
@@ -323,9 +322,8 @@ impl Aimd {
         if self.fresh {
             return Some(self.start_first_burst(now));
         }
-        let Some(rate) = self.rate else {
-            return None;
-        };
+        // Unpaced (before an unpaced start's first 429): nothing to change.
+        let rate = self.rate?;
         if self
             .last_decrease
             .is_some_and(|t| sent.saturating_duration_since(t) < SETTLE)
