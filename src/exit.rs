@@ -4,7 +4,9 @@
 pub const OK: u8 = 0;
 /// The run finished but at least one row is `failed`.
 pub const SOME_FAILED: u8 = 1;
-/// A usage or configuration error, or a rejected API key: nothing (more) was attempted.
+/// A usage or configuration error, a rejected API key, or an account the service stopped
+/// (arrears, a product not bought): nothing (more) was attempted, and the rows not done are
+/// `not_attempted`.
 pub const USAGE: u8 = 2;
 /// Another dashbatch process holds the lock on the results file.
 pub const LOCKED: u8 = 3;

@@ -46,6 +46,7 @@ pub fn bench(c: &mut Criterion) {
         credentials: CredentialOptions::default(),
         retry: RetryPolicy::default(),
         model_rps: None,
+        model_tpm: None,
         quiet: true,
         // Every iteration starts over, so each one does all the rows.
         fresh: true,

@@ -151,7 +151,7 @@ fn judge(err: PipelineError) -> (String, u8, Stats) {
 fn exit_code(outcome: &Outcome) -> u8 {
     match &outcome.stopped {
         Some(StopReason::Interrupted) => exit::INTERRUPTED,
-        Some(StopReason::KeyRejected(_)) => exit::USAGE,
+        Some(StopReason::KeyRejected(_) | StopReason::AccountStopped(_)) => exit::USAGE,
         Some(StopReason::Outage(_)) => exit::UNAVAILABLE,
         None if outcome.stats.rows_failed > 0 => exit::SOME_FAILED,
         None => exit::OK,

@@ -62,6 +62,25 @@ impl Layers {
             .collect()
     }
 
+    /// `--model-tpm`, else the job file's `model_tpm`, checked as the flag is.
+    pub fn model_tpm(&self) -> Result<Option<u64>, SettingError> {
+        use super::settings::MAX_MODEL_TPM;
+        self.merge(
+            |s| s.model_tpm,
+            None,
+            "model_tpm",
+            |&tpm| {
+                if (1..=MAX_MODEL_TPM).contains(&tpm) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "use a number of tokens per minute from 1 to {MAX_MODEL_TPM}"
+                    ))
+                }
+            },
+        )
+    }
+
     /// `--model-rps`, else the job file's `model_rps`, checked as the flag is.
     pub fn model_rps(&self) -> Result<Option<f64>, SettingError> {
         self.merge(

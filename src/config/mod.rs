@@ -26,6 +26,8 @@ pub struct RunConfig {
     pub credentials: CredentialOptions,
     /// A known per-model call limit (calls per second). `None`: found from 429s.
     pub model_rps: Option<f64>,
+    /// A known per-model token limit (tokens per minute). `None`: 429s steer the calls.
+    pub model_tpm: Option<u64>,
     /// No progress bar or progress log lines.
     pub quiet: bool,
     /// Ignore an existing results file and start over.

@@ -84,6 +84,12 @@ pub struct Settings {
     #[arg(long, value_name = "RPS", value_parser = parse_rps)]
     pub model_rps: Option<f64>,
 
+    /// Tokens per minute, per model, when you know the limit: calls are paced so that their
+    /// tokens (as the answers' usage reports them, learnt per model) stay under TPM/60 a
+    /// second. Without it a token-rate 429 slows the model's calls like any other 429.
+    #[arg(long, value_name = "TPM", value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_TPM))]
+    pub model_tpm: Option<u64>,
+
     /// Timeout of one model call, in seconds.
     #[arg(long, value_parser = REQUEST_TIMEOUT_S.parser())]
     pub request_timeout_s: Option<u64>,
@@ -324,6 +330,9 @@ fn show_defaults(arg: clap::Arg) -> clap::Arg {
 }
 
 /// `--model-rps`: above 0, at most [`MAX_MODEL_RPS`].
+/// The largest `--model-tpm`: far above any published limit, small enough for a rate.
+pub const MAX_MODEL_TPM: u64 = 1_000_000_000_000;
+
 pub fn parse_rps(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rps) if rps_in_range(rps) => Ok(rps),

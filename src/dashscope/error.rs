@@ -42,6 +42,17 @@ pub enum ErrorKind {
     /// A 2xx whose body is larger than the call may read ([`super::body::BodyLimit`]). Not
     /// retryable: the same request to the same server would only do it again.
     BodyTooLarge,
+    /// The account may not call anything until a bill is paid or a product bought
+    /// (`Arrearage`, `CommodityNotPurchased`, `PrepaidBillOverdue`, `PostpaidBillOverdue`,
+    /// whatever the status). The caller stops the whole run, as for a 401.
+    AccountStopped,
+    /// This account may not use this model, or it does not exist (`Model.AccessDenied`,
+    /// `AllocationQuota.FreeTierOnly`, `ModelNotFound`, `model_not_found`,
+    /// `model_not_supported`). Every call to the model would get the same answer.
+    ModelRefused,
+    /// The input or the output was refused by moderation (`DataInspectionFailed`,
+    /// `data_inspection_failed`): the same row would be refused again.
+    ContentRefused,
 }
 
 impl ErrorKind {
@@ -57,6 +68,9 @@ impl ErrorKind {
             ErrorKind::InvalidOssUrl => "invalid_oss_url",
             ErrorKind::Rejected => "rejected",
             ErrorKind::BodyTooLarge => FailureCode::ResponseTooLarge.as_str(),
+            ErrorKind::AccountStopped => "account_stopped",
+            ErrorKind::ModelRefused => "model_refused",
+            ErrorKind::ContentRefused => "content_refused",
         }
     }
 }
@@ -249,8 +263,31 @@ impl ApiError {
     }
 }
 
+/// The kind of a definitive refusal, by the service's code alone (protocol notes, section
+/// 6): no retry changes these answers, whatever status a gateway puts on them. Billing codes
+/// arrive as 429 too, and must not be taken for a throttle.
+fn refusal(code: &str) -> Option<ErrorKind> {
+    match code {
+        "Arrearage" | "CommodityNotPurchased" | "PrepaidBillOverdue" | "PostpaidBillOverdue" => {
+            Some(ErrorKind::AccountStopped)
+        }
+        "Model.AccessDenied"
+        | "AllocationQuota.FreeTierOnly"
+        | "ModelNotFound"
+        | "model_not_found"
+        | "model_not_supported" => Some(ErrorKind::ModelRefused),
+        "DataInspectionFailed" | "data_inspection_failed" => Some(ErrorKind::ContentRefused),
+        _ => None,
+    }
+}
+
 /// The kind for a response status and the service's code and message.
 fn classify(status: u16, code: &str, message: &str) -> ErrorKind {
+    if status != 401
+        && let Some(kind) = refusal(code)
+    {
+        return kind;
+    }
     // Throttling codes win over the status: `Throttling.AllocationQuota` and friends clear on
     // their own, whatever status a gateway puts on them.
     let throttle_code = code.starts_with("Throttling") || code == "limit_requests";

@@ -98,14 +98,15 @@ impl LocalLimiter {
 impl Limiter for LocalLimiter {
     fn acquire<'a>(&'a self, key: &'a str, rate: Rate, cost: Cost) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if cost.requests == 0 {
+            let units = cost.units();
+            if units == 0 {
                 return;
             }
             let key = self.key(key);
             let _turn = key.turn.lock().await;
             // Decided and spent under one lock with no await after it: a dropped future
             // has either spent its units and returned, or spent nothing.
-            while let Err(at) = key.take(rate, cost.requests, Instant::now()) {
+            while let Err(at) = key.take(rate, units, Instant::now()) {
                 tokio::time::sleep_until(at).await;
             }
         })

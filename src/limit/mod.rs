@@ -57,9 +57,9 @@ impl Rate {
     }
 }
 
-/// What one acquisition spends. Requests are what every rate counts today; tokens ride
-/// along so that a token limit (issue 9) can be added to [`Rate`] without changing any
-/// caller's signature. [`LocalLimiter`] spends `requests` only.
+/// What one acquisition spends. A key counts one kind of unit: requests, or (for a key of
+/// a token limit, `--model-tpm`) tokens, asked for with `requests: 0`. [`LocalLimiter`]
+/// spends [`Cost::units`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cost {
     pub requests: u32,
@@ -67,6 +67,23 @@ pub struct Cost {
 }
 
 impl Cost {
+    /// `n` tokens, for a key that counts tokens.
+    pub fn tokens(n: u64) -> Cost {
+        Cost {
+            requests: 0,
+            tokens: n,
+        }
+    }
+
+    /// The units a key spends: its requests, or if none, its tokens (up to `u32::MAX`).
+    pub fn units(&self) -> u32 {
+        if self.requests > 0 {
+            self.requests
+        } else {
+            u32::try_from(self.tokens).unwrap_or(u32::MAX)
+        }
+    }
+
     /// One request, tokens unknown.
     pub const REQUEST: Cost = Cost {
         requests: 1,

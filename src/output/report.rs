@@ -136,6 +136,23 @@ pub fn metrics_text(r: &RunReport<'_>) -> String {
         "HTTP 429 answers the last run saw.",
         &[("", s.throttled_seen as f64)],
     );
+    // Every kind, zero included, so that a series does not vanish from one run to the next.
+    let kind = |k: &str| s.throttled_by_kind.get(k).copied().unwrap_or(0) as f64;
+    gauge(
+        "last_run_throttled_by_kind",
+        "HTTP 429 answers the last run saw, by the limit they report.",
+        &[
+            ("kind=\"requests\"", kind("requests")),
+            ("kind=\"burst\"", kind("burst")),
+            ("kind=\"tokens\"", kind("tokens")),
+            ("kind=\"unknown\"", kind("unknown")),
+        ],
+    );
+    gauge(
+        "last_run_models_refused",
+        "Models the service refused for good in the last run (no access, no such model).",
+        &[("", s.models_refused.len() as f64)],
+    );
     gauge(
         "last_run_tokens",
         "Tokens the last run used, as the models reported them.",
@@ -218,6 +235,7 @@ mod tests {
             ..Stats::default()
         };
         stats.retries.insert("throttled", 2);
+        stats.throttled_by_kind.insert("burst", 3);
         let report = RunReport {
             manifest: Path::new("jobs/a \"b\".csv"),
             output: Path::new("o.csv"),
@@ -231,6 +249,8 @@ mod tests {
         assert!(text.contains("dashbatch_last_run_end_timestamp_seconds{manifest="));
         assert!(text.contains("status=\"ok\"} 3\n"));
         assert!(text.contains("cause=\"throttled\"} 2\n"));
+        assert!(text.contains("kind=\"burst\"} 3\n"), "{text}");
+        assert!(text.contains("kind=\"tokens\"} 0\n"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             value.parse::<f64>().expect("every sample ends in a number");

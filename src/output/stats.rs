@@ -42,6 +42,11 @@ pub struct Stats {
     pub failures: BTreeMap<ErrorCode, u64>,
     /// Models whose calls were paced after 429s, and the pace they ended at (calls/s).
     pub model_pace: BTreeMap<String, f64>,
+    /// Models the service refused for good (no access, no such model), and why: the
+    /// service's `code: message` of the first refusal. Their rows failed without calls.
+    pub models_refused: BTreeMap<String, String>,
+    /// 429 answers by the limit they report (`requests`, `burst`, `tokens`, `unknown`).
+    pub throttled_by_kind: BTreeMap<&'static str, u64>,
     pub elapsed_s: f64,
     pub rows_per_s: f64,
 }
@@ -135,11 +140,22 @@ impl Stats {
         } else {
             String::new()
         };
+        let refused = if self.models_refused.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = self
+                .models_refused
+                .iter()
+                .map(|(m, why)| format!("{m} ({why})"))
+                .collect();
+            format!("; models refused: {}", parts.join("; "))
+        };
+        let throttled_by_kind = counts(&self.throttled_by_kind);
         format!(
             "{ok} ok, {failed} failed{failures}, {skipped} skipped{changed}{not_attempted}\
              {of_total}{orphaned}; uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
-             {retries} retries{by_cause}; {throttled} 429s; tokens {tin} in / {tout} out; \
-             {elapsed:.1}s, {rate:.1} rows/s{pace}",
+             {retries} retries{by_cause}; {throttled} 429s{throttled_by_kind}; tokens {tin} in / {tout} out; \
+             {elapsed:.1}s, {rate:.1} rows/s{pace}{refused}",
             ok = self.rows_ok,
             failed = self.rows_failed,
             skipped = self.rows_skipped,

@@ -55,6 +55,7 @@ pub(super) async fn finish(
         *stats.retries.entry(cause).or_default() += n;
     }
     stats.throttled_seen = gate.throttled();
+    stats.throttled_by_kind = gate.throttled_by_kind();
     // Rows the run stopped in flight wrote `not_attempted` lines: they count with the rows
     // it never reached (added after compaction), not as failures.
     if let Some(n) = stats.failures.remove(&FailureCode::NotAttempted.into()) {
@@ -62,6 +63,7 @@ pub(super) async fn finish(
         stats.rows_not_attempted = n;
     }
     reporter.stats_mut().model_pace = worker.pacing.rates();
+    reporter.stats_mut().models_refused = worker.refusals.summary();
     // The last reference to the worker, and with it (after `cache` below) to the upload
     // cache, whose drop waits for its appender thread.
     drop(worker);

@@ -11,7 +11,9 @@
 //! rate changes, so calls queued at a low pace go out at the new one as soon as it rises.
 //! Each model has its own state, so one throttled model never slows another, and nothing
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
-//! limit up front; the rate then stays at or below it.
+//! limit up front; the rate then stays at or below it. Without it a model starts slowly
+//! ([`aimd::START_RATE`], doubling each second; issue 11), and a growth-rate 429
+//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +43,14 @@ struct Pace {
 struct Model {
     aimd: Aimd,
     pace: watch::Sender<Pace>,
+    /// Tokens per call, learnt from the usage of its answers (a moving average); 0 until
+    /// the first answer.
+    tokens_per_call: f64,
 }
+
+/// Weight of the newest answer in the tokens-per-call average: recent calls count most,
+/// since a manifest's rows often come grouped by kind.
+const TOKENS_WEIGHT: f64 = 0.2;
 
 impl Model {
     fn apply(&mut self, change: Change, now: Instant) {
@@ -96,6 +105,9 @@ impl Permit {
 /// The pacers of all models of a run.
 pub struct Pacing {
     cap: Option<f64>,
+    /// `--model-tpm` as tokens per second: each call waits for its model's tokens (the
+    /// learnt tokens per call) at this rate, on a key of its own, before its request turn.
+    tokens_per_second: Option<f64>,
     /// Spaces the calls of each model (key: the model) at its current rate.
     limiter: Arc<dyn Limiter>,
     /// Locked briefly per call to subscribe to a model's pace or to record an outcome;
@@ -109,9 +121,12 @@ fn now() -> Instant {
 }
 
 impl Pacing {
-    /// `model_rps`: a known per-model limit, or `None` to discover it from 429s.
-    pub fn new(model_rps: Option<f64>) -> Self {
+    /// `model_rps`: a known per-model limit, or `None` to discover it from 429s;
+    /// `model_tpm`: a known per-model token limit a minute, paced as TPM/60 a second (the
+    /// service counts both).
+    pub fn new(model_rps: Option<f64>, model_tpm: Option<u64>) -> Self {
         Self {
+            tokens_per_second: model_tpm.filter(|t| *t > 0).map(|t| t as f64 / 60.0),
             cap: model_rps.filter(|r| *r > 0.0),
             limiter: Arc::new(LocalLimiter::new()),
             models: Mutex::new(HashMap::new()),
@@ -121,12 +136,22 @@ impl Pacing {
     fn with_model<T>(&self, model: &str, f: impl FnOnce(&mut Model) -> T) -> T {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if !models.contains_key(model) {
-            let aimd = Aimd::new(self.cap, now());
+            let aimd = match self.cap {
+                Some(_) => Aimd::new(self.cap, now()),
+                None => Aimd::slow_start(now()),
+            };
             let pace = watch::Sender::new(Pace {
                 rate: aimd.rate(),
                 not_before: None,
             });
-            models.insert(model.to_owned(), Model { aimd, pace });
+            models.insert(
+                model.to_owned(),
+                Model {
+                    aimd,
+                    pace,
+                    tokens_per_call: 0.0,
+                },
+            );
         }
         let entry = models.get_mut(model).expect("inserted above");
         f(entry)
@@ -140,7 +165,19 @@ impl Pacing {
     /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
     /// queued before a cut honours the cut's pause.
     pub async fn acquire(&self, model: &str, cost: Cost) -> Permit {
-        let mut pace = self.with_model(model, |m| m.pace.subscribe());
+        let (mut pace, tokens) =
+            self.with_model(model, |m| (m.pace.subscribe(), m.tokens_per_call));
+        if let Some(per_second) = self.tokens_per_second
+            && tokens >= 1.0
+        {
+            // No burst: the service counts every one-second window, and a burst of a
+            // second's tokens after a quiet spell would put two seconds' worth in one.
+            let rate = Rate::per_second(per_second);
+            let key = format!("{model}\ttokens");
+            self.limiter
+                .acquire(&key, rate, Cost::tokens(tokens.round() as u64))
+                .await;
+        }
         loop {
             let Pace { rate, not_before } = *pace.borrow_and_update();
             let Some(rate) = rate else {
@@ -199,7 +236,11 @@ impl Pacing {
     fn on_throttled(&self, model: &str, sent: Instant, scope: ThrottleScope) {
         self.with_model(model, |m| {
             let now = now();
-            if let Some(change) = m.aimd.on_throttled(sent, now) {
+            let change = match scope {
+                ThrottleScope::Burst => m.aimd.on_burst(sent, now),
+                _ => m.aimd.on_throttled(sent, now),
+            };
+            if let Some(change) = change {
                 tracing::debug!(
                     model,
                     rate = change.rate,
@@ -208,6 +249,21 @@ impl Pacing {
                 );
                 m.apply(change, now);
             }
+        });
+    }
+
+    /// Teaches `model`'s token pacing the tokens an answered call used.
+    pub fn learn_tokens(&self, model: &str, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        self.with_model(model, |m| {
+            let tokens = tokens as f64;
+            m.tokens_per_call = if m.tokens_per_call == 0.0 {
+                tokens
+            } else {
+                m.tokens_per_call + TOKENS_WEIGHT * (tokens - m.tokens_per_call)
+            };
         });
     }
 
@@ -222,7 +278,7 @@ impl Pacing {
         let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         models
             .iter()
-            .filter_map(|(name, m)| m.aimd.rate().map(|r| (name.clone(), r)))
+            .filter_map(|(name, m)| m.aimd.paced_rate().map(|r| (name.clone(), r)))
             .collect()
     }
 }

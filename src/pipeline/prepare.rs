@@ -198,10 +198,11 @@ fn wire(
         api: config.api,
         params: config.params.clone(),
         retry: config.retry.clone(),
-        pacing: Arc::new(pacing::Pacing::new(config.model_rps)),
+        pacing: Arc::new(pacing::Pacing::new(config.model_rps, config.model_tpm)),
         stop,
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),
+        refusals: Arc::default(),
     });
     (worker, credentials, gate)
 }

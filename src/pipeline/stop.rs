@@ -1,7 +1,7 @@
 //! Why a run stops early, and the switch every part of the pipeline watches.
 //!
-//! A run stops dispatching for one of three reasons: a signal (the caller's `shutdown`), a key
-//! the service rejected, or an outage that outlasted `--outage-timeout`. This is the one place
+//! A run stops dispatching for one of four reasons: a signal (the caller's `shutdown`), a key
+//! the service rejected, an account the service stopped (billing), or an outage that outlasted `--outage-timeout`. This is the one place
 //! that state lives: the first reason wins and is the one the summary, the exit code and the
 //! `not_attempted` lines name ([`Stop::stopped`]). Deliberately not here: deciding that the
 //! key is bad or the service is down (the outage gate, which sees every answer, does both).
@@ -20,6 +20,10 @@ use crate::failure::FailureCode;
 pub enum StopReason {
     /// The service answered 401; the message says what to check.
     KeyRejected(String),
+    /// The service refused the account itself (arrears, an overdue bill, a product not
+    /// bought): every call would get the same answer until someone pays. The message quotes
+    /// the service and says what to do.
+    AccountStopped(String),
     /// The service, its upload host or a model stayed unavailable; the message names the
     /// URL or the model.
     Outage(String),
@@ -35,10 +39,26 @@ impl StopReason {
         ))
     }
 
+    /// The stop for an account refusal ([`ErrorKind::AccountStopped`]): what the service
+    /// said, and what to do, chosen by its code.
+    pub fn account_stopped(err: &ApiError) -> StopReason {
+        let hint = match err.code.as_str() {
+            "CommodityNotPurchased" => {
+                "buy (activate) the model or service for this account in the Model Studio console"
+            }
+            _ => "top up the account or pay the overdue bill in the Alibaba Cloud console",
+        };
+        StopReason::AccountStopped(format!(
+            "the service refused the account ({err}); {hint}, then run again: the rows not \
+             done are left for the next run"
+        ))
+    }
+
     /// A short stable name, for scripts and logs.
     pub fn as_str(&self) -> &'static str {
         match self {
             StopReason::KeyRejected(_) => "key_rejected",
+            StopReason::AccountStopped(_) => "account_stopped",
             StopReason::Outage(_) => "outage",
             StopReason::Interrupted => "interrupted",
         }
@@ -58,7 +78,9 @@ impl StopReason {
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StopReason::KeyRejected(message) | StopReason::Outage(message) => f.write_str(message),
+            StopReason::KeyRejected(message)
+            | StopReason::AccountStopped(message)
+            | StopReason::Outage(message) => f.write_str(message),
             StopReason::Interrupted => f.write_str("the run was interrupted"),
         }
     }

@@ -455,7 +455,7 @@ impl Uploads {
         self.credentials
             .get(model)
             .await
-            .map_err(|e| Failure::api("upload credential", e))
+            .map_err(|e| Failure::api(super::failure::CREDENTIAL_STAGE, e))
     }
 }
 

@@ -3,6 +3,9 @@
 //! A worker never fails as a process; everything that goes wrong becomes its row's result.
 
 mod prepare;
+mod refusals;
+
+pub use refusals::Refusals;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,6 +48,8 @@ pub struct Worker {
     /// `retry` with the gate's watch for each model's calls, made once per model. The lock
     /// is held for a lookup (and, once per model, an insert), never across an await.
     pub model_retry: Mutex<HashMap<Arc<str>, RetryPolicy>>,
+    /// Models refused for good in this run: their rows fail without a call.
+    pub refusals: Arc<Refusals>,
 }
 
 /// What a successful row carries into its result.
@@ -62,6 +67,9 @@ impl Worker {
             Entry::Row(row) => {
                 let mut log = RowLog::default();
                 let outcome = self.run_row(&row, &mut log).await;
+                if let Err(f) = &outcome {
+                    self.refusals.record(&row.model, f);
+                }
                 // (A 401 has stopped the run already: the gate saw it answered.)
                 if let Err(f) = &outcome
                     && f.is_throttled()
@@ -103,6 +111,7 @@ impl Worker {
                 pacing: Arc::clone(&self.pacing),
                 model: Arc::clone(&model),
                 stop: Arc::clone(&self.stop),
+                refusals: Arc::clone(&self.refusals),
             })),
             ..self.retry.clone()
         };
@@ -111,6 +120,9 @@ impl Worker {
     }
 
     async fn run_row(&self, row: &Row, log: &mut RowLog) -> Result<Done, Failure> {
+        if let Some(refused) = self.refusals.refused(&row.model) {
+            return Err(refused);
+        }
         let mut media = Vec::with_capacity(row.media.len());
         for item in &row.media {
             media.push(self.prepare(&row.model, item, None, log).await?);
@@ -162,6 +174,9 @@ impl Worker {
         let (result, attempts) =
             dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
         log.attempts += attempts;
+        if let Ok(reply) = &result {
+            self.pacing.learn_tokens(model, reply.usage.total_tokens);
+        }
         result.map_err(|e| Failure::api("model call", e))
     }
 }
@@ -175,6 +190,9 @@ struct Paced {
     pacing: Arc<Pacing>,
     model: Arc<str>,
     stop: Arc<Stop>,
+    /// Checked once the pacer lets a call go: a model refused while the call queued is
+    /// not called again.
+    refusals: Arc<Refusals>,
 }
 
 impl std::fmt::Debug for Paced {
@@ -191,11 +209,17 @@ impl Watch for Paced {
         Box::pin(async move {
             let ticket = self.gate.admit().await?;
             tokio::select! {
-                // Settled in `answered`, which sees the attempt's answer.
-                permit = self.pacing.acquire(&self.model, Cost::REQUEST) => Ok(Ticket {
-                    admitted: Some(permit.sent()),
-                    ..ticket
-                }),
+                // Settled in `answered`, which sees the attempt's answer; a call refused
+                // here was never sent and teaches the pace nothing.
+                permit = self.pacing.acquire(&self.model, Cost::REQUEST) => {
+                    match self.refusals.refused_call(&self.model) {
+                        Some(refused) => Err(refused),
+                        None => Ok(Ticket {
+                            admitted: Some(permit.sent()),
+                            ..ticket
+                        }),
+                    }
+                }
                 () = self.stop.refused() => {
                     let reason = self.stop.reason().cloned();
                     Err(reason.unwrap_or(StopReason::Interrupted).refusal())

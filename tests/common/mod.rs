@@ -76,6 +76,7 @@ impl Job {
             },
             retry,
             model_rps: None,
+            model_tpm: None,
             quiet: true,
             fresh: false,
             state_dir: self.dir.path().join(".dashbatch"),

@@ -75,6 +75,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         retry,
         model_rps: layers.model_rps()?,
         params: layers.params(),
+        model_tpm: layers.model_tpm()?,
         quiet,
         manifest,
         output,

@@ -139,6 +139,7 @@ fn every_setting_states_its_default_or_has_none() {
         "emulator",
         "api_key_file",
         "model_rps",
+        "model_tpm",
         "summary_json",
         "metrics_textfile",
         "params",

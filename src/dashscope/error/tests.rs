@@ -78,7 +78,8 @@ fn compatible_json_bodies() {
         404,
         r#"{"error":{"message":"The model `nope` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"},"request_id":"c-3"}"#,
     );
-    assert_eq!(e.kind, ErrorKind::Rejected);
+    // Issue 11: a model that does not exist is refused for every row, not just this one.
+    assert_eq!(e.kind, ErrorKind::ModelRefused);
     assert_eq!(e.code, "model_not_found");
 }
 
@@ -331,4 +332,56 @@ fn kind_names() {
     assert_eq!(ErrorKind::BodyTooLarge.as_str(), "response_too_large");
     assert_eq!(ErrorKind::Throttled.as_str(), "throttled");
     assert_eq!(ErrorKind::InvalidOssUrl.as_str(), "invalid_oss_url");
+}
+
+/// Every refusal of the protocol notes' table, in both APIs' shapes, under the status the
+/// service gives it, and under another: the code decides, never the status or the message.
+#[test]
+fn refusals_are_classified_by_code_in_both_apis() {
+    let native = |code: &str| format!(r#"{{"code":"{code}","message":"m","request_id":"r"}}"#);
+    let compatible = |code: &str| {
+        format!(
+            r#"{{"error":{{"message":"m","type":"{code}","param":null,"code":"{code}"}},"request_id":"r"}}"#
+        )
+    };
+    use ErrorKind::*;
+    for (status, code, kind) in [
+        (400, "Arrearage", AccountStopped),
+        (429, "CommodityNotPurchased", AccountStopped),
+        (429, "PrepaidBillOverdue", AccountStopped),
+        (429, "PostpaidBillOverdue", AccountStopped),
+        (403, "Model.AccessDenied", ModelRefused),
+        (403, "AllocationQuota.FreeTierOnly", ModelRefused),
+        (404, "ModelNotFound", ModelRefused),
+        (404, "model_not_found", ModelRefused),
+        (404, "model_not_supported", ModelRefused),
+        (400, "DataInspectionFailed", ContentRefused),
+        (400, "data_inspection_failed", ContentRefused),
+    ] {
+        for body in [native(code), compatible(code)] {
+            for status in [status, 400, 429, 403] {
+                let e = classify_body(status, &body);
+                assert_eq!(e.kind, kind, "{status} {body}");
+                assert!(!e.is_retryable(), "{status} {code} is final");
+                assert_eq!(e.code.as_str(), code, "the service's code is kept");
+                assert_eq!(e.throttle_scope(), None, "{code} is no throttle");
+            }
+        }
+    }
+    // A message that names a refusal does not make one; a 401 stays a rejected key.
+    let e = classify_body(
+        400,
+        &native("InvalidParameter").replace("\"m\"", "\"Arrearage\""),
+    );
+    assert_eq!(e.kind, Rejected);
+    assert_eq!(classify_body(401, &native("Arrearage")).kind, Unauthorized);
+    // The policy's own 403 is not a model refusal.
+    let e = classify_body(
+        403,
+        &oss_xml(
+            "AccessDenied",
+            "Invalid according to Policy: Policy expired.",
+        ),
+    );
+    assert_eq!(e.kind, PolicyExpired);
 }

@@ -38,6 +38,8 @@ pub struct Gate {
     credential_retries: Mutex<BTreeMap<&'static str, u64>>,
     /// 429 answers to any request.
     throttled: AtomicU64,
+    /// The same, by the limit each reports (the summary's and the metrics' 429s by kind).
+    throttled_by_kind: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Gate {
@@ -50,6 +52,7 @@ impl Gate {
             timeout,
             credential_retries: Mutex::default(),
             throttled: AtomicU64::new(0),
+            throttled_by_kind: Mutex::default(),
         })
     }
 
@@ -69,6 +72,11 @@ impl Gate {
     /// 429 answers so far, to requests of every kind.
     pub fn throttled(&self) -> u64 {
         self.throttled.load(Ordering::Relaxed)
+    }
+
+    /// 429 answers so far, by the limit they report.
+    pub fn throttled_by_kind(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.throttled_by_kind).clone()
     }
 
     async fn admit(&self, scopes: &[Scope]) -> Result<Ticket, ApiError> {
@@ -120,16 +128,27 @@ impl Gate {
     }
 
     fn answered(&self, scopes: &[Scope], ticket: Ticket, result: Result<(), &ApiError>) -> bool {
-        if result.is_err_and(|e| e.kind == ErrorKind::Throttled) {
+        if let Err(err) = result
+            && let Some(scope) = err.throttle_scope()
+        {
             self.throttled.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.throttled_by_kind)
+                .entry(scope.as_str())
+                .or_default() += 1;
         }
         // Stopped here, as the answer arrives, so that no request sent after it (getPolicy
         // for another model, another row's upload) carries the rejected key again.
-        if let Err(err) = result
-            && err.kind == ErrorKind::Unauthorized
-        {
-            self.stop.stop(StopReason::key_rejected(err));
-            self.changed.notify_waiters();
+        // An account the service stopped (billing) is the same: every request would be refused.
+        if let Err(err) = result {
+            let reason = match err.kind {
+                ErrorKind::Unauthorized => Some(StopReason::key_rejected(err)),
+                ErrorKind::AccountStopped => Some(StopReason::account_stopped(err)),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                self.stop.stop(reason);
+                self.changed.notify_waiters();
+            }
         }
         let answer = lock(&self.outages).answered(scopes, ticket.probe, result, Instant::now());
         for (scope, change) in &answer.changes {

@@ -65,6 +65,17 @@ const GROWTH: f64 = 1.25;
 /// Growth a second while no limit has been met yet: a starting pace taken from a small
 /// sample is likely far too low, and doubling reaches any real rate within seconds.
 const SLOW_START: f64 = 2.0;
+/// Where a model with no known limit starts (issue 11): a few calls a second, doubling each
+/// second while nothing is refused, instead of C calls at once. A growth-rate limit
+/// ("ramp up gradually") refuses exactly that burst, and a request limit refuses most of it.
+/// Under the smallest burst floors seen (10 a second) and far under any published limit; at
+/// 64 calls in flight it costs about three seconds to reach 40 a second.
+pub const START_RATE: f64 = 10.0;
+/// The slowest ramp a growth-rate 429 leaves: each one shortens the step of the doubling by
+/// a quarter (2, 1.75, 1.56, ...), down to this.
+const MIN_RAMP: f64 = 1.1;
+/// What is left of the ramp's step after a growth-rate 429.
+const RAMP_SLOWDOWN: f64 = 0.75;
 /// Calls a sample needs before its share of 429s means anything: a first burst before what
 /// got through is taken for a limit, the last second before its share overrides a check.
 const MIN_CALLS: u32 = 10;
@@ -105,7 +116,7 @@ pub struct Change {
 
 /// The rate after a second without a cut: quickly back towards the last limit found (`c`,
 /// found `age` ago), then a probe past it, slow at first; with no ceiling, multiplicatively.
-fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool) -> f64 {
+fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool, ramp: f64) -> f64 {
     match ceiling {
         Some((c, age)) if rate >= c * NEAR_CEILING => {
             let doublings = age.saturating_sub(PROBE_AFTER).as_secs_f64();
@@ -114,8 +125,8 @@ fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool) -> f
         // Below the limit last found: half the way back up each second, stopping where the
         // slow probe begins.
         Some((c, _)) => (rate + ((c * NEAR_CEILING - rate) / 2.0).max(0.5)).min(c * NEAR_CEILING),
-        None if limit_seen => rate * GROWTH,
-        None => rate * SLOW_START,
+        None if limit_seen => rate * GROWTH.min(ramp),
+        None => rate * ramp,
     }
 }
 
@@ -189,6 +200,13 @@ pub struct Aimd {
     /// ones answered before the first 429 count towards its burst too.
     unpaced_ok: VecDeque<Instant>,
     answers: LastSecond,
+    /// No 429 of a request or token limit yet: the first one is judged as a first burst.
+    fresh: bool,
+    /// The rate before the first burst (0 if unpaced): it held without a 429, so the
+    /// pace after a burst that met no limit starts no lower.
+    before_burst: f64,
+    /// Growth a second while no limit is met: [`SLOW_START`], less after growth-rate 429s.
+    ramp: f64,
 }
 
 impl Aimd {
@@ -208,7 +226,27 @@ impl Aimd {
             check: None,
             unpaced_ok: VecDeque::new(),
             answers: LastSecond::new(now),
+            fresh: cap.is_none(),
+            before_burst: 0.0,
+            ramp: SLOW_START,
         }
+    }
+
+    /// A model with no known limit, started slowly: at [`START_RATE`], doubling each second
+    /// the rate is used and nothing is refused. Its first 429 is judged as an unpaced
+    /// start's first burst is (what got through in the second before it).
+    pub fn slow_start(now: Instant) -> Self {
+        Self {
+            rate: Some(START_RATE),
+            held: START_RATE,
+            ..Self::new(None, now)
+        }
+    }
+
+    /// The rate, if a 429 or `--model-rps` set it (a slow start's ramp is not a pace
+    /// worth reporting).
+    pub fn paced_rate(&self) -> Option<f64> {
+        self.rate.filter(|_| self.cap.is_some() || !self.fresh)
     }
 
     pub fn rate(&self) -> Option<f64> {
@@ -222,7 +260,8 @@ impl Aimd {
             return self.count_first_burst(sent, now, false);
         }
         self.judge_check(sent, false);
-        let Some(rate) = self.rate else {
+        if self.fresh {
+            // Successes of the last second, for the first burst (bounded by that second).
             self.unpaced_ok.push_back(sent);
             while self
                 .unpaced_ok
@@ -231,8 +270,9 @@ impl Aimd {
             {
                 self.unpaced_ok.pop_front();
             }
-            return None;
-        };
+        }
+        // Unpaced (before an unpaced start's first 429): nothing to change.
+        let rate = self.rate?;
         if self
             .ceiling
             .is_some_and(|c| now.saturating_duration_since(c.at) >= FORGET)
@@ -253,7 +293,7 @@ impl Aimd {
         let ceiling = self
             .ceiling
             .map(|c| (c.rate, now.saturating_duration_since(c.at)));
-        let next = self.capped(next_rate(rate, ceiling, self.limit_seen));
+        let next = self.capped(next_rate(rate, ceiling, self.limit_seen, self.ramp));
         self.last_increase = now;
         self.held = rate;
         (next != rate).then(|| {
@@ -279,9 +319,11 @@ impl Aimd {
             return self.count_first_burst(sent, now, true);
         }
         self.judge_check(sent, true);
-        let Some(rate) = self.rate else {
+        if self.fresh {
             return Some(self.start_first_burst(now));
-        };
+        }
+        // Unpaced (before an unpaced start's first 429): nothing to change.
+        let rate = self.rate?;
         if self
             .last_decrease
             .is_some_and(|t| sent.saturating_duration_since(t) < SETTLE)
@@ -314,10 +356,47 @@ impl Aimd {
         Some(self.cut(next, rate, before, now))
     }
 
+    /// A growth-rate 429 (`Throttling.BurstRate`, `limit_burst_rate`) to a call sent at
+    /// `sent`: the rate grew too fast, not too far. The ramp slows (its step halves, to
+    /// [`MIN_RAMP`]) and the rate goes back to the one before the step, which held; no
+    /// ceiling is set and nothing pauses, since a pause would shrink the very window the
+    /// service measures the next one's growth against.
+    pub fn on_burst(&mut self, sent: Instant, now: Instant) -> Option<Change> {
+        let Some(rate) = self.rate.filter(|_| self.first_burst.is_none()) else {
+            // Unpaced, or in a first burst: counted there like any 429.
+            return self.on_throttled(sent, now);
+        };
+        self.answers.add(now, true);
+        self.judge_check(sent, true);
+        if self
+            .last_decrease
+            .is_some_and(|t| sent.saturating_duration_since(t) < SETTLE)
+        {
+            return None;
+        }
+        self.ramp = (1.0 + (self.ramp - 1.0) * RAMP_SLOWDOWN).max(MIN_RAMP);
+        let next = if sent >= self.last_increase && self.held < rate {
+            self.held
+        } else {
+            rate * DECREASE
+        };
+        let next = self.capped(next);
+        self.rate = Some(next);
+        self.held = next;
+        self.last_decrease = Some(now);
+        Some(Change {
+            rate: next,
+            pause: Duration::ZERO,
+        })
+    }
+
     /// First 429 after an unpaced start: the limit is not known yet. Pause for a window
     /// (which also empties the service's window), pacing provisionally at what got through
     /// so far, while the burst's remaining answers come in.
     fn start_first_burst(&mut self, now: Instant) -> Change {
+        self.fresh = false;
+        // The rate that held a window without a 429 (not the step that met it).
+        self.before_burst = self.rate.map_or(0.0, |r| r.min(self.held));
         let from = now.checked_sub(SETTLE).unwrap_or(now);
         let ok = self.unpaced_ok.iter().filter(|t| **t > from).count();
         self.unpaced_ok = VecDeque::new(); // give the memory back: paced from now on
@@ -364,8 +443,29 @@ impl Aimd {
         // A few refusals in a fraction of a second are no such evidence: the successes only
         // set a starting pace, with no ceiling, and slow start takes it up from there.
         let limited = tally.calls() >= MIN_CALLS && tally.share() >= LIMIT_SHARE;
-        self.ceiling = limited.then_some(Ceiling { rate: got, at: now });
-        let rate = self.capped(got * NEAR_CEILING);
+        // A slow start's first 429s came at the rate it had reached: a ceiling to test, which
+        // the check of the next second keeps (the 429s stopped) or drops (they went on, so
+        // they were noise). Without it the ramp would double past a limit it just touched.
+        if self.before_burst > 0.0 {
+            // After a slow start the pace is no small sample's guess: it climbs on gently.
+            self.ramp = self.ramp.min(GROWTH);
+        }
+        self.ceiling = if limited {
+            Some(Ceiling { rate: got, at: now })
+        } else {
+            (self.before_burst > 0.0).then_some(Ceiling {
+                rate: self.before_burst,
+                at: now,
+            })
+        };
+        // A slow start's rate before the burst held: a burst that met no limit (a few 429s
+        // of noise) does not set the pace below it.
+        let start = if limited {
+            got
+        } else {
+            got.max(self.before_burst)
+        };
+        let rate = self.capped(start * NEAR_CEILING);
         self.rate = Some(rate);
         self.last_increase = now;
         self.held = rate;

@@ -11,11 +11,21 @@ fn secs(s: f64) -> Duration {
 
 #[test]
 fn models_are_paced_independently() {
-    let pacing = Pacing::new(None);
+    let pacing = Pacing::new(None, None);
     pacing.on_success("a", Instant::now());
     pacing.on_throttled("a", Instant::now(), ThrottleScope::Requests);
     assert!(pacing.rate("a").is_some());
-    assert_eq!(pacing.rate("b"), None, "b never saw a 429");
+    // Issue 11: a model starts at the slow start's rate; b's is untouched by a's 429.
+    assert_eq!(
+        pacing.rate("b"),
+        Some(aimd::START_RATE),
+        "b never saw a 429"
+    );
+    assert_eq!(
+        pacing.rates().get("b"),
+        None,
+        "a ramp is not reported as a pace"
+    );
 }
 
 #[test]
@@ -40,7 +50,7 @@ async fn granted(pacing: &Pacing, model: &str, t0: tokio::time::Instant) -> Dura
 
 #[tokio::test(start_paused = true)]
 async fn a_paced_model_spaces_its_calls_without_burst() {
-    let pacing = Pacing::new(Some(5.0));
+    let pacing = Pacing::new(Some(5.0), None);
     let t0 = tokio::time::Instant::now();
     assert_eq!(granted(&pacing, "a", t0).await, Duration::ZERO);
     assert_eq!(
@@ -49,7 +59,7 @@ async fn a_paced_model_spaces_its_calls_without_burst() {
         "the next call must wait its turn"
     );
     // An unpaced model is not held up.
-    assert_eq!(granted(&Pacing::new(None), "b", t0).await, secs(0.2));
+    assert_eq!(granted(&Pacing::new(None, None), "b", t0).await, secs(0.2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -58,7 +68,7 @@ async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
     // calls pile up; a window later the pace climbs to 60/s. The calls already queued must
     // go out at 60/s, not drain at the 1/s they queued at.
     const QUEUED: usize = 40;
-    let pacing = Arc::new(Pacing::new(None));
+    let pacing = Arc::new(Pacing::new(None, None));
     let t0 = tokio::time::Instant::now();
     pacing.with_model("m", |m| {
         m.apply(
@@ -109,7 +119,7 @@ async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cut_holds_back_calls_already_queued_for_its_pause() {
-    let pacing = Arc::new(Pacing::new(None));
+    let pacing = Arc::new(Pacing::new(None, None));
     let t0 = tokio::time::Instant::now();
     let set = |rate: f64, pause: f64| {
         pacing.with_model("m", |m| {
@@ -132,4 +142,26 @@ async fn a_cut_holds_back_calls_already_queued_for_its_pause() {
     // A cut with a pause of 2 s, half-way through the queued call's wait.
     set(0.9, 2.0);
     assert_eq!(queued.await.unwrap(), secs(2.5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_token_limit_paces_calls_by_their_learnt_tokens() {
+    // --model-tpm 600: 10 tokens a second. Calls of 5 tokens: two calls a second, evenly
+    // spaced, whatever the request pace allows.
+    let pacing = Pacing::new(None, Some(600));
+    let t0 = tokio::time::Instant::now();
+    // Nothing learnt yet: the first call is not held for tokens.
+    assert_eq!(granted(&pacing, "a", t0).await, Duration::ZERO);
+    pacing.learn_tokens("a", 5);
+    let mut last = Duration::ZERO;
+    for _ in 0..21 {
+        last = granted(&pacing, "a", t0).await;
+    }
+    // 105 tokens at 10 a second, the first call's at once.
+    assert!(
+        last >= secs(9.9) && last <= secs(10.1),
+        "21 calls of 5 tokens at 10 tokens/s: the last at {last:?}"
+    );
+    // Another model has its own tokens.
+    assert_eq!(granted(&pacing, "b", t0).await, last);
 }

@@ -47,13 +47,14 @@ fn worker(em: &Running, dir: &Path) -> Worker {
     let stop = Arc::new(Stop::new(&CancellationToken::new()));
     let gate = Gate::new(&em.base_url(), Duration::from_secs(300), Arc::clone(&stop));
     Worker {
+        refusals: Arc::default(),
         manifest: dir.join("manifest.csv"),
         uploads: Uploads::new(client.clone(), credentials, cache, fast_retry(), 4),
         client,
         api: Api::Compatible,
         params: Default::default(),
         retry: fast_retry(),
-        pacing: Arc::new(Pacing::new(None)),
+        pacing: Arc::new(Pacing::new(None, None)),
         stop,
         gate,
         model_retry: Mutex::new(HashMap::new()),

@@ -184,7 +184,8 @@ fn an_isolated_429_cuts_by_the_aimd_step_and_the_rate_climbs_back() {
 
 #[test]
 fn past_the_ceiling_the_probe_is_slow_then_the_ceiling_decays() {
-    let step = |age: f64| next_rate(100.0, Some((100.0, secs(age))), true) / 100.0 - 1.0;
+    let step =
+        |age: f64| next_rate(100.0, Some((100.0, secs(age))), true, SLOW_START) / 100.0 - 1.0;
     let after = PROBE_AFTER.as_secs_f64();
     assert!((step(0.0) - 0.005).abs() < 1e-12);
     assert!((step(after) - 0.005).abs() < 1e-12);
@@ -197,10 +198,10 @@ fn past_the_ceiling_the_probe_is_slow_then_the_ceiling_decays() {
         "then full growth"
     );
     // Below the ceiling: half-way up each second, whatever its age.
-    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true) - 72.5).abs() < 1e-9);
+    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START) - 72.5).abs() < 1e-9);
     // No ceiling: slow start until a limit has been met, then gentler growth.
-    assert!((next_rate(50.0, None, false) - 100.0).abs() < 1e-9);
-    assert!((next_rate(50.0, None, true) - 50.0 * GROWTH).abs() < 1e-9);
+    assert!((next_rate(50.0, None, false, SLOW_START) - 100.0).abs() < 1e-9);
+    assert!((next_rate(50.0, None, true, SLOW_START) - 50.0 * GROWTH).abs() < 1e-9);
 }
 
 #[test]
@@ -257,6 +258,8 @@ struct Sim {
     throttled: u64,
     /// The rate (`None`: unpaced) at each whole virtual second.
     rates: Vec<Option<f64>>,
+    /// The service's 429s are growth-rate ones (`Throttling.BurstRate`).
+    burst: bool,
 }
 
 impl Sim {
@@ -273,7 +276,20 @@ impl Sim {
             ok: 0,
             throttled: 0,
             rates: Vec::new(),
+            burst: false,
         }
+    }
+
+    /// The same, started as a model with no known limit is: slowly.
+    fn slow(concurrency: usize, latency: f64) -> Self {
+        let mut sim = Self::new(concurrency, latency);
+        sim.aimd = Aimd::slow_start(sim.t0);
+        sim
+    }
+
+    /// Share of calls refused so far.
+    fn share(&self) -> f64 {
+        self.throttled as f64 / (self.ok + self.throttled).max(1) as f64
     }
 
     fn at(&self, t: f64) -> Instant {
@@ -311,7 +327,11 @@ impl Sim {
             let (sent, now) = (self.at(sent), self.at(t));
             let change = if throttled {
                 self.throttled += 1;
-                self.aimd.on_throttled(sent, now)
+                if self.burst {
+                    self.aimd.on_burst(sent, now)
+                } else {
+                    self.aimd.on_throttled(sent, now)
+                }
             } else {
                 self.ok += 1;
                 self.aimd.on_success(sent, now)
@@ -343,6 +363,24 @@ fn strict_limit(limit: usize) -> impl FnMut(f64) -> bool {
         }
         window.push_back(t);
         window.len() > limit
+    }
+}
+
+/// A growth-rate limit as the emulator's `--burst-floor N --burst-growth G`: in any 1 s
+/// window at most max(N, G × the calls taken in the second before it).
+fn growth_limit(floor: f64, growth: f64) -> impl FnMut(f64) -> bool {
+    let mut taken: VecDeque<f64> = VecDeque::new();
+    move |t| {
+        while taken.front().is_some_and(|a| t - a >= 2.0) {
+            taken.pop_front();
+        }
+        let window = taken.iter().filter(|a| t - **a < 1.0).count() as f64;
+        let before = taken.len() as f64 - window;
+        let refused = window + 1.0 > floor.max(growth * before);
+        if !refused {
+            taken.push_back(t);
+        }
+        refused
     }
 }
 
@@ -446,4 +484,108 @@ fn bursts_of_429s_like_the_emulators_faults_do_not_collapse_the_pace() {
     let calls_per_s = (sim.ok + sim.throttled) as f64 / 60.0;
     assert!(calls_per_s >= 300.0, "{calls_per_s}/s: {:?}", sim.rates);
     assert!(sim.lowest_rate_from(20) >= 200.0, "{:?}", sim.rates);
+}
+
+#[test]
+fn a_slow_start_doubles_each_second_while_nothing_is_refused() {
+    let t0 = Instant::now();
+    let mut a = Aimd::slow_start(t0);
+    assert_eq!(a.rate(), Some(START_RATE));
+    assert_eq!(a.paced_rate(), None, "a ramp is not a pace to report");
+    // Calls at the rate, all answered: the rate doubles once a second.
+    let mut rates = vec![START_RATE];
+    let mut t = 0.0;
+    while t < 3.0 {
+        let rate = a.rate().unwrap();
+        t += 1.0 / rate;
+        if let Some(change) = a.on_success(t0 + secs(t), t0 + secs(t)) {
+            assert_eq!(change.pause, Duration::ZERO);
+            rates.push(change.rate);
+        }
+    }
+    assert_eq!(rates, [10.0, 20.0, 40.0, 80.0], "{rates:?}");
+}
+
+#[test]
+fn a_growth_rate_429_slows_the_ramp_not_the_steady_rate() {
+    let t0 = Instant::now();
+    let mut a = Aimd::slow_start(t0);
+    let mut t = 0.0;
+    while a.rate() < Some(40.0) {
+        t += 1.0 / a.rate().unwrap();
+        a.on_success(t0 + secs(t), t0 + secs(t));
+    }
+    // A call of the step from 20 to 40 is refused for growth: back to 20, which held, with
+    // no pause and no ceiling.
+    let at = t0 + secs(t + 0.05);
+    let change = a.on_burst(at, at).expect("a change");
+    assert_eq!((change.rate, change.pause), (20.0, Duration::ZERO));
+    // The next step is a quarter shorter (x1.75), not the AIMD cut of a limit.
+    let mut rates = vec![];
+    let t1 = t + 0.05;
+    while t < t1 + 3.0 {
+        t += 1.0 / a.rate().unwrap();
+        if let Some(change) = a.on_success(t0 + secs(t), t0 + secs(t)) {
+            rates.push(change.rate);
+        }
+    }
+    assert_eq!(rates.first(), Some(&35.0), "{rates:?}");
+    assert_eq!(
+        a.paced_rate(),
+        None,
+        "no request limit met yet: nothing to report"
+    );
+}
+
+#[test]
+fn a_slow_start_meets_a_request_limit_with_few_429s_the_first_second_included() {
+    // The goal: an unknown limit of 20/s, C = 64, 50 ms calls, 30 s. An unpaced
+    // start sends 64 calls at once, and most of the first second's are refused.
+    let mut slow = Sim::slow(64, 0.05);
+    slow.run_until(30.0, &mut strict_limit(20));
+    let mut unpaced = Sim::new(64, 0.05);
+    unpaced.run_until(30.0, &mut strict_limit(20));
+    let (rows_per_s, share) = (slow.ok as f64 / 30.0, slow.share());
+    eprintln!(
+        "slow start: {rows_per_s:.1} rows/s, {:.1}% 429s; unpaced: {:.1} rows/s, {:.1}% 429s",
+        share * 100.0,
+        unpaced.ok as f64 / 30.0,
+        unpaced.share() * 100.0
+    );
+    assert!(share <= 0.02, "{share} of calls 429: {:?}", slow.rates);
+    assert!(share < unpaced.share(), "{share} vs {}", unpaced.share());
+    assert!(rows_per_s >= 18.0, "{rows_per_s} rows/s: {:?}", slow.rates);
+}
+
+#[test]
+fn a_slow_start_follows_a_growth_limit_with_few_429s() {
+    // `--burst-floor 10 --burst-growth 2`, C = 64, 50 ms calls, 2,000 rows. The ideal ramp
+    // takes 10, 20, 40, 80, ... calls a second, which the 64 workers cap at 1,280 a second:
+    // 10+20+40+80+160+320+640 = 1,270 in 7 s, the remaining 730 in under 1 s more.
+    let mut sim = Sim::slow(64, 0.05);
+    sim.burst = true;
+    let mut service = growth_limit(10.0, 2.0);
+    let mut end = 1.0;
+    while sim.ok < 2000 && end < 120.0 {
+        sim.run_until(end, &mut service);
+        end += 0.25;
+    }
+    let ideal = 8.0;
+    eprintln!(
+        "growth limit: 2000 rows in {end:.2}s (ideal ramp {ideal}s), {:.1}% 429s, rates {:?}",
+        sim.share() * 100.0,
+        sim.rates
+    );
+    assert!(sim.ok >= 2000, "{:?}", sim.rates);
+    assert!(
+        end <= ideal * 1.5,
+        "{end}s, over 1.5x the ideal ramp: {:?}",
+        sim.rates
+    );
+    assert!(
+        sim.share() <= 0.02,
+        "{} of calls 429: {:?}",
+        sim.share(),
+        sim.rates
+    );
 }
