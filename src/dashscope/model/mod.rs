@@ -15,12 +15,19 @@
 //! missing usage) and strict about what it does (a choice must be there): a 200 without one
 //! is classified `Network`, since a truncated body is the realistic cause.
 //!
-//! Deliberately not here: streaming replies, generation parameters, tool calls. Each differs
-//! between the two APIs (where a parameter goes, how a stream is asked for and what its
-//! chunks look like), so each is a change to the two mappings, not to the call.
+//! A call asks for its answer whole ([`Client::call_model`]) or as a stream of events
+//! ([`Client::call_model_streamed`], in [`stream`]); each mapping says how its API asks for a
+//! stream and reads its events. Which calls stream is the caller's choice ([`Streaming`]).
+//!
+//! Deliberately not here: generation parameters, tool calls. Each differs between the two
+//! APIs (where a parameter goes), so each is a change to the two mappings, not to the call.
 
 mod compatible;
 mod native;
+mod sse;
+mod stream;
+
+pub use stream::{Streaming, answers_only_as_stream, refused_without_stream};
 
 use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
@@ -81,6 +88,8 @@ impl Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelReply {
     pub text: String,
+    /// A thinking model's reasoning (`reasoning_content`), when it gave one.
+    pub reasoning: Option<String>,
     pub finish_reason: Option<String>,
     pub usage: Usage,
     pub request_id: Option<String>,
@@ -103,6 +112,17 @@ trait Mapping: Sync {
         status: u16,
         header_id: Option<String>,
     ) -> Result<ModelReply, ApiError>;
+
+    /// [`Self::body`] asking for the answer as a stream of events.
+    fn stream_body(&self, request: &ModelRequest) -> serde_json::Value;
+
+    /// Headers a streamed call sends besides `Accept: text/event-stream`.
+    fn stream_headers(&self) -> &'static [(&'static str, &'static str)];
+
+    /// Adds one event of a streamed answer to `answer`: `Ok(true)` once it was the stream's
+    /// last, an error for an error event (see [`stream::in_stream_error`]).
+    fn read_frame(&self, frame: &sse::Frame, answer: &mut stream::Partial)
+    -> Result<bool, ApiError>;
 }
 
 const OSS_RESOLVE: &str = "X-DashScope-OssResourceResolve";
@@ -124,10 +144,7 @@ impl Client {
             .json(&mapping.body(request))
             .timeout(self.inner.config.request_timeout);
         let (status, headers, bytes) = self.send(http, BodyLimit::Model).await?;
-        let header_id = ["x-request-id", "x-dashscope-request-id"]
-            .iter()
-            .find_map(|n| headers.get(*n)?.to_str().ok())
-            .map(str::to_owned);
+        let header_id = stream::header_request_id(&headers);
         let reply = mapping.parse(&bytes, status, header_id);
         let secret = self.secret();
         reply
@@ -145,6 +162,7 @@ impl ModelReply {
         let short = |text: &str| truncate(&scrub(text, secret), MAX_SHORT);
         ModelReply {
             text: scrub(&self.text, secret),
+            reasoning: self.reasoning.map(|r| scrub(&r, secret)),
             finish_reason: self.finish_reason.as_deref().map(short),
             request_id: self.request_id.as_deref().map(short),
             usage: self.usage,
