@@ -46,7 +46,7 @@ pub use client::{Client, ClientConfig, ClientError};
 pub use credentials::{CredentialOptions, Credentials};
 pub use error::{ApiError, ErrorKind};
 pub use media::{Media, MediaKind, content_type_for};
-pub use model::{Api, ModelReply, ModelRequest, Usage};
+pub use model::{Api, ModelReply, ModelRequest, Streaming, Usage};
 pub use policy::{Policy, oss_url};
 pub use retry::{RetryPolicy, retry};
 pub use upload::Sent;

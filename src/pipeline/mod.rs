@@ -173,6 +173,7 @@ pub async fn run(
         stop: Arc::clone(&stop),
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),
+        streamed: Mutex::default(),
     });
 
     dispatch(
