@@ -314,7 +314,8 @@ impl Job {
 
     /// Like [`Job::new`], rows alternating between `models` models.
     fn with_models(rows: usize, files: usize, size: usize, models: usize) -> Result<Self> {
-        const MODELS: [&str; 3] = ["qwen-vl-plus", "qwen-vl-max", "qwen-omni-turbo"];
+        // Models that answer without a stream (Omni answers only as one).
+        const MODELS: [&str; 3] = ["qwen-vl-plus", "qwen-vl-max", "qwen2.5-vl-72b-instruct"];
         let models = models.clamp(1, MODELS.len());
         use std::io::Write;
         let dir = tempfile::tempdir()?;

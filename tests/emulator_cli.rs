@@ -167,6 +167,13 @@ fn flags_reach_the_emulator() {
         "--fault-seed=9",
         "--fault-slow-ms=15",
         "--upload-bandwidth-mbps=123.5",
+        "--stream-only-models=m-two",
+        "--denied-models=m-three",
+        "--burst-floor=5",
+        "--burst-growth=1.5",
+        "--model-tpm=6000",
+        "--arrears-after=10",
+        "--arrears-code=PrepaidBillOverdue",
     ]);
     runtime().block_on(async {
         let http = reqwest::Client::new();
@@ -194,6 +201,13 @@ fn flags_reach_the_emulator() {
             ("fault_seed", json!(9)),
             ("fault_slow_ms", json!(15)),
             ("upload_bandwidth_mbps", json!(123.5)),
+            ("stream_only_models", json!(["m-two"])),
+            ("denied_models", json!(["m-three"])),
+            ("burst_floor", json!(5)),
+            ("burst_growth", json!(1.5)),
+            ("model_tpm", json!(6000)),
+            ("arrears_after", json!(10)),
+            ("arrears_code", json!("PrepaidBillOverdue")),
         ];
         for (field, value) in expected {
             assert_eq!(config[field], value, "{field} in {config}");
@@ -237,6 +251,19 @@ fn defaults_reach_the_emulator() {
         assert_eq!(config["fault_rate"], json!(0.0));
         assert_eq!(config["fault_slow_ms"], 2000);
         assert_eq!(config["upload_bandwidth_mbps"], serde_json::Value::Null);
+        assert_eq!(
+            config["stream_only_models"],
+            json!(["qwen-omni-turbo", "qwen3-omni-flash", "qvq-max"])
+        );
+        for model in ["qwen-omni-turbo", "qwen3-omni-flash", "qvq-max"] {
+            let models = config["models"].as_array().expect("models");
+            assert!(models.contains(&json!(model)), "{model} in {config}");
+        }
+        assert_eq!(config["denied_models"], json!([]));
+        assert_eq!(config["burst_floor"], serde_json::Value::Null);
+        assert_eq!(config["model_tpm"], serde_json::Value::Null);
+        assert_eq!(config["arrears_after"], serde_json::Value::Null);
+        assert_eq!(config["arrears_code"], "Arrearage");
     });
     terminate(emulator);
 }
@@ -265,6 +292,13 @@ fn help_documents_every_flag() {
         "--max-file-size-mb",
         "--models",
         "--capacity-limit-mb",
+        "--stream-only-models",
+        "--denied-models",
+        "--burst-floor",
+        "--burst-growth",
+        "--model-tpm",
+        "--arrears-after",
+        "--arrears-code",
     ] {
         expected = expected.and(predicate::str::contains(flag)).boxed();
     }
@@ -280,6 +314,9 @@ fn bad_flag_values_are_usage_errors() {
         ["--upload-bandwidth-mbps", "0.0009"],
         ["--upload-bandwidth-mbps", "inf"],
         ["--models", ","],
+        ["--burst-growth", "2"],
+        ["--model-tpm", "0"],
+        ["--arrears-code", "Broke"],
     ] {
         assert_cmd::Command::cargo_bin("dashbatch")
             .expect("binary built")

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::emulator::{self, DEFAULT_MODELS, EmulatorConfig};
+use crate::emulator::{
+    self, BillingStop, Burst, DEFAULT_MODELS, DEFAULT_STREAM_ONLY_MODELS, EmulatorConfig,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct EmulatorArgs {
@@ -81,6 +83,63 @@ pub struct EmulatorArgs {
     /// The models that exist, as a comma-separated list.
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = DEFAULT_MODELS.iter().map(|m| m.to_string()))]
     pub models: Vec<String>,
+
+    /// Models that answer only as a stream; a call without `stream` (compatible) or
+    /// `X-DashScope-SSE: enable` (native) gets 400. An empty value means none.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = DEFAULT_STREAM_ONLY_MODELS.iter().map(|m| m.to_string()))]
+    pub stream_only_models: Vec<String>,
+
+    /// Models no account may use: model calls get 403 Model.AccessDenied.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub denied_models: Vec<String>,
+
+    /// Growth-rate limit: in any 1 s window a model may take at most
+    /// max(N, G × the window before) calls per account; then 429 Throttling.BurstRate /
+    /// limit_burst_rate (default: no such limit).
+    #[arg(long, value_name = "N")]
+    pub burst_floor: Option<u32>,
+
+    /// The growth factor G of the growth-rate limit; needs --burst-floor.
+    #[arg(long, value_name = "G", default_value_t = 2.0, requires = "burst_floor", value_parser = parse_growth)]
+    pub burst_growth: f64,
+
+    /// Tokens per minute per account per model, also enforced per second as TPM/60; then
+    /// 429 Throttling.AllocationQuota / insufficient_quota, mid-stream for a stream that
+    /// crosses it (default: no limit).
+    #[arg(long, value_name = "TPM", value_parser = clap::value_parser!(u64).range(1..))]
+    pub model_tpm: Option<u64>,
+
+    /// An account falls into arrears after N model calls: every later call and getPolicy
+    /// gets the --arrears-code refusal (default: never; see POST /__emulator/arrears).
+    #[arg(long, value_name = "N")]
+    pub arrears_after: Option<u64>,
+
+    /// What an account in arrears is refused with: Arrearage (400), or one of the billing
+    /// 429s CommodityNotPurchased, PrepaidBillOverdue, PostpaidBillOverdue.
+    #[arg(long, value_name = "CODE", default_value = "Arrearage", value_parser = parse_billing_stop)]
+    pub arrears_code: BillingStop,
+}
+
+fn parse_growth(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(g) if g.is_finite() && g >= 1.0 => Ok(g),
+        _ => Err(format!("{s:?} is not a growth factor of at least 1")),
+    }
+}
+
+fn parse_billing_stop(s: &str) -> Result<BillingStop, String> {
+    BillingStop::parse(s).ok_or_else(|| {
+        let codes: Vec<&str> = BillingStop::ALL.iter().map(|b| b.as_str()).collect();
+        format!("{s:?} is not one of {}", codes.join(", "))
+    })
+}
+
+/// A comma-separated flag's names, trimmed, empty ones dropped.
+fn names(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -105,12 +164,7 @@ fn parse_bandwidth(s: &str) -> Result<f64, String> {
 
 impl EmulatorArgs {
     pub fn config(&self) -> anyhow::Result<EmulatorConfig> {
-        let models: Vec<String> = self
-            .models
-            .iter()
-            .map(|m| m.trim().to_owned())
-            .filter(|m| !m.is_empty())
-            .collect();
+        let models = names(&self.models);
         anyhow::ensure!(!models.is_empty(), "--models needs at least one model name");
         let ms = Duration::from_millis;
         Ok(EmulatorConfig {
@@ -121,6 +175,15 @@ impl EmulatorArgs {
             policy_ttl_s: self.policy_ttl_s,
             credential_qps: self.credential_qps,
             model_rps: self.model_rps,
+            stream_only_models: names(&self.stream_only_models),
+            denied_models: names(&self.denied_models),
+            burst: self.burst_floor.map(|floor| Burst {
+                floor,
+                growth: self.burst_growth,
+            }),
+            model_tpm: self.model_tpm,
+            arrears_after: self.arrears_after,
+            arrears_code: self.arrears_code,
             credential_latency: ms(self.credential_latency_ms),
             upload_latency: ms(self.upload_latency_ms),
             chat_latency: ms(self.chat_latency_ms),

@@ -1,5 +1,5 @@
 //! The control endpoints under `/__emulator/`, for tests and tools: statistics, the
-//! configuration in effect, and the clock. Not part of the emulated service, so faults and latency never touch them.
+//! configuration in effect, the clock, and accounts' standing (arrears). Not part of the emulated service, so faults and latency never touch them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +50,34 @@ pub async fn advance_clock(
         )
             .into_response(),
     }
+}
+
+/// `POST /__emulator/arrears?account=NAME`: the account falls into arrears now;
+/// `&paid=true` settles it (and starts its `--arrears-after` count again).
+pub async fn arrears(
+    AxumState(state): AxumState<Arc<State>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(account) = query.get("account").filter(|a| !a.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "account=NAME is required (the part of sk-NAME before any dot)"})),
+        )
+            .into_response();
+    };
+    let paid = match query.get("paid").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("paid must be true or false, not {other:?}")})),
+            )
+                .into_response();
+        }
+    };
+    state.billing.set(account, !paid);
+    Json(json!({"account": account, "arrears": !paid})).into_response()
 }
 
 /// 405 on a control endpoint, in the control endpoints' own `{"error": ..}` shape.

@@ -9,26 +9,30 @@
 //! - `POST /`: OSS PostObject, the upload host (`oss`).
 //! - `POST /compatible-mode/v1/chat/completions` and
 //!   `POST /api/v1/services/aigc/multimodal-generation/generation`: model calls (`model`).
-//! - `GET /__emulator/stats`, `GET /__emulator/config`, `POST /__emulator/clock?advance_s=N`:
-//!   control (`control`).
+//! - `GET /__emulator/stats`, `GET /__emulator/config`, `POST /__emulator/clock?advance_s=N`,
+//!   `POST /__emulator/arrears?account=A[&paid=true]`: control (`control`).
 //!
 //! # Layout
 //! - `state`: the shared state and the knobs ([`EmulatorConfig`]).
 //! - `accounts`: API keys → accounts. `clock`: the advanceable wall clock.
-//! - `window`: sliding one-second rate windows. `store`: grants, object metadata,
+//! - `window`: sliding one-second rate windows. `limits`: the growth-rate and token limits.
+//!   `billing`: accounts in arrears. `store`: grants, object metadata,
 //!   daily capacity. `stats`: counters.
 //! - `conditions`: the POST policy document. `errors`: the three error body shapes.
+//! - `model`: the model APIs (parse, parameters, answer, reply, stream).
 //! - `faults`: latency and seeded fault injection, as a middleware on every endpoint.
 //!
 //! It is deliberately not a proxy or a model: nothing is downloaded, file bytes are hashed
 //! and forgotten, and answers are deterministic text that shows what the model was given.
 
 mod accounts;
+mod billing;
 mod clock;
 mod conditions;
 mod control;
 mod errors;
 mod faults;
+mod limits;
 mod model;
 mod oss;
 mod policy;
@@ -50,8 +54,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use errors::BillingStop;
 use errors::{ApiError, Shape, with_allow};
-pub use state::{DEFAULT_MODELS, EmulatorConfig};
+pub use model::{CUT_STREAM, DROP_STREAM, MODERATE_INPUT, MODERATE_OUTPUT};
+pub use state::{Burst, DEFAULT_MODELS, DEFAULT_STREAM_ONLY_MODELS, EmulatorConfig};
 
 /// Model-call bodies are small JSON; media travel as URLs. 10 MiB leaves room for inline
 /// base64 media without letting one request eat memory.
@@ -95,6 +101,10 @@ pub fn app(config: EmulatorConfig) -> Router {
         .route(
             "/__emulator/config",
             get(control::config).fallback(|| control::wrong_method("GET, HEAD")),
+        )
+        .route(
+            "/__emulator/arrears",
+            post(control::arrears).fallback(|| control::wrong_method("POST")),
         )
         .route(
             "/__emulator/clock",

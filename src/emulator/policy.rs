@@ -25,7 +25,7 @@ use super::accounts::Account;
 use super::clock::{add_capped, iso_millis, service_date};
 use super::errors::{ApiError, Shape};
 use super::state::State;
-use super::stats::bump;
+use super::stats::{Refused, bump};
 use super::store::Grant;
 
 const MB: u64 = 1024 * 1024;
@@ -112,6 +112,10 @@ fn issue(
 ) -> Result<Value, ApiError> {
     let query = query.unwrap_or_default();
     let (account, model, model_index) = requester(state, headers, &query)?;
+    if let Err(err) = state.billing.check(&account.name) {
+        state.stats.refused(Refused::Arrears);
+        return Err(err);
+    }
     // Counted once the account and the model are known to exist (so made-up names cannot
     // grow the window's map), and before the limit is applied: every request of a real
     // account and model fills the window, refused ones included.

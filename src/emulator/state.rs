@@ -5,19 +5,29 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::billing::Billing;
 use super::clock::Clock;
+use super::errors::BillingStop;
 use super::faults::Faults;
+pub use super::limits::Burst;
+use super::limits::Limits;
 use super::stats::Stats;
 use super::store::{Grants, Objects};
 use super::window::SlidingWindow;
 
-/// Models served when none are configured: two vision models and an omni (audio) model.
+/// Models served when none are configured: vision models, Omni (audio) models, and a
+/// thinking vision model (QVQ).
 pub const DEFAULT_MODELS: &[&str] = &[
     "qwen-vl-plus",
     "qwen-vl-max",
     "qwen-omni-turbo",
+    "qwen3-omni-flash",
+    "qvq-max",
     "qwen2.5-vl-72b-instruct",
 ];
+
+/// Models that answer only as a stream (protocol notes §5: the Omni and QVQ families).
+pub const DEFAULT_STREAM_ONLY_MODELS: &[&str] = &["qwen-omni-turbo", "qwen3-omni-flash", "qvq-max"];
 
 /// Everything that can be tuned. [`Default`] is the documented behaviour with zero latency
 /// and no faults.
@@ -26,8 +36,12 @@ pub struct EmulatorConfig {
     /// The base URL clients reach this emulator at; returned as `upload_host`. `None`: the
     /// listener's address (filled by [`super::serve`]), else the request's `Host`.
     pub public_base_url: Option<String>,
-    /// Models that exist. Others get 400 on getPolicy and an error on model calls.
+    /// Models that exist. Others get 400 on getPolicy and 404 on model calls.
     pub models: Vec<String>,
+    /// Models refused (400) without a stream.
+    pub stream_only_models: Vec<String>,
+    /// Models every account is refused (403 `Model.AccessDenied`) on model calls.
+    pub denied_models: Vec<String>,
     /// `max_file_size_mb` (and the policy's content-length-range) for models not overridden.
     pub max_file_size_mb: u64,
     /// Per-model overrides of `max_file_size_mb` ("each model enforces its own limit").
@@ -40,6 +54,15 @@ pub struct EmulatorConfig {
     pub credential_qps: u32,
     /// Model calls allowed per account per model in any one-second window; `None` = no limit.
     pub model_rps: Option<u32>,
+    /// The growth-rate limit per account per model; `None` = none.
+    pub burst: Option<Burst>,
+    /// Tokens per minute per account per model, also enforced per second as TPM/60.
+    pub model_tpm: Option<u64>,
+    /// An account falls into arrears after this many model calls; `None` = never by count
+    /// (the control endpoint can still put one there).
+    pub arrears_after: Option<u64>,
+    /// What an account in arrears is refused with.
+    pub arrears_code: BillingStop,
     pub credential_latency: Duration,
     pub upload_latency: Duration,
     pub chat_latency: Duration,
@@ -66,12 +89,21 @@ impl Default for EmulatorConfig {
         Self {
             public_base_url: None,
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
+            stream_only_models: DEFAULT_STREAM_ONLY_MODELS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+            denied_models: Vec::new(),
             max_file_size_mb: 1024,
             max_file_size_mb_per_model: HashMap::new(),
             capacity_limit_mb: 999_999_999,
             policy_ttl_s: 300,
             credential_qps: 100,
             model_rps: None,
+            burst: None,
+            model_tpm: None,
+            arrears_after: None,
+            arrears_code: BillingStop::Arrearage,
             credential_latency: Duration::ZERO,
             upload_latency: Duration::ZERO,
             chat_latency: Duration::ZERO,
@@ -110,6 +142,13 @@ impl EmulatorConfig {
             "policy_ttl_s": self.policy_ttl_s,
             "credential_qps": self.credential_qps,
             "model_rps": self.model_rps,
+            "stream_only_models": self.stream_only_models,
+            "denied_models": self.denied_models,
+            "burst_floor": self.burst.map(|b| b.floor),
+            "burst_growth": self.burst.map(|b| b.growth),
+            "model_tpm": self.model_tpm,
+            "arrears_after": self.arrears_after,
+            "arrears_code": self.arrears_code.as_str(),
             "credential_latency_ms": ms(self.credential_latency),
             "upload_latency_ms": ms(self.upload_latency),
             "chat_latency_ms": ms(self.chat_latency),
@@ -137,6 +176,8 @@ pub struct State {
     pub stats: Stats,
     pub credential_window: SlidingWindow,
     pub model_window: SlidingWindow,
+    pub limits: Limits,
+    pub billing: Billing,
     pub grants: Grants,
     pub objects: Objects,
     pub faults: Faults,
@@ -149,6 +190,8 @@ impl State {
             stats: Stats::default(),
             credential_window: SlidingWindow::new(Some(config.credential_qps)),
             model_window: SlidingWindow::new(config.model_rps),
+            limits: Limits::new(config.burst, config.model_tpm),
+            billing: Billing::new(config.arrears_after, config.arrears_code),
             grants: Grants::default(),
             objects: Objects::default(),
             faults: Faults::new(config.fault_rate, config.fault_seed),
