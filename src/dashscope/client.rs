@@ -303,7 +303,11 @@ impl StreamBody {
                 BodyLimit::Model.what(),
                 body::human(cap as u64)
             );
-            return Err(ApiError::body_too_large(self.status, &self.headers, message));
+            return Err(ApiError::body_too_large(
+                self.status,
+                &self.headers,
+                message,
+            ));
         }
         Ok(Some(chunk))
     }

@@ -18,11 +18,11 @@ use super::stop::{Stop, StopReason};
 use super::uploads::{RowLog, Uploads};
 use futures::future::BoxFuture;
 
+use crate::dashscope::model::{answers_only_as_stream, refused_without_stream};
 use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
     self, Api, ApiError, Client, ErrorKind, ModelReply, ModelRequest, RetryPolicy, Streaming,
 };
-use crate::dashscope::model::{answers_only_as_stream, refused_without_stream};
 use crate::failure::FailureCode;
 use crate::limit::Cost;
 use crate::manifest::{BadRow, Entry, Row};

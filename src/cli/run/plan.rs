@@ -90,7 +90,9 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         upload_timeout: UPLOAD_TIMEOUT_S.seconds(&layers, |s| s.upload_timeout_s)?,
         upload_stall_timeout: UPLOAD_STALL_TIMEOUT_S
             .seconds(&layers, |s| s.upload_stall_timeout_s)?,
-        stream: layers.given(|s| s.stream).map_or(Streaming::Auto, Streaming::from),
+        stream: layers
+            .given(|s| s.stream)
+            .map_or(Streaming::Auto, Streaming::from),
         summary_json: layers.given(|s| s.summary_json.clone()),
         metrics_textfile: layers.given(|s| s.metrics_textfile.clone()),
         job: job_path,

@@ -122,7 +122,11 @@ impl Mapping for Compatible {
         }
         let chunk: Chunk = serde_json::from_str(&frame.data)
             .map_err(|e| ApiError::invalid_body(200, answer.request_id.clone(), e))?;
-        if chunk.error.as_ref().is_some_and(serde_json::Value::is_object) {
+        if chunk
+            .error
+            .as_ref()
+            .is_some_and(serde_json::Value::is_object)
+        {
             return Err(in_stream_error(frame));
         }
         answer.request_id = chunk.request_id.or(answer.request_id.take());

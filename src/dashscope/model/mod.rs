@@ -121,8 +121,11 @@ trait Mapping: Sync {
 
     /// Adds one event of a streamed answer to `answer`: `Ok(true)` once it was the stream's
     /// last, an error for an error event (see [`stream::in_stream_error`]).
-    fn read_frame(&self, frame: &sse::Frame, answer: &mut stream::Partial)
-    -> Result<bool, ApiError>;
+    fn read_frame(
+        &self,
+        frame: &sse::Frame,
+        answer: &mut stream::Partial,
+    ) -> Result<bool, ApiError>;
 }
 
 const OSS_RESOLVE: &str = "X-DashScope-OssResourceResolve";

@@ -106,7 +106,11 @@ impl Mapping for Native {
         answer.request_id = reply.request_id.or(answer.request_id.take());
         // `usage` is the running total in every frame: the last one's is the answer's.
         if let Some(u) = reply.usage {
-            answer.usage = Some(Usage::counted(u.input_tokens, u.output_tokens, u.total_tokens));
+            answer.usage = Some(Usage::counted(
+                u.input_tokens,
+                u.output_tokens,
+                u.total_tokens,
+            ));
         }
         let Some(choice) = reply.output.and_then(|o| o.choices.into_iter().next()) else {
             return Ok(false);
@@ -116,7 +120,10 @@ impl Mapping for Native {
             answer.reasoning.push_str(&reasoning);
         }
         // "null" (a string) until the last frame.
-        match choice.finish_reason.filter(|r| !r.is_empty() && r != "null") {
+        match choice
+            .finish_reason
+            .filter(|r| !r.is_empty() && r != "null")
+        {
             Some(reason) => {
                 answer.finish_reason = Some(reason);
                 Ok(true)

@@ -137,7 +137,11 @@ mod tests {
         assert_eq!(whole[1].data, "a\nb");
         assert_eq!(whole[2].data, "c");
         for cut in 0..stream.len() {
-            assert_eq!(decode(&[&stream[..cut], &stream[cut..]]), whole, "cut at {cut}");
+            assert_eq!(
+                decode(&[&stream[..cut], &stream[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
         }
         let mut bytes: Vec<&[u8]> = stream.chunks(1).collect();
         bytes.insert(5, b"");

@@ -199,8 +199,12 @@ fn error_code(data: &str) -> String {
 fn status_of_code(code: &str) -> u16 {
     match code {
         c if c.starts_with("Throttling") => 429,
-        "limit_requests" | "limit_burst_rate" | "insufficient_quota" | "CommodityNotPurchased"
-        | "PrepaidBillOverdue" | "PostpaidBillOverdue" => 429,
+        "limit_requests"
+        | "limit_burst_rate"
+        | "insufficient_quota"
+        | "CommodityNotPurchased"
+        | "PrepaidBillOverdue"
+        | "PostpaidBillOverdue" => 429,
         "InvalidApiKey" | "invalid_api_key" => 401,
         "Model.AccessDenied" | "AllocationQuota.FreeTierOnly" => 403,
         "ModelNotFound" | "model_not_found" | "model_not_supported" => 404,
@@ -237,10 +241,16 @@ mod tests {
         assert_eq!((e.kind, e.status), (ErrorKind::Throttled, Some(429)));
         assert_eq!(e.request_id.as_deref(), Some("r-1"));
         // Without the status comment, the code alone says the same.
-        assert_eq!(in_stream_error(&error_frame(None, quota)).kind, ErrorKind::Throttled);
+        assert_eq!(
+            in_stream_error(&error_frame(None, quota)).kind,
+            ErrorKind::Throttled
+        );
 
         let server = r#"{"code":"InternalError.Algo","message":"oops"}"#;
-        assert_eq!(in_stream_error(&error_frame(None, server)).kind, ErrorKind::Server);
+        assert_eq!(
+            in_stream_error(&error_frame(None, server)).kind,
+            ErrorKind::Server
+        );
     }
 
     #[test]
@@ -249,7 +259,12 @@ mod tests {
             let body = serde_json::json!({"error": {"code": code, "message": message,
                 "type": "invalid_request_error"}});
             let body = body.to_string().replace("\"code\":\"\"", "\"code\":null");
-            ApiError::from_response(status, &HeaderMap::new(), body.as_bytes(), SystemTime::now())
+            ApiError::from_response(
+                status,
+                &HeaderMap::new(),
+                body.as_bytes(),
+                SystemTime::now(),
+            )
         };
         let compatible = refusal(
             "invalid_parameter_error",
