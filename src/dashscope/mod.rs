@@ -15,7 +15,8 @@
 //!   sent, and its two clocks (whole upload, stall).
 //! - [`model`]: model calls. The compatible-mode and native APIs are two implementations of
 //!   one request/reply mapping (`model/compatible.rs`, `model/native.rs`); a new model API
-//!   parameter is a change to those two files.
+//!   parameter is a change to those two files. Streamed answers (server-sent events, read as
+//!   they arrive) are `model/stream.rs` and `model/sse.rs`.
 //! - [`media`]: which file extensions are images, videos or audio, and their MIME types.
 //! - [`error`]: [`ApiError`], [`ErrorKind`] and the classification of all three error shapes.
 //! - [`credentials`]: the per-model policy cache, its single-flight refresh and rate limiter.
