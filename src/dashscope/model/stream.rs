@@ -287,6 +287,104 @@ mod tests {
         )));
     }
 
+    /// Feeds a whole stream to `mapping`: the reply once its last event came, else `None`.
+    fn read_all(mapping: &dyn Mapping, stream: &str) -> Result<Option<ModelReply>, ApiError> {
+        let mut frames = Vec::new();
+        Decoder::default().push(stream.as_bytes(), &mut frames);
+        let mut answer = Partial::default();
+        for frame in &frames {
+            if mapping.read_frame(frame, &mut answer)? {
+                return Ok(Some(answer.reply(None)));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn compatible_chunks_join_into_one_reply_with_the_last_usage() {
+        let chunk = |delta: &str, finish: &str| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\
+                 \"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}],\
+                 \"usage\":null}}\n\n"
+            )
+        };
+        let stream = [
+            chunk(r#"{"content":"","role":"assistant"}"#, "null"),
+            chunk(r#"{"content":null,"reasoning_content":"Think "}"#, "null"),
+            chunk(r#"{"content":null,"reasoning_content":"twice."}"#, "null"),
+            chunk(r#"{"content":"Hello"}"#, "null"),
+            chunk(r#"{"content":", world"}"#, "\"stop\""),
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\
+             \"completion_tokens\":4,\"total_tokens\":7}}\n\n"
+                .to_owned(),
+        ]
+        .concat();
+        let compatible = &super::super::compatible::Compatible;
+        // Without [DONE] the stream has not ended.
+        assert_eq!(read_all(compatible, &stream).unwrap(), None);
+        let reply = read_all(compatible, &format!("{stream}data: [DONE]\n\n"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.text, "Hello, world");
+        assert_eq!(reply.reasoning.as_deref(), Some("Think twice."));
+        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(reply.usage.total_tokens, 7);
+        assert_eq!(reply.request_id.as_deref(), Some("chatcmpl-1"));
+    }
+
+    #[test]
+    fn native_frames_end_at_the_finish_reason_with_the_running_usage() {
+        let frame = |id: u32, text: &str, finish: &str, out: u64| {
+            format!(
+                "id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:{{\"output\":{{\"choices\":\
+                 [{{\"message\":{{\"content\":[{{\"text\":\"{text}\"}}],\"role\":\"assistant\"}},\
+                 \"finish_reason\":\"{finish}\"}}]}},\"usage\":{{\"input_tokens\":5,\
+                 \"output_tokens\":{out}}},\"request_id\":\"req-9\"}}\n\n"
+            )
+        };
+        let native = &super::super::native::Native;
+        let unfinished = [frame(1, "Hel", "null", 1), frame(2, "lo", "null", 2)].concat();
+        assert_eq!(read_all(native, &unfinished).unwrap(), None);
+        let whole = format!("{unfinished}{}", frame(3, "!", "stop", 3));
+        let reply = read_all(native, &whole).unwrap().unwrap();
+        assert_eq!(reply.text, "Hello!");
+        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            (reply.usage.completion_tokens, reply.usage.total_tokens),
+            (3, 8)
+        );
+        assert_eq!(reply.request_id.as_deref(), Some("req-9"));
+        // An error frame after HTTP 200, as the notes show it.
+        let error = "id:2\nevent:error\n:HTTP_STATUS/429\ndata:{\"code\":\"Throttling.AllocationQuota\",\
+                     \"message\":\"Free allocated quota exceeded.\",\"request_id\":\"r\"}\n\n";
+        let e = read_all(native, &format!("{}{error}", frame(1, "Hel", "null", 1))).unwrap_err();
+        assert_eq!((e.kind, e.status), (ErrorKind::Throttled, Some(429)));
+    }
+
+    #[test]
+    fn stream_requests_ask_for_a_stream_in_each_api() {
+        let request = ModelRequest {
+            model: "qvq-max".to_owned(),
+            prompt: "p".to_owned(),
+            system: None,
+            media: Vec::new(),
+        };
+        let compatible = super::super::compatible::Compatible.stream_body(&request);
+        assert_eq!(compatible["stream"], true);
+        assert_eq!(compatible["stream_options"]["include_usage"], true);
+        let native = &super::super::native::Native;
+        assert_eq!(
+            native.stream_body(&request)["parameters"]["incremental_output"],
+            true
+        );
+        assert!(
+            native
+                .stream_headers()
+                .contains(&("X-DashScope-SSE", "enable"))
+        );
+    }
+
     #[test]
     fn known_streaming_only_families() {
         for model in [
