@@ -28,8 +28,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::OnceLock;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+/// `--client-arg`s, set once in `main` (a global rather than a parameter of every scenario).
+static CLIENT_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 
 #[derive(Parser)]
 #[command(about = "dashbatch load harness: the client against a separate emulator process")]
@@ -38,6 +43,10 @@ struct Args {
     /// (target/release/dashbatch).
     #[arg(long, global = true)]
     bin: Option<PathBuf>,
+    /// An argument added to every `dashbatch run`, repeatable
+    /// (`--client-arg=--stream=always`), to compare a setting's cost.
+    #[arg(long = "client-arg", global = true, allow_hyphen_values = true)]
+    client_args: Vec<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -118,6 +127,7 @@ fn main() -> Result<()> {
             bin.display()
         );
     }
+    CLIENT_ARGS.get_or_init(|| args.client_args.clone());
     match args.scenario {
         Scenario::Throughput {
             concurrency,
@@ -369,6 +379,7 @@ impl Job {
             .args(["--base-url", url, "--fresh", "-q"])
             .arg(format!("--concurrency={concurrency}"))
             .arg(format!("--upload-concurrency={uploads}"))
+            .args(CLIENT_ARGS.get().into_iter().flatten())
             .arg("--summary-json")
             .arg(&summary)
             .env("DASHSCOPE_API_KEY", "sk-load")

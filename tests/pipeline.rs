@@ -74,12 +74,8 @@ async fn files_sharing_a_basename_do_not_collide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_apis_carry_media_of_every_kind() {
     for api in [Api::Compatible, Api::Native] {
-        // Omni answers only as a stream; this test is about media, not streaming.
-        let em = start(EmulatorConfig {
-            stream_only_models: Vec::new(),
-            ..EmulatorConfig::default()
-        })
-        .await;
+        // Omni answers only as a stream: `--stream auto` (the default) streams it.
+        let em = start(EmulatorConfig::default()).await;
         let mut job = Job::with_header("id,model,file,prompt,system,note");
         let img = job.file("i.jpg", b"image bytes");
         let vid = job.file("v.mp4", b"video bytes");

@@ -99,6 +99,7 @@ async fn execute(args: RunArgs, quiet: bool, reports: &mut Reports) -> anyhow::R
             request_timeout: plan.request_timeout,
             upload_timeout: plan.upload_timeout,
             upload_stall_timeout: plan.upload_stall_timeout,
+            stream: plan.stream,
             ..ClientConfig::default()
         },
     )

@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::builder::RangedU64ValueParser;
 use serde::Deserialize;
 
-use crate::dashscope::{Api, ClientConfig, CredentialOptions, RetryPolicy};
+use crate::dashscope::{Api, ClientConfig, CredentialOptions, RetryPolicy, Streaming};
 
 pub use super::layers::{Layers, SettingError};
 
@@ -47,6 +47,13 @@ pub struct Settings {
     /// Which model API to call.
     #[arg(long, value_enum)]
     pub api: Option<ApiChoice>,
+
+    /// When a model call asks for its answer as a stream: auto streams the models that
+    /// answer only that way (Omni, QVQ, QwQ, *-thinking, and any the service refuses
+    /// without a stream), always streams every call (for answers longer than the service's
+    /// 300 s non-stream limit), never streams.
+    #[arg(long, value_enum)]
+    pub stream: Option<StreamChoice>,
 
     /// The service root.
     #[arg(long, value_name = "URL")]
@@ -295,7 +302,7 @@ impl<T: Copy + Into<u64>> Bounded<T> {
 }
 
 /// Every setting with a default of its own, as its help shows it.
-fn defaults() -> [(&'static str, String); 11] {
+fn defaults() -> [(&'static str, String); 12] {
     [
         CONCURRENCY.shown(),
         UPLOAD_CONCURRENCY.shown(),
@@ -307,6 +314,7 @@ fn defaults() -> [(&'static str, String); 11] {
         DRAIN_TIMEOUT.shown(),
         OUTAGE_TIMEOUT.shown(),
         ("api", API.name().to_owned()),
+        ("stream", "auto".to_owned()),
         (
             "base_url",
             format!(
@@ -379,6 +387,35 @@ impl From<ApiChoice> for Api {
         match choice {
             ApiChoice::Compatible => Api::Compatible,
             ApiChoice::Native => Api::Native,
+        }
+    }
+}
+
+/// `--stream` and a job file's `stream`, matched without regard to case in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(try_from = "String")]
+pub enum StreamChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl TryFrom<String> for StreamChoice {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        <StreamChoice as clap::ValueEnum>::from_str(&name, true).map_err(|_| {
+            format!("{name:?} is not a stream setting; use \"auto\", \"always\" or \"never\"")
+        })
+    }
+}
+
+impl From<StreamChoice> for Streaming {
+    fn from(choice: StreamChoice) -> Streaming {
+        match choice {
+            StreamChoice::Auto => Streaming::Auto,
+            StreamChoice::Always => Streaming::Always,
+            StreamChoice::Never => Streaming::Never,
         }
     }
 }

@@ -18,6 +18,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use super::auth::ApiKey;
 use super::body::{self, BodyLimit, ERROR_BODY_LIMIT, Read};
 use super::error::ApiError;
+use super::model::Streaming;
 
 /// Where the service is and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +26,16 @@ pub struct ClientConfig {
     /// The service root, e.g. `https://dashscope.aliyuncs.com`, without `/api/v1`.
     pub base_url: String,
     pub connect_timeout: Duration,
-    /// Whole-request limit for getPolicy and model calls (headers and body).
+    /// Whole-request limit for getPolicy and non-streamed model calls (headers and body); for
+    /// a streamed call, the longest silence before its headers and between its events.
     pub request_timeout: Duration,
     /// Whole-request limit for one upload; files can be up to 1 GB.
     pub upload_timeout: Duration,
     /// An upload fails once the host has taken none of the body, and (after the last piece)
     /// not answered, for this long: a stalled host, apart from a slow one that moves.
     pub upload_stall_timeout: Duration,
+    /// When a model call asks for its answer as a stream of events.
+    pub stream: Streaming,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +46,7 @@ impl Default for ClientConfig {
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             upload_timeout: Self::DEFAULT_UPLOAD_TIMEOUT,
             upload_stall_timeout: Self::DEFAULT_UPLOAD_STALL_TIMEOUT,
+            stream: Streaming::Auto,
         }
     }
 }
@@ -222,10 +227,102 @@ impl Client {
         }
     }
 
+    /// Sends a request whose answer is a stream of events and returns the 2xx status,
+    /// headers and the body to read ([`StreamBody`]), or the classified error as [`send`]
+    /// gives it. `request` must not carry a whole-request timeout: the request timeout
+    /// applies to the wait for the headers here, and then to each silence in the body
+    /// (a long answer streams for longer than any one silence).
+    ///
+    /// [`send`]: Client::send
+    pub(super) async fn open_stream(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, HeaderMap, StreamBody), ApiError> {
+        let secret = self.secret();
+        let idle = self.inner.config.request_timeout;
+        let mut response = tokio::time::timeout(idle, request.send())
+            .await
+            .map_err(|_| silent(idle, "before the answer's headers"))?
+            .map_err(|e| ApiError::from_transport(&e).redact(secret))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if !(200..300).contains(&status) {
+            let read = body::read_capped(&mut response, ERROR_BODY_LIMIT)
+                .await
+                .map_err(|e| ApiError::from_transport(&e).redact(secret))?;
+            let body = match read {
+                Read::Whole(body) => body,
+                Read::Cut(body) => body::drop_partial_secret(body, secret),
+            };
+            return Err(self.classify(status, &headers, &body));
+        }
+        let body = StreamBody {
+            response,
+            read: 0,
+            idle,
+            status,
+            headers: headers.clone(),
+        };
+        Ok((status, headers, body))
+    }
+
     /// A non-2xx answer, classified, with the key scrubbed out.
     fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
         ApiError::from_response(status, headers, body, SystemTime::now()).redact(self.secret())
     }
+}
+
+/// A streamed answer's body, read chunk by chunk under the model answer's cap
+/// ([`BodyLimit::Model`], over the whole stream) and the request timeout (per silence).
+pub(super) struct StreamBody {
+    response: reqwest::Response,
+    read: usize,
+    idle: Duration,
+    status: u16,
+    headers: HeaderMap,
+}
+
+impl StreamBody {
+    /// The next piece of the body, `None` at its end. A silence longer than the request
+    /// timeout is a `timeout`, a cut connection a `body` error (both `Network`, retried).
+    pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        let next = tokio::time::timeout(self.idle, self.response.chunk())
+            .await
+            .map_err(|_| silent(self.idle, "between two events of the stream"))?
+            .map_err(|e| ApiError::from_transport(&e))?;
+        let Some(chunk) = next else {
+            return Ok(None);
+        };
+        self.read += chunk.len();
+        let cap = BodyLimit::Model.bytes();
+        if self.read > cap {
+            let host = self.response.url().origin().ascii_serialization();
+            let message = format!(
+                "the streamed {} from {host} went on past the {} dashbatch reads for it; it \
+                 stopped reading there (hint: a genuine answer is far smaller)",
+                BodyLimit::Model.what(),
+                body::human(cap as u64)
+            );
+            return Err(ApiError::body_too_large(
+                self.status,
+                &self.headers,
+                message,
+            ));
+        }
+        Ok(Some(chunk))
+    }
+}
+
+/// The request timeout ran out with nothing heard `when`.
+fn silent(idle: Duration, when: &str) -> ApiError {
+    ApiError::local(
+        super::ErrorKind::Network,
+        crate::failure::FailureCode::Timeout,
+        format!(
+            "nothing arrived {when} for {} s (hint: --request-timeout-s sets this wait)",
+            idle.as_secs_f64()
+        ),
+    )
 }
 
 fn bearer(key: &ApiKey) -> Result<HeaderValue, ClientError> {

@@ -15,7 +15,8 @@
 //!   sent, and its two clocks (whole upload, stall).
 //! - [`model`]: model calls. The compatible-mode and native APIs are two implementations of
 //!   one request/reply mapping (`model/compatible.rs`, `model/native.rs`); a new model API
-//!   parameter is a change to those two files.
+//!   parameter is a change to those two files. Streamed answers (server-sent events, read as
+//!   they arrive) are `model/stream.rs` and `model/sse.rs`.
 //! - [`media`]: which file extensions are images, videos or audio, and their MIME types.
 //! - [`error`]: [`ApiError`], [`ErrorKind`] and the classification of all three error shapes.
 //! - [`credentials`]: the per-model policy cache, its single-flight refresh and rate limiter.
@@ -46,7 +47,9 @@ pub use client::{Client, ClientConfig, ClientError};
 pub use credentials::{CredentialOptions, Credentials};
 pub use error::{ApiError, ErrorKind};
 pub use media::{Media, MediaKind, content_type_for};
-pub use model::{Api, ModelReply, ModelRequest, RESERVED_PARAMS, Usage, check_param_name};
+pub use model::{
+    Api, ModelReply, ModelRequest, RESERVED_PARAMS, Streaming, Usage, check_param_name,
+};
 pub use policy::{Policy, oss_url};
 pub use retry::{RetryPolicy, retry};
 pub use upload::Sent;

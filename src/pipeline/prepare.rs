@@ -203,6 +203,7 @@ fn wire(
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),
         refusals: Arc::default(),
+        streamed: Mutex::default(),
     });
     (worker, credentials, gate)
 }

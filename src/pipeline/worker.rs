@@ -7,7 +7,7 @@ mod refusals;
 
 pub use refusals::Refusals;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,9 +21,10 @@ use super::stop::{Stop, StopReason};
 use super::uploads::{RowLog, Uploads};
 use futures::future::BoxFuture;
 
+use crate::dashscope::model::{answers_only_as_stream, refused_without_stream};
 use crate::dashscope::retry::{Ticket, Watch};
 use crate::dashscope::{
-    self, Api, ApiError, Client, ErrorKind, ModelReply, ModelRequest, RetryPolicy,
+    self, Api, ApiError, Client, ErrorKind, ModelReply, ModelRequest, RetryPolicy, Streaming,
 };
 use crate::failure::FailureCode;
 use crate::limit::Cost;
@@ -50,6 +51,9 @@ pub struct Worker {
     pub model_retry: Mutex<HashMap<Arc<str>, RetryPolicy>>,
     /// Models refused for good in this run: their rows fail without a call.
     pub refusals: Arc<Refusals>,
+    /// Models the service refused without a stream in this run (`--stream auto`), streamed
+    /// from then on. Held for a lookup or an insert, never across an await.
+    pub streamed: Mutex<HashSet<String>>,
 }
 
 /// What a successful row carries into its result.
@@ -168,16 +172,74 @@ impl Worker {
         };
         self.still_running()?;
         let model = row.model.as_str();
-        // Paced by the policy's watch (see `Paced`), so a retry is paced too.
-        let attempt = || self.client.call_model(self.api, &request);
-        let policy = self.model_retry(model);
-        let (result, attempts) =
-            dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await;
-        log.attempts += attempts;
+        let mode = self.client.config().stream;
+        let stream = self.streams(mode, model);
+        let (result, attempts) = self.call_as(&request, stream, log).await;
+        let result = match result {
+            // A model that answers only as a stream, learnt from its refusal: the row goes
+            // again as a stream, and the refusal is neither a failure nor one of its attempts.
+            Err(e) if mode == Streaming::Auto && !stream && refused_without_stream(&e) => {
+                self.learn_streamed(model);
+                self.still_running()?;
+                let (result, attempts) = self.call_as(&request, true, log).await;
+                log.attempts += attempts;
+                result
+            }
+            other => {
+                log.attempts += attempts;
+                other
+            }
+        };
         if let Ok(reply) = &result {
             self.pacing.learn_tokens(model, reply.usage.total_tokens);
         }
         result.map_err(|e| Failure::api("model call", e))
+    }
+
+    /// One model call with its retries, streamed or not; returns how many attempts it made.
+    async fn call_as(
+        &self,
+        request: &ModelRequest,
+        stream: bool,
+        log: &mut RowLog,
+    ) -> (Result<ModelReply, ApiError>, u32) {
+        // Paced by the policy's watch (see `Paced`), so a retry is paced too.
+        let attempt = || async move {
+            if stream {
+                self.client.call_model_streamed(self.api, request).await
+            } else {
+                self.client.call_model(self.api, request).await
+            }
+        };
+        let policy = self.model_retry(&request.model);
+        dashscope::retry(&policy, attempt, |err, _| log.on_retry(err)).await
+    }
+
+    /// Whether `model`'s calls ask for a stream under `mode`.
+    fn streams(&self, mode: Streaming, model: &str) -> bool {
+        match mode {
+            Streaming::Always => true,
+            Streaming::Never => false,
+            Streaming::Auto => {
+                answers_only_as_stream(model)
+                    || self
+                        .streamed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(model)
+            }
+        }
+    }
+
+    /// Remembers that `model` answers only as a stream; says so once per model per run.
+    fn learn_streamed(&self, model: &str) {
+        let mut streamed = self.streamed.lock().unwrap_or_else(|p| p.into_inner());
+        if streamed.insert(model.to_owned()) {
+            tracing::info!(
+                model,
+                "the service answers this model only as a stream; its calls stream from now on"
+            );
+        }
     }
 }
 

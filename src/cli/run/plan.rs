@@ -12,7 +12,7 @@ use crate::config::settings::{
     REQUEST_TIMEOUT_S, Settings, UPLOAD_CONCURRENCY, UPLOAD_STALL_TIMEOUT_S, UPLOAD_TIMEOUT_S,
 };
 use crate::config::{RunConfig, default_output, default_state_dir};
-use crate::dashscope::{CredentialOptions, RetryPolicy};
+use crate::dashscope::{CredentialOptions, RetryPolicy, Streaming};
 use crate::output::atomic::resolve_links;
 
 use super::RunArgs;
@@ -26,6 +26,7 @@ pub(super) struct Plan {
     pub request_timeout: Duration,
     pub upload_timeout: Duration,
     pub upload_stall_timeout: Duration,
+    pub stream: Streaming,
     pub summary_json: Option<PathBuf>,
     pub metrics_textfile: Option<PathBuf>,
     /// The job file the settings came from, if any.
@@ -91,6 +92,9 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         upload_timeout: UPLOAD_TIMEOUT_S.seconds(&layers, |s| s.upload_timeout_s)?,
         upload_stall_timeout: UPLOAD_STALL_TIMEOUT_S
             .seconds(&layers, |s| s.upload_stall_timeout_s)?,
+        stream: layers
+            .given(|s| s.stream)
+            .map_or(Streaming::Auto, Streaming::from),
         summary_json: layers.given(|s| s.summary_json.clone()),
         metrics_textfile: layers.given(|s| s.metrics_textfile.clone()),
         job: job_path,

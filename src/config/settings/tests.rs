@@ -64,6 +64,7 @@ fn every_flag_is_a_job_file_key() {
                 "model_rps" => "2.5".to_owned(),
                 "api" => "\"native\"".to_owned(),
                 "params" => "{ temperature = 0.5 }".to_owned(),
+                "stream" => "\"always\"".to_owned(),
                 _ if is(arg, ValueParser::path_buf()) || is(arg, ValueParser::string()) => {
                     "\"x\"".to_owned()
                 }
@@ -259,4 +260,18 @@ fn params_read_values_as_json_else_text_and_flags_go_over_the_job_file() {
             .unwrap_err()
             .contains("set by dashbatch")
     );
+}
+
+/// `stream` in a job file is matched without regard to case, a flag beats it, and a word
+/// that is not a setting is refused naming the three that are.
+#[test]
+fn stream_is_a_job_key_and_a_flag() {
+    assert_eq!(
+        load("stream = \"Never\"").unwrap().stream,
+        Some(StreamChoice::Never)
+    );
+    let flagged = layers(&["--stream", "always"], "stream = \"never\"");
+    assert_eq!(flagged.given(|s| s.stream), Some(StreamChoice::Always));
+    let e = load("stream = \"sometimes\"").unwrap_err();
+    assert!(e.contains("\"auto\", \"always\" or \"never\""), "{e}");
 }

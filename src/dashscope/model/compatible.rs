@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sse::Frame;
+use super::stream::{Partial, in_stream_error};
 use super::{ApiError, Mapping, ModelReply, ModelRequest, ReplyMessage, Usage, content_text};
 use crate::dashscope::media::MediaKind;
 
@@ -102,6 +104,58 @@ impl Mapping for Compatible {
             request_id,
         })
     }
+
+    fn stream_body(&self, request: &ModelRequest) -> serde_json::Value {
+        let mut body = self.body(request);
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("stream".to_owned(), true.into());
+            // Without it the stream carries no token counts at all.
+            fields.insert(
+                "stream_options".to_owned(),
+                serde_json::json!({"include_usage": true}),
+            );
+        }
+        body
+    }
+
+    fn stream_headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    fn read_frame(&self, frame: &Frame, answer: &mut Partial) -> Result<bool, ApiError> {
+        if frame.data.trim() == "[DONE]" {
+            return Ok(true);
+        }
+        let chunk: Chunk = serde_json::from_str(&frame.data)
+            .map_err(|e| ApiError::invalid_body(200, answer.request_id.clone(), e))?;
+        if chunk
+            .error
+            .as_ref()
+            .is_some_and(serde_json::Value::is_object)
+        {
+            return Err(in_stream_error(frame));
+        }
+        answer.request_id = chunk.request_id.or(answer.request_id.take());
+        answer.chunk_id = chunk.id.or(answer.chunk_id.take());
+        for choice in chunk.choices.into_iter().take(1) {
+            answer.text.push_str(&content_text(&choice.delta.content));
+            if let Some(reasoning) = choice.delta.reasoning_content {
+                answer.reasoning.push_str(&reasoning);
+            }
+            if choice.finish_reason.is_some() {
+                answer.finish_reason = choice.finish_reason;
+            }
+        }
+        // Only the last chunk has usage (include_usage); the others say `null`.
+        if let Some(u) = chunk.usage {
+            answer.usage = Some(Usage::counted(
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+            ));
+        }
+        Ok(false)
+    }
 }
 
 // ---- Request -----------------------------------------------------------------------------
@@ -175,4 +229,35 @@ struct ReplyUsage {
     completion_tokens: u64,
     #[serde(default)]
     total_tokens: Option<u64>,
+}
+
+/// One `chat.completion.chunk` of a stream (or its error object).
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<ReplyUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: Delta,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Delta {
+    #[serde(default)]
+    content: serde_json::Value,
+    #[serde(default)]
+    reasoning_content: Option<String>,
 }

@@ -15,16 +15,24 @@
 //! missing usage) and strict about what it does (a choice must be there): a 200 without one
 //! is classified `Network`, since a truncated body is the realistic cause.
 //!
+//! A call asks for its answer whole ([`Client::call_model`]) or as a stream of events
+//! ([`Client::call_model_streamed`], in [`stream`]); each mapping says how its API asks for a
+//! stream and reads its events. Which calls stream is the caller's choice ([`Streaming`]).
+//!
 //! Generation parameters pass through as the service spells them: at the top level of a
 //! compatible body, under `parameters` in a native one. The names this module sets itself
 //! ([`RESERVED_PARAMS`]) are refused before a run starts ([`check_param_name`]). A thinking
-//! model's reasoning (`reasoning_content` beside the answer) is read into
-//! [`ModelReply::reasoning`].
+//! model's reasoning (`reasoning_content` beside the answer, or in a stream's deltas) is read
+//! into [`ModelReply::reasoning`].
 //!
 //! Deliberately not here: tool calls.
 
 mod compatible;
 mod native;
+mod sse;
+mod stream;
+
+pub use stream::{Streaming, answers_only_as_stream, refused_without_stream};
 
 use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
@@ -141,6 +149,20 @@ trait Mapping: Sync {
         status: u16,
         header_id: Option<String>,
     ) -> Result<ModelReply, ApiError>;
+
+    /// [`Self::body`] asking for the answer as a stream of events.
+    fn stream_body(&self, request: &ModelRequest) -> serde_json::Value;
+
+    /// Headers a streamed call sends besides `Accept: text/event-stream`.
+    fn stream_headers(&self) -> &'static [(&'static str, &'static str)];
+
+    /// Adds one event of a streamed answer to `answer`: `Ok(true)` once it was the stream's
+    /// last, an error for an error event (see [`stream::in_stream_error`]).
+    fn read_frame(
+        &self,
+        frame: &sse::Frame,
+        answer: &mut stream::Partial,
+    ) -> Result<bool, ApiError>;
 }
 
 const OSS_RESOLVE: &str = "X-DashScope-OssResourceResolve";
@@ -162,10 +184,7 @@ impl Client {
             .json(&mapping.body(request))
             .timeout(self.inner.config.request_timeout);
         let (status, headers, bytes) = self.send(http, BodyLimit::Model).await?;
-        let header_id = ["x-request-id", "x-dashscope-request-id"]
-            .iter()
-            .find_map(|n| headers.get(*n)?.to_str().ok())
-            .map(str::to_owned);
+        let header_id = stream::header_request_id(&headers);
         let reply = mapping.parse(&bytes, status, header_id);
         let secret = self.secret();
         reply

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sse::Frame;
+use super::stream::{Partial, in_stream_error};
 use super::{ApiError, Mapping, ModelReply, ModelRequest, ReplyMessage, Usage, content_text};
 use crate::dashscope::media::MediaKind;
 
@@ -76,6 +78,59 @@ impl Mapping for Native {
             request_id,
         })
     }
+
+    fn stream_body(&self, request: &ModelRequest) -> serde_json::Value {
+        let mut body = self.body(request);
+        // Each frame then carries only what is new; some models refuse `false`.
+        if let Some(parameters) = body.get_mut("parameters").and_then(|p| p.as_object_mut()) {
+            parameters.insert("incremental_output".to_owned(), true.into());
+        }
+        body
+    }
+
+    fn stream_headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[("X-DashScope-SSE", "enable")]
+    }
+
+    fn read_frame(&self, frame: &Frame, answer: &mut Partial) -> Result<bool, ApiError> {
+        let failed = frame.event.as_deref() == Some("error")
+            || frame.status.is_some_and(|s| !(200..300).contains(&s));
+        if failed {
+            return Err(in_stream_error(frame));
+        }
+        let reply: StreamFrame = serde_json::from_str(&frame.data)
+            .map_err(|e| ApiError::invalid_body(200, answer.request_id.clone(), e))?;
+        if reply.output.is_none() && reply.code.as_deref().is_some_and(|c| !c.is_empty()) {
+            return Err(in_stream_error(frame));
+        }
+        answer.request_id = reply.request_id.or(answer.request_id.take());
+        // `usage` is the running total in every frame: the last one's is the answer's.
+        if let Some(u) = reply.usage {
+            answer.usage = Some(Usage::counted(
+                u.input_tokens,
+                u.output_tokens,
+                u.total_tokens,
+            ));
+        }
+        let Some(choice) = reply.output.and_then(|o| o.choices.into_iter().next()) else {
+            return Ok(false);
+        };
+        answer.text.push_str(&content_text(&choice.message.content));
+        if let Some(reasoning) = choice.message.reasoning_content {
+            answer.reasoning.push_str(&reasoning);
+        }
+        // "null" (a string) until the last frame.
+        match choice
+            .finish_reason
+            .filter(|r| !r.is_empty() && r != "null")
+        {
+            Some(reason) => {
+                answer.finish_reason = Some(reason);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 // ---- Request -----------------------------------------------------------------------------
@@ -141,4 +196,37 @@ struct ReplyUsage {
     output_tokens: u64,
     #[serde(default)]
     total_tokens: Option<u64>,
+}
+
+/// One frame of a stream: [`Reply`] with each message's reasoning, or an error body.
+#[derive(Deserialize)]
+struct StreamFrame {
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    output: Option<StreamOutput>,
+    #[serde(default)]
+    usage: Option<ReplyUsage>,
+}
+
+#[derive(Deserialize)]
+struct StreamOutput {
+    #[serde(default)]
+    choices: Vec<StreamChoice>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    #[serde(default)]
+    finish_reason: Option<String>,
+    message: StreamMessage,
+}
+
+#[derive(Deserialize)]
+struct StreamMessage {
+    #[serde(default)]
+    content: serde_json::Value,
+    #[serde(default)]
+    reasoning_content: Option<String>,
 }

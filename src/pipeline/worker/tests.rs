@@ -58,6 +58,7 @@ fn worker(em: &Running, dir: &Path) -> Worker {
         stop,
         gate,
         model_retry: Mutex::new(HashMap::new()),
+        streamed: Mutex::default(),
     }
 }
 
