@@ -90,7 +90,7 @@ async fn an_error_inside_a_stream_is_classified_as_its_status_would_be() {
             .call_model_streamed(api, &request("qwen-vl-plus", &prompt))
             .await
             .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Rejected, "{api:?}: {e:?}");
+        assert_eq!(e.kind, ErrorKind::ContentRefused, "{api:?}: {e:?}");
         let code = e.code.as_str().to_ascii_lowercase().replace('_', "");
         assert_eq!(code, "datainspectionfailed", "{api:?}: {e:?}");
         assert!(e.message.contains("inappropriate"), "{e:?}");

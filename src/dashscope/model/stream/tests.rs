@@ -12,7 +12,7 @@ fn error_frame(status: Option<u16>, data: &str) -> Frame {
 fn in_stream_errors_classify_as_their_status_would() {
     let moderation = r#"{"error":{"message":"Output data may contain inappropriate content.","type":"data_inspection_failed","code":"data_inspection_failed"}}"#;
     let e = in_stream_error(&error_frame(None, moderation));
-    assert_eq!((e.kind, e.status), (ErrorKind::Rejected, Some(400)));
+    assert_eq!((e.kind, e.status), (ErrorKind::ContentRefused, Some(400)));
     assert_eq!(e.code, "data_inspection_failed");
     assert!(!e.is_retryable());
 
