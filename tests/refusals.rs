@@ -157,7 +157,16 @@ async fn service(arrears_after: u64) -> Service {
             post(move |body: Bytes| model_call(compatible.clone(), false, body)),
         )
         .route("/api/v1/uploads", get(get_policy))
-        .route("/oss", post(|| async { StatusCode::NO_CONTENT }))
+        // Reads the whole form before it answers, as OSS does: an answer before the body is
+        // taken can break the upload's connection mid-write (and the client only trusts an
+        // upload the host took whole).
+        .route(
+            "/oss",
+            post(|body: axum::body::Bytes| async move {
+                drop(body);
+                StatusCode::NO_CONTENT
+            }),
+        )
         .with_state(s.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     s
