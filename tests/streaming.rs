@@ -143,7 +143,25 @@ async fn the_pipeline_streams_what_it_must_and_records_only_whole_answers() {
             assert_eq!(rows[id]["status"], "ok", "{api:?} {id}: {:?}", rows[id]);
             assert_eq!(rows[id]["attempts"], "1", "{api:?} {id}");
             assert!(!rows[id]["response"].is_empty());
+            assert!(
+                rows[id]["total_tokens"].parse::<u64>().unwrap() > 0,
+                "{api:?} {id}"
+            );
         }
+        // A thinking model's streamed reasoning lands in its own column; others have none.
+        assert!(
+            rows["qvq"]["reasoning"].contains("Why?"),
+            "{api:?}: {:?}",
+            rows["qvq"]
+        );
+        assert_eq!(rows["plain"]["reasoning"], "", "{api:?}");
+        assert_eq!(
+            rows["bad"]["error_code"]
+                .to_ascii_lowercase()
+                .replace('_', ""),
+            "datainspectionfailed",
+            "{api:?}"
+        );
         assert_eq!(rows["cut"]["status"], "failed", "{api:?}");
         assert_eq!(
             rows["cut"]["error_code"], "body",
