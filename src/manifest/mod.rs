@@ -18,6 +18,7 @@ mod header;
 mod lines;
 mod params;
 mod row;
+mod shard;
 
 use std::fs::File;
 use std::io::Read;
@@ -29,6 +30,7 @@ use header::{Columns, parse_header};
 use lines::Lines;
 
 pub use params::{Params, canonical as canonical_params};
+pub use shard::Shard;
 pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
 
 /// Columns every manifest must have.
