@@ -30,8 +30,8 @@ use header::{Columns, parse_header};
 use lines::Lines;
 
 pub use params::{Params, canonical as canonical_params};
-pub use shard::Shard;
 pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
+pub use shard::Shard;
 
 /// Columns every manifest must have.
 pub const REQUIRED: [&str; 3] = ["model", "file", "prompt"];

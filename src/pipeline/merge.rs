@@ -55,7 +55,9 @@ pub enum MergeError {
         what: &'static str,
         manifest: PathBuf,
     },
-    #[error("{0} line(s) of the inputs answer no row of manifest {1}: they are from another manifest")]
+    #[error(
+        "{0} line(s) of the inputs answer no row of manifest {1}: they are from another manifest"
+    )]
     ForeignLines(u64, PathBuf),
     #[error(transparent)]
     Compact(#[from] CompactError),
@@ -148,8 +150,9 @@ fn join_and_compact(
         None,
     )?;
     if counts.orphaned > 0 {
-        return Err(name_foreign(manifest, inputs, &counts.side)
-            .unwrap_or(MergeError::ForeignLines(counts.orphaned, manifest.to_owned())));
+        return Err(name_foreign(manifest, inputs, &counts.side).unwrap_or(
+            MergeError::ForeignLines(counts.orphaned, manifest.to_owned()),
+        ));
     }
     let mut merged = File::open(joined).map_err(io_err(joined))?;
     atomic_rewrite(out, |file| {
