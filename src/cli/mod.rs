@@ -21,6 +21,7 @@ macro_rules! out {
 
 mod emulator;
 mod files;
+mod merge;
 mod run;
 mod validate;
 
@@ -50,6 +51,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Serve a local emulator of DashScope temporary storage and the model APIs.
     Emulator(emulator::EmulatorArgs),
+    /// Join the results files of a manifest's shards (`run --shard K/N`) into one.
+    Merge(merge::MergeArgs),
 }
 
 /// Logs go to stderr so that stdout stays machine-readable.
@@ -92,6 +95,7 @@ pub fn main(cli: Cli) -> u8 {
         match cli.command {
             Command::Run(args) => run::run(args, quiet).await,
             Command::Validate(args) => validate::run(args),
+            Command::Merge(args) => merge::run(args),
             Command::Emulator(args) => match emulator::run(args).await {
                 Ok(()) => exit::OK,
                 Err(err) => {

@@ -42,6 +42,8 @@ pub struct RunConfig {
     /// Generation parameters of every model call (`--param`, a job file's `[params]`); a
     /// row's `params` cell goes over them key by key.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Only the rows of this shard are run and written (`--shard K/N`).
+    pub shard: Option<crate::manifest::Shard>,
 }
 
 /// `.dashbatch/` beside the results file.

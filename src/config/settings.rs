@@ -123,6 +123,12 @@ pub struct Settings {
     #[arg(long, value_name = "SECONDS", value_parser = OUTAGE_TIMEOUT.parser())]
     pub outage_timeout: Option<u64>,
 
+    /// Run only the rows of shard K of N (1 <= K <= N), chosen by a stable hash of the row
+    /// id, so that N processes (on any hosts) split one manifest; `dashbatch merge` joins
+    /// their results files.
+    #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(crate::manifest::Shard))]
+    pub shard: Option<crate::manifest::Shard>,
+
     /// Folder of the upload cache kept across runs [default: .dashbatch/ beside OUT].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

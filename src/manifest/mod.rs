@@ -18,6 +18,7 @@ mod header;
 mod lines;
 mod params;
 mod row;
+mod shard;
 
 use std::fs::File;
 use std::io::Read;
@@ -30,6 +31,7 @@ use lines::Lines;
 
 pub use params::{Params, canonical as canonical_params};
 pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
+pub use shard::Shard;
 
 /// Columns every manifest must have.
 pub const REQUIRED: [&str; 3] = ["model", "file", "prompt"];

@@ -4,13 +4,14 @@
 //! knows what is left. A row's `ok` line is its own only while it answers what the row asks
 //! now; every other `ok` line (its row left the manifest, or asks something else) goes to the
 //! side file beside the results, so no paid answer is dropped, and a manifest that changed
-//! during the run is reported.
+//! during the run is reported. With a shard (`--shard K/N`), only that shard's rows are
+//! written: the rows of other shards are other processes' lines, joined by `dashbatch merge`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::manifest::{Entry, Manifest};
+use crate::manifest::{Entry, Manifest, Shard};
 use crate::output::results::resume::{self, LineIndex, Lines, id_key, row_digests};
 use crate::output::{ResultsWriter, Stats};
 use crate::spill::{self, Spill};
@@ -73,7 +74,8 @@ impl ManifestStamp {
 
 /// Rewrites `out` in manifest order, reading `window` manifest rows at a time (see
 /// [`WINDOW`]), and its side file ([`resume::side_path`]) with the `ok` lines no row took.
-/// `started` is the manifest's stamp when the run began.
+/// `started` is the manifest's stamp when the run began. With a `shard`, rows of other shards
+/// are left out, and their lines in `out` go to the side file like any line no row takes.
 #[allow(clippy::too_many_arguments)]
 pub fn compact(
     manifest: &Path,
@@ -83,6 +85,7 @@ pub fn compact(
     duplicates: &HashSet<u64>,
     started: &ManifestStamp,
     window: usize,
+    shard: Option<Shard>,
 ) -> Result<Compacted, CompactError> {
     let before = ManifestStamp::of(manifest);
     let side = resume::side_path(out);
@@ -95,8 +98,9 @@ pub fn compact(
     let mut taken = Spill::<2>::new(in_memory);
     // Two readers of the manifest: `ahead` takes the ids of the next window of rows, for
     // which the line index is built; `entries` then writes that window's rows.
-    let mut ahead = Manifest::open(manifest)?;
-    let entries = Manifest::open(manifest)?;
+    let ours = move |entry: &Entry| shard.is_none_or(|shard| shard.owns(entry.id()));
+    let mut ahead = Manifest::open(manifest)?.filter(ours);
+    let entries = Manifest::open(manifest)?.filter(ours);
     let mut counts = Compacted {
         side: side.clone(),
         ..Compacted::default()
@@ -254,6 +258,7 @@ mod tests {
             &duplicates,
             &ManifestStamp::of(&dir.join("m.csv")),
             window,
+            None,
         )
         .unwrap();
         assert_eq!(counts.rows, 8);

@@ -19,6 +19,7 @@ pub(super) async fn finish(
     config: &RunConfig,
 ) -> Result<Outcome, PipelineError> {
     let (manifest, output) = (config.manifest.clone(), config.output.clone());
+    let shard = config.shard;
     let Prepared {
         _lock,
         stamp,
@@ -85,6 +86,7 @@ pub(super) async fn finish(
             &duplicates,
             &stamp,
             compact::WINDOW,
+            shard,
         )
         .map_err(|source| FinishError::Compact(source, Box::new(stats.clone())))?;
         if let Err(err) = cache.compact(unix_now()) {

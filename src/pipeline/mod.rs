@@ -24,6 +24,7 @@ mod compact;
 mod dispatch;
 mod failure;
 mod finish;
+pub mod merge;
 mod outage;
 mod pacing;
 mod prepare;

@@ -129,9 +129,11 @@ pub(super) async fn prepare(
     let (rows_tx, rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
     let reader_events = events.clone();
     let reader_duplicates = Arc::clone(&duplicates);
+    let shard = config.shard;
     let reader = tokio::task::spawn_blocking(move || {
         reader::read(
             manifest,
+            shard,
             &previous.done,
             &reader_duplicates,
             rows_tx,

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use tokio::sync::mpsc;
 
 use super::checks::{Repeats, duplicate};
-use crate::manifest::{Entry, Manifest, id_key};
+use crate::manifest::{Entry, Manifest, Shard, id_key};
 use crate::output::Event;
 use crate::output::results::resume::{Done, InputDigest, Resumed};
 
@@ -18,9 +18,11 @@ use crate::output::results::resume::{Done, InputDigest, Resumed};
 /// ([`crate::manifest::scan_ids`]). A row is skipped when a line answers what it asks now;
 /// each row sent carries its [`InputDigest`], taken here, before its file is read, so that a
 /// file rewritten later gives a digest that no longer matches. Sends the numbers of skipped
-/// and changed rows to the reporter at the end.
+/// and changed rows to the reporter at the end. With a `shard`, rows of other shards are
+/// passed over as if the manifest did not hold them.
 pub fn read(
     manifest: Manifest,
+    shard: Option<Shard>,
     done: &Done,
     duplicates: &HashSet<u64>,
     rows: mpsc::Sender<Entry>,
@@ -30,6 +32,9 @@ pub fn read(
     let (mut skipped, mut changed) = (0u64, 0u64);
     let path = manifest.path().to_owned();
     for entry in manifest {
+        if shard.is_some_and(|shard| !shard.owns(entry.id())) {
+            continue;
+        }
         let key = id_key(entry.id());
         let entry = match entry {
             entry if repeats.seen_before(key) => Entry::Bad(duplicate(entry, &path)),

@@ -77,6 +77,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         model_rps: layers.model_rps()?,
         params: layers.params(),
         model_tpm: layers.model_tpm()?,
+        shard: layers.given(|s| s.shard),
         quiet,
         manifest,
         output,
