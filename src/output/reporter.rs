@@ -6,13 +6,13 @@
 //! It runs on a thread of its own ([`Reporter::spawn`]): every write, flush and fsync it does
 //! blocks, and a runtime thread stalled on the disk would stall the rows it polls.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::progress::{self, Progress};
 use super::results::{ResultsWriter, RowResult, Status};
 use super::stats::Stats;
 
@@ -23,7 +23,9 @@ pub enum Event {
     Row(Box<RowResult>),
     /// The number of manifest rows, once a counting pass has found it.
     Total(u64),
-    /// Rows an earlier run finished `ok`, not attempted again.
+    /// More rows an earlier run finished `ok`, not attempted again: added to the count. The
+    /// reader sends these as it goes, before the rows after them, so the bar's length (rows
+    /// to do) is right as soon as the first of those rows can finish.
     Skipped(u64),
     /// Rows whose earlier `ok` line answered something else, run again.
     Changed(u64),
@@ -43,38 +45,6 @@ impl Durable for std::fs::File {
 impl Durable for Vec<u8> {
     fn sync(&self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// How progress is shown.
-pub enum Progress {
-    /// An indicatif bar on stderr, for a person at a terminal.
-    Bar(ProgressBar),
-    /// A tracing info line every ten seconds, for cron logs.
-    Log,
-    /// Nothing (tests, `-qq`).
-    Hidden,
-}
-
-impl Progress {
-    /// A bar when stderr is a terminal, log lines otherwise.
-    pub fn detect(quiet: bool) -> Self {
-        if quiet {
-            Progress::Hidden
-        } else if io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows  {msg}  \
-                     {per_sec}  ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            Progress::Bar(bar)
-        } else {
-            Progress::Log
-        }
     }
 }
 
@@ -100,15 +70,11 @@ impl<W: Durable> Reporter<W> {
         match event {
             Event::Total(total) => {
                 self.stats.rows_total = total;
-                if let Progress::Bar(bar) = &self.progress {
-                    bar.set_length(total.saturating_sub(self.stats.rows_skipped));
-                }
+                self.set_length();
             }
             Event::Skipped(skipped) => {
-                self.stats.rows_skipped = skipped;
-                if let Progress::Bar(bar) = &self.progress {
-                    bar.set_length(self.stats.rows_total.saturating_sub(skipped));
-                }
+                self.stats.rows_skipped += skipped;
+                self.set_length();
             }
             Event::Changed(changed) => self.stats.rows_changed = changed,
             Event::Row(result) => {
@@ -117,11 +83,10 @@ impl<W: Durable> Reporter<W> {
                 self.writer.flush()?;
                 self.stats.record(&result);
                 if let Progress::Bar(bar) = &self.progress {
+                    // The message first: the bar draws on `inc`, and must show the counts
+                    // of the row it counts.
+                    bar.set_message(progress::status(&self.stats, self.started.elapsed()));
                     bar.inc(1);
-                    bar.set_message(format!(
-                        "ok {} failed {}",
-                        self.stats.rows_ok, self.stats.rows_failed
-                    ));
                 }
                 if result.status == Status::Failed {
                     tracing::debug!(line = result.line, id = %result.id, code = result.error_code.as_ref().map_or("", |c| c.as_str()),
@@ -132,27 +97,35 @@ impl<W: Durable> Reporter<W> {
         Ok(())
     }
 
+    /// The bar counts the rows this run has to do, not the manifest's.
+    fn set_length(&self) {
+        if let Progress::Bar(bar) = &self.progress {
+            bar.set_length(self.rows_to_do());
+        }
+    }
+
+    fn rows_to_do(&self) -> u64 {
+        self.stats
+            .rows_total
+            .saturating_sub(self.stats.rows_skipped)
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
         self.writer.sync()
     }
 
     fn log_progress(&self) {
-        let done = self.stats.rows_done();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            done as f64 / elapsed
-        } else {
-            0.0
-        };
-        let todo = self
-            .stats
-            .rows_total
-            .saturating_sub(self.stats.rows_skipped);
-        tracing::info!(
-            "progress: {done}/{todo} rows, {} ok, {} failed, {rate:.1} rows/s",
-            self.stats.rows_ok,
-            self.stats.rows_failed
-        );
+        tracing::info!("progress: {}", self.progress_line());
+    }
+
+    /// The log line's text: the bar's figures in one line.
+    fn progress_line(&self) -> String {
+        format!(
+            "{}/{} rows, {}",
+            indicatif::HumanCount(self.stats.rows_done()),
+            indicatif::HumanCount(self.rows_to_do()),
+            progress::status(&self.stats, self.started.elapsed())
+        )
     }
 
     pub fn stats(&self) -> &Stats {
@@ -176,9 +149,7 @@ impl<W: Durable> Reporter<W> {
             }
         }
         self.sync().map_err(ReportError::Sync)?;
-        if let Progress::Bar(bar) = &self.progress {
-            bar.finish_and_clear();
-        }
+        self.progress.finish();
         Ok(self)
     }
 
@@ -305,6 +276,41 @@ mod tests {
             !stalled.load(std::sync::atomic::Ordering::SeqCst),
             "the sync held the runtime's only thread"
         );
+    }
+
+    /// Issue 12: a resumed run's bar counts the rows to do, and each frame's counts match
+    /// its position.
+    #[test]
+    fn a_resumed_run_counts_rows_to_do_and_frames_agree() {
+        let screen = progress::Screen {
+            width: 120,
+            text: std::sync::Arc::default(),
+        };
+        let bar = progress::styled(indicatif::ProgressBar::with_draw_target(
+            None,
+            indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(screen.clone()), 100),
+        ));
+        let writer = ResultsWriter::new(Vec::new(), &[], true).unwrap();
+        let mut reporter = Reporter::new(writer, Stats::default(), Progress::Bar(bar.clone()));
+        reporter.handle(Event::Total(4000)).unwrap();
+        // The reader sends what it skipped as it goes, in parts.
+        reporter.handle(Event::Skipped(1000)).unwrap();
+        reporter.handle(Event::Skipped(840)).unwrap();
+        assert_eq!(bar.length(), Some(2160));
+        reporter
+            .handle(Event::Row(row("a", Status::Ok, vec![])))
+            .unwrap();
+        assert_eq!((bar.position(), bar.length()), (1, Some(2160)));
+        assert_eq!(reporter.stats().rows_skipped, 1840);
+        let line = reporter.progress_line();
+        assert!(line.starts_with("1/2,160 rows, ok 1  failed 0"), "{line}");
+        // Each frame is the bar's line, then the status line.
+        let text = screen.text.lock().unwrap().clone();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let frames = lines.windows(2).filter(|w| w[0].contains(" 1/2,160 rows"));
+        for frame in frames {
+            assert!(frame[1].starts_with("ok 1 "), "a frame lags its bar: {frame:?}");
+        }
     }
 
     #[tokio::test]
