@@ -168,7 +168,6 @@ mod screen {
             Ok(())
         }
     }
-
 }
 
 #[cfg(test)]
@@ -220,10 +219,14 @@ mod tests {
             }
             let lines = &all[all.len() - 2..];
             assert!(lines[0].contains("456,789/1,000,000 rows"), "{lines:#?}");
-            assert!(lines[1].contains("ok 456,000  failed 789  152 rows/s"), "{lines:#?}");
+            assert!(
+                lines[1].contains("ok 456,000  failed 789  152 rows/s"),
+                "{lines:#?}"
+            );
             assert!(lines[1].contains("429s 12,345"), "{lines:#?}");
         }
-        let bar_cells = |lines: Vec<String>| lines[lines.len() - 2].chars().filter(|c| *c == '█').count();
+        let bar_cells =
+            |lines: Vec<String>| lines[lines.len() - 2].chars().filter(|c| *c == '█').count();
         assert!(
             bar_cells(render(160)) > 2 * bar_cells(render(80)),
             "the bar uses the width"

@@ -309,7 +309,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let frames = lines.windows(2).filter(|w| w[0].contains(" 1/2,160 rows"));
         for frame in frames {
-            assert!(frame[1].starts_with("ok 1 "), "a frame lags its bar: {frame:?}");
+            assert!(
+                frame[1].starts_with("ok 1 "),
+                "a frame lags its bar: {frame:?}"
+            );
         }
     }
 
