@@ -86,12 +86,13 @@ pub fn clear_for_message() {
     }
 }
 
-/// The status line: `ok 1,230  failed 4  141 rows/s  retries 3  429s 2`.
-pub fn status(stats: &Stats, elapsed: Duration) -> String {
+/// The status line: `ok 1,230  failed 4  in flight 16  141 rows/s  retries 3  429s 2`.
+pub fn status(stats: &Stats, in_flight: u64, elapsed: Duration) -> String {
     let mut line = format!(
-        "ok {}  failed {}  {}",
+        "ok {}  failed {}  in flight {}  {}",
         HumanCount(stats.rows_ok),
         HumanCount(stats.rows_failed),
+        HumanCount(in_flight),
         rate(per_second(stats.rows_done(), elapsed)),
     );
     let retries: u64 = stats.retries.values().sum();
@@ -193,7 +194,7 @@ mod tests {
             ..Stats::default()
         };
         stats.retries.insert("throttled", 12_345);
-        bar.set_message(status(&stats, Duration::from_secs(3_000)));
+        bar.set_message(status(&stats, 64, Duration::from_secs(3_000)));
         bar.force_draw();
         let text = screen.text.lock().unwrap().clone();
         text.lines()
@@ -220,7 +221,7 @@ mod tests {
             let lines = &all[all.len() - 2..];
             assert!(lines[0].contains("456,789/1,000,000 rows"), "{lines:#?}");
             assert!(
-                lines[1].contains("ok 456,000  failed 789  152 rows/s"),
+                lines[1].contains("ok 456,000  failed 789  in flight 64  152 rows/s"),
                 "{lines:#?}"
             );
             assert!(lines[1].contains("429s 12,345"), "{lines:#?}");

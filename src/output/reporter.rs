@@ -19,6 +19,8 @@ use super::stats::Stats;
 /// What workers tell the reporter.
 #[derive(Debug)]
 pub enum Event {
+    /// A row started (its task was spawned); for the count of rows in flight.
+    Started,
     /// A row finished, `ok` or `failed`. Boxed: the channel holds many of these.
     Row(Box<RowResult>),
     /// The number of manifest rows, once a counting pass has found it.
@@ -53,6 +55,8 @@ pub struct Reporter<W: Durable> {
     stats: Stats,
     progress: Progress,
     started: Instant,
+    /// Rows started and not finished yet.
+    in_flight: u64,
 }
 
 impl<W: Durable> Reporter<W> {
@@ -62,6 +66,7 @@ impl<W: Durable> Reporter<W> {
             stats,
             progress,
             started: Instant::now(),
+            in_flight: 0,
         }
     }
 
@@ -77,15 +82,22 @@ impl<W: Durable> Reporter<W> {
                 self.set_length();
             }
             Event::Changed(changed) => self.stats.rows_changed = changed,
+            Event::Started => self.in_flight += 1,
             Event::Row(result) => {
                 self.writer.write(&result)?;
                 // Flushed per row: a crash loses at most the rows still in flight.
                 self.writer.flush()?;
                 self.stats.record(&result);
+                // Rows the run never started (bad rows, refused models) finish too.
+                self.in_flight = self.in_flight.saturating_sub(1);
                 if let Progress::Bar(bar) = &self.progress {
                     // The message first: the bar draws on `inc`, and must show the counts
                     // of the row it counts.
-                    bar.set_message(progress::status(&self.stats, self.started.elapsed()));
+                    bar.set_message(progress::status(
+                        &self.stats,
+                        self.in_flight,
+                        self.started.elapsed(),
+                    ));
                     bar.inc(1);
                 }
                 if result.status == Status::Failed {
@@ -124,7 +136,7 @@ impl<W: Durable> Reporter<W> {
             "{}/{} rows, {}",
             indicatif::HumanCount(self.stats.rows_done()),
             indicatif::HumanCount(self.rows_to_do()),
-            progress::status(&self.stats, self.started.elapsed())
+            progress::status(&self.stats, self.in_flight, self.started.elapsed())
         )
     }
 
@@ -297,13 +309,18 @@ mod tests {
         reporter.handle(Event::Skipped(1000)).unwrap();
         reporter.handle(Event::Skipped(840)).unwrap();
         assert_eq!(bar.length(), Some(2160));
+        reporter.handle(Event::Started).unwrap();
+        reporter.handle(Event::Started).unwrap();
         reporter
             .handle(Event::Row(row("a", Status::Ok, vec![])))
             .unwrap();
         assert_eq!((bar.position(), bar.length()), (1, Some(2160)));
         assert_eq!(reporter.stats().rows_skipped, 1840);
         let line = reporter.progress_line();
-        assert!(line.starts_with("1/2,160 rows, ok 1  failed 0"), "{line}");
+        assert!(
+            line.starts_with("1/2,160 rows, ok 1  failed 0  in flight 1  "),
+            "{line}"
+        );
         // Each frame is the bar's line, then the status line.
         let text = screen.text.lock().unwrap().clone();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
