@@ -11,11 +11,12 @@ use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::stats::Stats;
 
-/// Line 1: time, a bar as wide as the terminal leaves room for, rows done of rows to do (with
-/// thousands separators) and the ETA. Line 2: the status, truncated to the width, never
-/// wrapped. The fixed parts of line 1 take at most 46 columns (a million-row run), so the
-/// bar keeps some width even at 60 columns.
-const TEMPLATE: &str = "{elapsed_precise} {wide_bar:.cyan/blue} {human_pos}/{human_len} rows  ETA {eta}\n\
+/// Line 1: time, a bar as wide as the terminal leaves room for, the percentage, the pace
+/// ([`pace`]) and the ETA.
+/// Line 2: the status ([`status`]), cut to the width, never wrapped. The rows done are in the
+/// status, not the template: a frame drawn between two updates of the bar (its ticker runs
+/// on a thread of its own) would otherwise show a count and an ok figure one row apart.
+const TEMPLATE: &str = "{elapsed_precise} {wide_bar:.cyan/blue} {percent:>3}%  {prefix}  ETA {eta}\n\
                         {wide_msg}";
 
 /// The bar currently drawn, so that a signal handler can clear it before printing (see
@@ -86,14 +87,16 @@ pub fn clear_for_message() {
     }
 }
 
-/// The status line: `ok 1,230  failed 4  in flight 16  141 rows/s  retries 3  429s 2`.
-pub fn status(stats: &Stats, in_flight: u64, elapsed: Duration) -> String {
+/// The status line, with thousands separators:
+/// `1,234/4,000 rows  ok 1,230  failed 4  retries 3  429s 2`. `to_do` is the rows this run
+/// has to do: a resumed run's skipped rows are not in it.
+pub fn status(stats: &Stats, to_do: u64) -> String {
     let mut line = format!(
-        "ok {}  failed {}  in flight {}  {}",
+        "{}/{} rows  ok {}  failed {}",
+        HumanCount(stats.rows_done()),
+        HumanCount(to_do),
         HumanCount(stats.rows_ok),
         HumanCount(stats.rows_failed),
-        HumanCount(in_flight),
-        rate(per_second(stats.rows_done(), elapsed)),
     );
     let retries: u64 = stats.retries.values().sum();
     if retries > 0 {
@@ -103,6 +106,15 @@ pub fn status(stats: &Stats, in_flight: u64, elapsed: Duration) -> String {
         line.push_str(&format!("  429s {}", HumanCount(stats.throttled_seen)));
     }
     line
+}
+
+/// The pace, beside the bar: `141 rows/s  16 in flight`.
+pub fn pace(stats: &Stats, in_flight: u64, elapsed: Duration) -> String {
+    format!(
+        "{}  {} in flight",
+        rate(per_second(stats.rows_done(), elapsed)),
+        HumanCount(in_flight)
+    )
 }
 
 /// Rows per second of `elapsed`, 0 before any time has passed.
@@ -194,7 +206,8 @@ mod tests {
             ..Stats::default()
         };
         stats.retries.insert("throttled", 12_345);
-        bar.set_message(status(&stats, 64, Duration::from_secs(3_000)));
+        bar.set_message(status(&stats, 1_000_000));
+        bar.set_prefix(pace(&stats, 64, Duration::from_secs(3_000)));
         bar.force_draw();
         let text = screen.text.lock().unwrap().clone();
         text.lines()
@@ -219,9 +232,12 @@ mod tests {
                 assert!(cols <= usize::from(width), "{cols} > {width}: {text}");
             }
             let lines = &all[all.len() - 2..];
-            assert!(lines[0].contains("456,789/1,000,000 rows"), "{lines:#?}");
             assert!(
-                lines[1].contains("ok 456,000  failed 789  in flight 64  152 rows/s"),
+                lines[0].contains("%  152 rows/s  64 in flight  ETA "),
+                "{lines:#?}"
+            );
+            assert!(
+                lines[1].contains("|456,789/1,000,000 rows  ok 456,000  failed 789  retries"),
                 "{lines:#?}"
             );
             assert!(lines[1].contains("429s 12,345"), "{lines:#?}");

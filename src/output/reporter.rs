@@ -91,9 +91,10 @@ impl<W: Durable> Reporter<W> {
                 // Rows the run never started (bad rows, refused models) finish too.
                 self.in_flight = self.in_flight.saturating_sub(1);
                 if let Progress::Bar(bar) = &self.progress {
-                    // The message first: the bar draws on `inc`, and must show the counts
-                    // of the row it counts.
-                    bar.set_message(progress::status(
+                    // The counts a person reads are all in the message (see the template),
+                    // so no frame shows them one row apart.
+                    bar.set_message(self.status());
+                    bar.set_prefix(progress::pace(
                         &self.stats,
                         self.in_flight,
                         self.started.elapsed(),
@@ -127,17 +128,16 @@ impl<W: Durable> Reporter<W> {
     }
 
     fn log_progress(&self) {
-        tracing::info!("progress: {}", self.progress_line());
+        tracing::info!(
+            "progress: {}  {}",
+            self.status(),
+            progress::pace(&self.stats, self.in_flight, self.started.elapsed())
+        );
     }
 
-    /// The log line's text: the bar's figures in one line.
-    fn progress_line(&self) -> String {
-        format!(
-            "{}/{} rows, {}",
-            indicatif::HumanCount(self.stats.rows_done()),
-            indicatif::HumanCount(self.rows_to_do()),
-            progress::status(&self.stats, self.in_flight, self.started.elapsed())
-        )
+    /// The status line of the bar.
+    fn status(&self) -> String {
+        progress::status(&self.stats, self.rows_to_do())
     }
 
     pub fn stats(&self) -> &Stats {
@@ -316,19 +316,22 @@ mod tests {
             .unwrap();
         assert_eq!((bar.position(), bar.length()), (1, Some(2160)));
         assert_eq!(reporter.stats().rows_skipped, 1840);
-        let line = reporter.progress_line();
-        assert!(
-            line.starts_with("1/2,160 rows, ok 1  failed 0  in flight 1  "),
-            "{line}"
-        );
-        // Each frame is the bar's line, then the status line.
+        assert_eq!(reporter.in_flight, 1);
+        let line = reporter.status();
+        assert!(line.starts_with("1/2,160 rows  ok 1  failed 0"), "{line}");
+        // Every status line drawn shows rows done = ok + failed.
         let text = screen.text.lock().unwrap().clone();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let frames = lines.windows(2).filter(|w| w[0].contains(" 1/2,160 rows"));
-        for frame in frames {
-            assert!(
-                frame[1].starts_with("ok 1 "),
-                "a frame lags its bar: {frame:?}"
+        let statuses: Vec<&str> = text.lines().filter(|l| l.contains(" rows  ok ")).collect();
+        assert!(!statuses.is_empty(), "{text}");
+        for status in statuses {
+            let words: Vec<&str> = status.split_whitespace().collect();
+            let done = words[0].split('/').next().unwrap();
+            assert_eq!((words[2], words[4]), ("ok", "failed"), "{status}");
+            let (ok, failed): (u64, u64) = (words[3].parse().unwrap(), words[5].parse().unwrap());
+            assert_eq!(
+                done,
+                (ok + failed).to_string(),
+                "a frame lags its bar: {status}"
             );
         }
     }
