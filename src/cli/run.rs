@@ -224,11 +224,13 @@ fn watch_signals(shutdown: CancellationToken, drain: Duration, reports: Reports)
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        say!(
-            "stopping: no new rows; finishing rows in flight (up to {}s). \
-             Signal again to stop at once.",
-            drain.as_secs()
-        );
+        // The bar would redraw over the message, or under it again and again.
+        crate::output::progress::above_the_bar(|| {
+            say!(
+                "stopping: no new rows; rows in flight get {}s to finish; signal again to quit",
+                drain.as_secs()
+            );
+        });
         shutdown.cancel();
         tokio::select! {
             _ = int.recv() => {}

@@ -20,7 +20,7 @@ const TEMPLATE: &str = "{elapsed_precise} {wide_bar:.cyan/blue} {percent:>3}%  {
                         {wide_msg}";
 
 /// The bar currently drawn, so that a signal handler can clear it before printing (see
-/// [`clear_for_message`]). At most one run per process draws a bar.
+/// [`above_the_bar`]). At most one run per process draws a bar.
 static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// How progress is shown.
@@ -74,16 +74,14 @@ pub fn styled(bar: ProgressBar) -> ProgressBar {
     bar
 }
 
-/// Clears the bar, if one is drawn, and keeps it from drawing again: a message printed while
-/// the bar redraws would be torn, or repeated under every redraw. Called once, before the
-/// stopping message; the run's remaining rows still count, the summary follows.
-pub fn clear_for_message() {
-    let Ok(mut active) = ACTIVE.lock() else {
-        return;
-    };
-    if let Some(bar) = active.take() {
-        bar.finish_and_clear();
-        bar.set_draw_target(ProgressDrawTarget::hidden());
+/// Runs `say` (which prints to stderr) with the bar, if one is drawn, cleared first and
+/// drawn again below after: printed while the bar redraws, the message would be torn or
+/// repeated under every redraw. The bar goes on showing the rows that drain.
+pub fn above_the_bar(say: impl FnOnce()) {
+    let bar = ACTIVE.lock().ok().and_then(|active| active.clone());
+    match bar {
+        Some(bar) => bar.suspend(say),
+        None => say(),
     }
 }
 

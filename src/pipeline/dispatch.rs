@@ -38,7 +38,9 @@ pub(super) async fn dispatch<T, F, Fut>(
     let mut more = true;
     let drain_deadline = async {
         stop.cancelled().await;
-        tracing::warn!(
+        // Debug: the user is told once, by whoever stopped the run (the signal handler,
+        // the stop's reason in the summary).
+        tracing::debug!(
             "stopping: no new rows; waiting up to {}s for rows in flight",
             drain.as_secs()
         );
