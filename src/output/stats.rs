@@ -146,8 +146,13 @@ impl Stats {
                 self.orphans_file
             ));
         }
-        for (model, why) in &self.models_refused {
-            lines.push(format!("  model refused: {model} ({why})"));
+        if !self.models_refused.is_empty() {
+            let parts: Vec<String> = self
+                .models_refused
+                .iter()
+                .map(|(m, why)| format!("{m} ({why})"))
+                .collect();
+            lines.push(format!("  models refused: {}", parts.join("; ")));
         }
         lines.push(format!(
             "  uploads {} new, {} reused, {} cached; {} credential calls",
