@@ -36,7 +36,7 @@ pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace). `RUST_LOG` overrides both flags.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Less logging (-q errors only, -qq nothing).
+    /// Less output (-q: errors and the summary, no progress; -qq: errors only).
     #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
     #[command(subcommand)]
@@ -90,10 +90,9 @@ pub fn main(cli: Cli) -> u8 {
             return exit::USAGE;
         }
     };
-    let quiet = cli.quiet > 0;
     runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run::run(args, quiet).await,
+            Command::Run(args) => run::run(args, cli.quiet).await,
             Command::Validate(args) => validate::run(args),
             Command::Merge(args) => merge::run(args),
             Command::Emulator(args) => match emulator::run(args).await {

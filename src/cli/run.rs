@@ -43,10 +43,11 @@ pub struct RunArgs {
     pub settings: Settings,
 }
 
-/// Runs a manifest and returns the exit code. Whatever happens after the flags parse, the
+/// Runs a manifest and returns the exit code. `quiet` is the count of `-q`: one hides the
+/// progress, two the summary too (errors are always said). Whatever happens after the flags parse, the
 /// reports (`--summary-json`, `--metrics-textfile`) are written with that exit code: cron's
 /// watchers learn that last night's run failed as surely as that it succeeded.
-pub async fn run(args: RunArgs, quiet: bool) -> u8 {
+pub async fn run(args: RunArgs, quiet: u8) -> u8 {
     // From the flags alone, so that even a job file that does not load leaves a report.
     let mut reports = Reports::from_flags(&args);
     let (code, stats) = match execute(args, quiet, &mut reports).await {
@@ -61,8 +62,8 @@ pub async fn run(args: RunArgs, quiet: bool) -> u8 {
 }
 
 /// The exit code and the figures to report.
-async fn execute(args: RunArgs, quiet: bool, reports: &mut Reports) -> anyhow::Result<(u8, Stats)> {
-    let plan = plan(args, quiet)?;
+async fn execute(args: RunArgs, quiet: u8, reports: &mut Reports) -> anyhow::Result<(u8, Stats)> {
+    let plan = plan(args, quiet > 0)?;
     *reports = Reports::from_plan(&plan);
     let checked = files::check(&RunFiles {
         manifest: &plan.config.manifest,
@@ -116,7 +117,7 @@ async fn execute(args: RunArgs, quiet: bool, reports: &mut Reports) -> anyhow::R
         Err(err) => return Ok(failed(err)),
     };
     let code = exit_code(&outcome);
-    report(&plan, &outcome);
+    report(&plan, &outcome, quiet < 2);
     Ok((code, outcome.stats))
 }
 
@@ -159,12 +160,14 @@ fn exit_code(outcome: &Outcome) -> u8 {
     }
 }
 
-fn report(plan: &Plan, outcome: &Outcome) {
+/// The summary (unless `summary` is false, `-qq`), and why the run stopped early: that
+/// explains an exit code, so it is said even under `-qq`.
+fn report(plan: &Plan, outcome: &Outcome, summary: bool) {
     let stats = &outcome.stats;
     let config = &plan.config;
-    if stats.rows_total == 0 {
+    if summary && stats.rows_total == 0 {
         say!("nothing to do: {} has no rows", config.manifest.display());
-    } else {
+    } else if summary {
         say!("{}", stats.summary_line());
         say!("results: {}", config.output.display());
     }
@@ -221,11 +224,13 @@ fn watch_signals(shutdown: CancellationToken, drain: Duration, reports: Reports)
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        say!(
-            "stopping: no new rows; finishing rows in flight (up to {}s). \
-             Signal again to stop at once.",
-            drain.as_secs()
-        );
+        // The bar would redraw over the message, or under it again and again.
+        crate::output::progress::above_the_bar(|| {
+            say!(
+                "stopping: no new rows; rows in flight get {}s to finish; signal again to quit",
+                drain.as_secs()
+            );
+        });
         shutdown.cancel();
         tokio::select! {
             _ = int.recv() => {}

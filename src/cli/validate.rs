@@ -86,10 +86,10 @@ pub fn run(args: ValidateArgs) -> u8 {
         output.display()
     );
     out!(
-        "files: {} distinct, {} bytes; {} rows use URLs",
+        "files: {} distinct, {} bytes; {}",
         plan.distinct_files,
         plan.bytes,
-        plan.urls
+        use_urls(plan.urls)
     );
     out!("models: {}", models.join(", "));
     if plan.is_valid() {
@@ -98,5 +98,14 @@ pub fn run(args: ValidateArgs) -> u8 {
     } else {
         out!("invalid: fix the problems above (rows with problems would fail)");
         exit::SOME_FAILED
+    }
+}
+
+/// `1 row uses a URL`, `3 rows use URLs`.
+fn use_urls(rows: u64) -> String {
+    if rows == 1 {
+        "1 row uses a URL".to_owned()
+    } else {
+        format!("{rows} rows use URLs")
     }
 }

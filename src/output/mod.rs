@@ -6,11 +6,13 @@
 
 pub mod atomic;
 pub mod lock;
+pub mod progress;
 pub mod report;
 pub mod reporter;
 pub mod results;
 pub mod stats;
 
-pub use reporter::{Event, Progress, Reporter};
+pub use progress::Progress;
+pub use reporter::{Event, Reporter};
 pub use results::{COLUMNS, ResultsWriter, RowResult, Status, Tokens, UploadOutcome};
 pub use stats::Stats;

@@ -6,24 +6,28 @@
 //! It runs on a thread of its own ([`Reporter::spawn`]): every write, flush and fsync it does
 //! blocks, and a runtime thread stalled on the disk would stall the rows it polls.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::progress::{self, Progress};
 use super::results::{ResultsWriter, RowResult, Status};
 use super::stats::Stats;
 
 /// What workers tell the reporter.
 #[derive(Debug)]
 pub enum Event {
+    /// A row started (its task was spawned); for the count of rows in flight.
+    Started,
     /// A row finished, `ok` or `failed`. Boxed: the channel holds many of these.
     Row(Box<RowResult>),
     /// The number of manifest rows, once a counting pass has found it.
     Total(u64),
-    /// Rows an earlier run finished `ok`, not attempted again.
+    /// More rows an earlier run finished `ok`, not attempted again: added to the count. The
+    /// reader sends these as it goes, before the rows after them, so the bar's length (rows
+    /// to do) is right as soon as the first of those rows can finish.
     Skipped(u64),
     /// Rows whose earlier `ok` line answered something else, run again.
     Changed(u64),
@@ -46,43 +50,13 @@ impl Durable for Vec<u8> {
     }
 }
 
-/// How progress is shown.
-pub enum Progress {
-    /// An indicatif bar on stderr, for a person at a terminal.
-    Bar(ProgressBar),
-    /// A tracing info line every ten seconds, for cron logs.
-    Log,
-    /// Nothing (tests, `-qq`).
-    Hidden,
-}
-
-impl Progress {
-    /// A bar when stderr is a terminal, log lines otherwise.
-    pub fn detect(quiet: bool) -> Self {
-        if quiet {
-            Progress::Hidden
-        } else if io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows  {msg}  \
-                     {per_sec}  ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            Progress::Bar(bar)
-        } else {
-            Progress::Log
-        }
-    }
-}
-
 pub struct Reporter<W: Durable> {
     writer: ResultsWriter<W>,
     stats: Stats,
     progress: Progress,
     started: Instant,
+    /// Rows started and not finished yet.
+    in_flight: u64,
 }
 
 impl<W: Durable> Reporter<W> {
@@ -92,6 +66,7 @@ impl<W: Durable> Reporter<W> {
             stats,
             progress,
             started: Instant::now(),
+            in_flight: 0,
         }
     }
 
@@ -100,28 +75,31 @@ impl<W: Durable> Reporter<W> {
         match event {
             Event::Total(total) => {
                 self.stats.rows_total = total;
-                if let Progress::Bar(bar) = &self.progress {
-                    bar.set_length(total.saturating_sub(self.stats.rows_skipped));
-                }
+                self.set_length();
             }
             Event::Skipped(skipped) => {
-                self.stats.rows_skipped = skipped;
-                if let Progress::Bar(bar) = &self.progress {
-                    bar.set_length(self.stats.rows_total.saturating_sub(skipped));
-                }
+                self.stats.rows_skipped += skipped;
+                self.set_length();
             }
             Event::Changed(changed) => self.stats.rows_changed = changed,
+            Event::Started => self.in_flight += 1,
             Event::Row(result) => {
                 self.writer.write(&result)?;
                 // Flushed per row: a crash loses at most the rows still in flight.
                 self.writer.flush()?;
                 self.stats.record(&result);
+                // Rows the run never started (bad rows, refused models) finish too.
+                self.in_flight = self.in_flight.saturating_sub(1);
                 if let Progress::Bar(bar) = &self.progress {
-                    bar.inc(1);
-                    bar.set_message(format!(
-                        "ok {} failed {}",
-                        self.stats.rows_ok, self.stats.rows_failed
+                    // The counts a person reads are all in the message (see the template),
+                    // so no frame shows them one row apart.
+                    bar.set_message(self.status());
+                    bar.set_prefix(progress::pace(
+                        &self.stats,
+                        self.in_flight,
+                        self.started.elapsed(),
                     ));
+                    bar.inc(1);
                 }
                 if result.status == Status::Failed {
                     tracing::debug!(line = result.line, id = %result.id, code = result.error_code.as_ref().map_or("", |c| c.as_str()),
@@ -132,27 +110,34 @@ impl<W: Durable> Reporter<W> {
         Ok(())
     }
 
+    /// The bar counts the rows this run has to do, not the manifest's.
+    fn set_length(&self) {
+        if let Progress::Bar(bar) = &self.progress {
+            bar.set_length(self.rows_to_do());
+        }
+    }
+
+    fn rows_to_do(&self) -> u64 {
+        self.stats
+            .rows_total
+            .saturating_sub(self.stats.rows_skipped)
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
         self.writer.sync()
     }
 
     fn log_progress(&self) {
-        let done = self.stats.rows_done();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            done as f64 / elapsed
-        } else {
-            0.0
-        };
-        let todo = self
-            .stats
-            .rows_total
-            .saturating_sub(self.stats.rows_skipped);
         tracing::info!(
-            "progress: {done}/{todo} rows, {} ok, {} failed, {rate:.1} rows/s",
-            self.stats.rows_ok,
-            self.stats.rows_failed
+            "progress: {}  {}",
+            self.status(),
+            progress::pace(&self.stats, self.in_flight, self.started.elapsed())
         );
+    }
+
+    /// The status line of the bar.
+    fn status(&self) -> String {
+        progress::status(&self.stats, self.rows_to_do())
     }
 
     pub fn stats(&self) -> &Stats {
@@ -176,9 +161,7 @@ impl<W: Durable> Reporter<W> {
             }
         }
         self.sync().map_err(ReportError::Sync)?;
-        if let Progress::Bar(bar) = &self.progress {
-            bar.finish_and_clear();
-        }
+        self.progress.finish();
         Ok(self)
     }
 
@@ -305,6 +288,52 @@ mod tests {
             !stalled.load(std::sync::atomic::Ordering::SeqCst),
             "the sync held the runtime's only thread"
         );
+    }
+
+    /// Issue 12: a resumed run's bar counts the rows to do, and each frame's counts match
+    /// its position.
+    #[test]
+    fn a_resumed_run_counts_rows_to_do_and_frames_agree() {
+        let screen = progress::Screen {
+            width: 120,
+            text: std::sync::Arc::default(),
+        };
+        let bar = progress::styled(indicatif::ProgressBar::with_draw_target(
+            None,
+            indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(screen.clone()), 100),
+        ));
+        let writer = ResultsWriter::new(Vec::new(), &[], true).unwrap();
+        let mut reporter = Reporter::new(writer, Stats::default(), Progress::Bar(bar.clone()));
+        reporter.handle(Event::Total(4000)).unwrap();
+        // The reader sends what it skipped as it goes, in parts.
+        reporter.handle(Event::Skipped(1000)).unwrap();
+        reporter.handle(Event::Skipped(840)).unwrap();
+        assert_eq!(bar.length(), Some(2160));
+        reporter.handle(Event::Started).unwrap();
+        reporter.handle(Event::Started).unwrap();
+        reporter
+            .handle(Event::Row(row("a", Status::Ok, vec![])))
+            .unwrap();
+        assert_eq!((bar.position(), bar.length()), (1, Some(2160)));
+        assert_eq!(reporter.stats().rows_skipped, 1840);
+        assert_eq!(reporter.in_flight, 1);
+        let line = reporter.status();
+        assert!(line.starts_with("1/2,160 rows  ok 1  failed 0"), "{line}");
+        // Every status line drawn shows rows done = ok + failed.
+        let text = screen.text.lock().unwrap().clone();
+        let statuses: Vec<&str> = text.lines().filter(|l| l.contains(" rows  ok ")).collect();
+        assert!(!statuses.is_empty(), "{text}");
+        for status in statuses {
+            let words: Vec<&str> = status.split_whitespace().collect();
+            let done = words[0].split('/').next().unwrap();
+            assert_eq!((words[2], words[4]), ("ok", "failed"), "{status}");
+            let (ok, failed): (u64, u64) = (words[3].parse().unwrap(), words[5].parse().unwrap());
+            assert_eq!(
+                done,
+                (ok + failed).to_string(),
+                "a frame lags its bar: {status}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -94,87 +94,122 @@ impl Stats {
         };
     }
 
-    /// The one-line human summary printed at the end of a run.
+    /// Failed rows by cause: the service spells one refusal differently in its two APIs
+    /// (`InvalidApiKey` from getPolicy and the native API, `invalid_api_key` from
+    /// compatible mode), so codes are counted under [`cause`] for a person to read. The
+    /// rows, `--summary-json` and the metrics keep the code as the service sent it.
+    pub fn failure_causes(&self) -> BTreeMap<String, u64> {
+        let mut causes = BTreeMap::new();
+        for (code, n) in &self.failures {
+            *causes.entry(cause(code)).or_default() += n;
+        }
+        causes
+    }
+
+    /// The human summary printed at the end of a run: a few short lines, the first saying
+    /// how the rows ended, then (only when there is something to say) why and at what cost.
     pub fn summary_line(&self) -> String {
-        let pace = if self.model_pace.is_empty() {
-            String::new()
-        } else {
-            let parts: Vec<String> = self
-                .model_pace
-                .iter()
-                .map(|(m, r)| format!("{m} {r:.1}/s"))
-                .collect();
-            format!("; paced {}", parts.join(", "))
-        };
-        let retries: u64 = self.retries.values().sum();
-        let by_cause = counts(&self.retries);
-        // Which kinds of failure, so a cron log says what to look for in the results file.
-        let failures = counts(&self.failures);
         let rows = |n: u64| if n == 1 { "row" } else { "rows" };
-        let changed = if self.rows_changed > 0 {
-            format!(
+        let mut first = format!(
+            "{} ok, {} failed{}, {} skipped",
+            n(self.rows_ok),
+            n(self.rows_failed),
+            counts(&self.failure_causes()),
+            n(self.rows_skipped)
+        );
+        if self.rows_changed > 0 {
+            first += &format!(
                 ", {} changed {} run again",
-                self.rows_changed,
+                n(self.rows_changed),
                 rows(self.rows_changed)
-            )
-        } else {
-            String::new()
-        };
+            );
+        }
+        if self.rows_not_attempted > 0 {
+            first += &format!(", {} not attempted", n(self.rows_not_attempted));
+        }
         // "of N rows" would mislead when N is not the manifest the run read.
-        let of_total = if self.manifest_changed {
-            format!(
+        if self.manifest_changed {
+            first += &format!(
                 "; the manifest changed during the run and now has {} {}",
-                self.rows_total,
+                n(self.rows_total),
                 rows(self.rows_total)
-            )
+            );
         } else {
-            format!(" of {} {}", self.rows_total, rows(self.rows_total))
-        };
-        let orphaned = if self.rows_orphaned > 0 {
-            format!(
-                "; {} finished {} no longer in the manifest kept in {}",
-                self.rows_orphaned,
+            first += &format!(" of {} {}", n(self.rows_total), rows(self.rows_total));
+        }
+        let mut lines = vec![first];
+        if self.rows_orphaned > 0 {
+            lines.push(format!(
+                "  {} finished {} no longer in the manifest kept in {}",
+                n(self.rows_orphaned),
                 rows(self.rows_orphaned),
                 self.orphans_file
-            )
-        } else {
-            String::new()
-        };
-        let refused = if self.models_refused.is_empty() {
-            String::new()
-        } else {
+            ));
+        }
+        if !self.models_refused.is_empty() {
             let parts: Vec<String> = self
                 .models_refused
                 .iter()
                 .map(|(m, why)| format!("{m} ({why})"))
                 .collect();
-            format!("; models refused: {}", parts.join("; "))
-        };
-        let throttled_by_kind = counts(&self.throttled_by_kind);
-        format!(
-            "{ok} ok, {failed} failed{failures}, {skipped} skipped{changed}{not_attempted}\
-             {of_total}{orphaned}; uploads {new} new, {reused} reused, {cached} cached; {cred} credential calls; \
-             {retries} retries{by_cause}; {throttled} 429s{throttled_by_kind}; tokens {tin} in / {tout} out; \
-             {elapsed:.1}s, {rate:.1} rows/s{pace}{refused}",
-            ok = self.rows_ok,
-            failed = self.rows_failed,
-            skipped = self.rows_skipped,
-            not_attempted = if self.rows_not_attempted > 0 {
-                format!(", {} not attempted", self.rows_not_attempted)
-            } else {
-                String::new()
-            },
-            new = self.uploads_new,
-            reused = self.uploads_reused,
-            cached = self.uploads_cached,
-            cred = self.credential_calls,
-            throttled = self.throttled_seen,
-            tin = self.prompt_tokens,
-            tout = self.completion_tokens,
-            elapsed = self.elapsed_s,
-            rate = self.rows_per_s,
-        )
+            lines.push(format!("  models refused: {}", parts.join("; ")));
+        }
+        lines.push(format!(
+            "  uploads {} new, {} reused, {} cached; {} credential calls",
+            n(self.uploads_new),
+            n(self.uploads_reused),
+            n(self.uploads_cached),
+            n(self.credential_calls)
+        ));
+        let retries: u64 = self.retries.values().sum();
+        if retries > 0 || self.throttled_seen > 0 {
+            lines.push(format!(
+                "  {} retries{}; {} 429s{}",
+                n(retries),
+                counts(&self.retries),
+                n(self.throttled_seen),
+                counts(&self.throttled_by_kind)
+            ));
+        }
+        let mut pace = format!(
+            "  tokens {} in / {} out; {:.1}s, {}",
+            n(self.prompt_tokens),
+            n(self.completion_tokens),
+            self.elapsed_s,
+            super::progress::rate(self.rows_per_s)
+        );
+        if !self.model_pace.is_empty() {
+            let parts: Vec<String> = self
+                .model_pace
+                .iter()
+                .map(|(m, r)| format!("{m} {r:.1}/s"))
+                .collect();
+            pace += &format!("; paced {}", parts.join(", "));
+        }
+        lines.push(pace);
+        lines.join("\n")
     }
+}
+
+/// The cause a failure code names, whatever its spelling: snake case, so `InvalidApiKey`
+/// and `invalid_api_key` are one cause and `Throttling.RateQuota` reads
+/// `throttling.rate_quota`. Our own codes are snake case already.
+pub fn cause(code: &ErrorCode) -> String {
+    let mut key = String::new();
+    let mut previous_lower = false;
+    for c in code.as_str().chars() {
+        if c.is_uppercase() && previous_lower {
+            key.push('_');
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        key.extend(c.to_lowercase());
+    }
+    key
+}
+
+/// `1,234`.
+fn n(count: u64) -> indicatif::HumanCount {
+    indicatif::HumanCount(count)
 }
 
 /// `" (a 1, b 2)"` for a non-empty map, else nothing.
@@ -182,7 +217,7 @@ fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
     if map.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = map.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let parts: Vec<String> = map.iter().map(|(k, c)| format!("{k} {}", n(*c))).collect();
     format!(" ({})", parts.join(", "))
 }
 
@@ -190,6 +225,76 @@ fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
 mod tests {
     use super::*;
     use crate::output::{RowResult, Tokens};
+
+    /// Issue 12: one refusal, spelled by two APIs, is one bucket in the summary; the
+    /// figures for scripts keep the service's codes.
+    #[test]
+    fn one_cause_is_one_bucket_whatever_its_spelling() {
+        let mut stats = Stats::default();
+        for code in [
+            "InvalidApiKey",
+            "invalid_api_key",
+            "InvalidApiKey",
+            "Throttling.RateQuota",
+        ] {
+            stats.record(&RowResult {
+                status: Status::Failed,
+                error_code: Some(ErrorCode::service(code)),
+                ..RowResult::default()
+            });
+        }
+        stats.record(&RowResult {
+            status: Status::Failed,
+            error_code: Some(crate::failure::FailureCode::Timeout.into()),
+            ..RowResult::default()
+        });
+        let causes = stats.failure_causes();
+        assert_eq!(causes.get("invalid_api_key"), Some(&3), "{causes:?}");
+        assert_eq!(causes.len(), 3, "{causes:?}");
+        let summary = stats.summary_line();
+        assert!(
+            summary.contains("5 failed (invalid_api_key 3, throttling.rate_quota 1, timeout 1)"),
+            "{summary}"
+        );
+        assert_eq!(
+            stats.failures.len(),
+            4,
+            "the service's codes are kept for scripts"
+        );
+    }
+
+    #[test]
+    fn the_summary_is_short_lines_with_thousands_separators() {
+        let mut stats = Stats {
+            rows_total: 1_234_567,
+            rows_ok: 1_234,
+            rows_skipped: 1_233_333,
+            prompt_tokens: 9_876_543,
+            throttled_seen: 2,
+            elapsed_s: 12.0,
+            rows_per_s: 102.8,
+            ..Stats::default()
+        };
+        stats.retries.insert("throttled", 2);
+        stats.model_pace.insert("qwen-vl-plus".into(), 2.0);
+        let summary = stats.summary_line();
+        assert!(
+            summary.starts_with("1,234 ok, 0 failed, 1,233,333 skipped of 1,234,567 rows\n"),
+            "{summary}"
+        );
+        assert!(summary.contains("tokens 9,876,543 in"), "{summary}");
+        assert!(
+            summary.contains("103 rows/s; paced qwen-vl-plus 2.0/s"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("2 retries (throttled 2); 2 429s"),
+            "{summary}"
+        );
+        for line in summary.lines() {
+            assert!(line.chars().count() <= 80, "{line}");
+        }
+    }
 
     #[test]
     fn token_totals_saturate_instead_of_overflowing() {

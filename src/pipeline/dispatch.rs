@@ -38,7 +38,9 @@ pub(super) async fn dispatch<T, F, Fut>(
     let mut more = true;
     let drain_deadline = async {
         stop.cancelled().await;
-        tracing::warn!(
+        // Debug: the user is told once, by whoever stopped the run (the signal handler,
+        // the stop's reason in the summary).
+        tracing::debug!(
             "stopping: no new rows; waiting up to {}s for rows in flight",
             drain.as_secs()
         );
@@ -54,6 +56,8 @@ pub(super) async fn dispatch<T, F, Fut>(
             entry = rows.recv(), if taking => match entry {
                 Some(entry) => {
                     running.spawn(process(entry));
+                    // For the progress display's count of rows in flight.
+                    let _ = events.send(Event::Started).await;
                 }
                 None => more = false,
             },
@@ -118,6 +122,7 @@ mod tests {
         drop(tx);
         let started = Arc::new(AtomicUsize::new(0));
         let alone = Arc::new(AtomicUsize::new(0));
+        // Room for each row's two events: the test reads them only at the end.
         let (events, mut events_rx) = mpsc::channel(4);
         let process = |entry: Entry| {
             let (started, alone) = (Arc::clone(&started), Arc::clone(&alone));
@@ -139,8 +144,8 @@ mod tests {
         dispatch(&mut rx, process, &stop, 2, &events, Duration::ZERO).await;
         drop(events);
         let mut lines = 0;
-        while events_rx.recv().await.is_some() {
-            lines += 1;
+        while let Some(event) = events_rx.recv().await {
+            lines += usize::from(matches!(event, Event::Row(_)));
         }
         assert_eq!(lines, 2);
         assert_eq!(
@@ -170,13 +175,13 @@ mod tests {
                 super::super::not_attempted(entry, "test")
             }
         };
-        let (events, mut events_rx) = mpsc::channel(64);
+        let (events, mut events_rx) = mpsc::channel(100);
         let stop = CancellationToken::new();
         dispatch(&mut rx, process, &stop, 3, &events, Duration::ZERO).await;
         drop(events);
         let mut lines = 0;
-        while events_rx.recv().await.is_some() {
-            lines += 1;
+        while let Some(event) = events_rx.recv().await {
+            lines += usize::from(matches!(event, Event::Row(_)));
         }
         assert_eq!(lines, 50);
         assert!(peak.load(Ordering::SeqCst) <= 3, "peak {peak:?}");

@@ -17,9 +17,10 @@ use crate::output::results::resume::{Done, InputDigest, Resumed};
 /// lines of earlier runs; `duplicates` the ids a first pass found more than once
 /// ([`crate::manifest::scan_ids`]). A row is skipped when a line answers what it asks now;
 /// each row sent carries its [`InputDigest`], taken here, before its file is read, so that a
-/// file rewritten later gives a digest that no longer matches. Sends the numbers of skipped
-/// and changed rows to the reporter at the end. With a `shard`, rows of other shards are
-/// passed over as if the manifest did not hold them.
+/// file rewritten later gives a digest that no longer matches. Sends the number of skipped
+/// rows to the reporter as it goes (before each row it hands on, so the progress bar's count
+/// of rows to do is right before that row can finish), and of changed rows at the end. With a
+/// `shard`, rows of other shards are passed over as if the manifest did not hold them.
 pub fn read(
     manifest: Manifest,
     shard: Option<Shard>,
@@ -54,10 +55,15 @@ pub fn read(
             }
             bad => bad,
         };
+        if skipped > 0 {
+            let _ = events.blocking_send(Event::Skipped(std::mem::take(&mut skipped)));
+        }
         if rows.blocking_send(entry).is_err() {
             break; // the run stopped; compaction accounts for the rest
         }
     }
-    let _ = events.blocking_send(Event::Skipped(skipped));
+    if skipped > 0 {
+        let _ = events.blocking_send(Event::Skipped(skipped));
+    }
     let _ = events.blocking_send(Event::Changed(changed));
 }
