@@ -54,6 +54,7 @@ pub fn bench(c: &mut Criterion) {
         drain_timeout: Duration::from_secs(30),
         outage_timeout: Duration::from_secs(300),
         params: Default::default(),
+        limit: None,
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

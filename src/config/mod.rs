@@ -42,6 +42,8 @@ pub struct RunConfig {
     /// Generation parameters of every model call (`--param`, a job file's `[params]`); a
     /// row's `params` cell goes over them key by key.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// `--limit N`: run only the first N rows still to do; the rest stay for the next run.
+    pub limit: Option<u64>,
 }
 
 /// `.dashbatch/` beside the results file.

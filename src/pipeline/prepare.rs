@@ -129,11 +129,13 @@ pub(super) async fn prepare(
     let (rows_tx, rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
     let reader_events = events.clone();
     let reader_duplicates = Arc::clone(&duplicates);
+    let limit = config.limit;
     let reader = tokio::task::spawn_blocking(move || {
         reader::read(
             manifest,
             &previous.done,
             &reader_duplicates,
+            limit,
             rows_tx,
             reader_events,
         );

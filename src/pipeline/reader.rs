@@ -18,18 +18,27 @@ use crate::output::results::resume::{Done, InputDigest, Resumed};
 /// ([`crate::manifest::scan_ids`]). A row is skipped when a line answers what it asks now;
 /// each row sent carries its [`InputDigest`], taken here, before its file is read, so that a
 /// file rewritten later gives a digest that no longer matches. Sends the numbers of skipped
-/// and changed rows to the reporter at the end.
+/// and changed rows to the reporter at the end. With `limit` (`--limit N`) it stops after
+/// sending N rows: the rows after them are left to compaction, which writes them as
+/// `not_attempted` for the next run, as it does for a run that was stopped.
 pub fn read(
     manifest: Manifest,
     done: &Done,
     duplicates: &HashSet<u64>,
+    limit: Option<u64>,
     rows: mpsc::Sender<Entry>,
     events: mpsc::Sender<Event>,
 ) {
+    let mut sent = 0u64;
     let mut repeats = Repeats::new(duplicates);
     let (mut skipped, mut changed) = (0u64, 0u64);
     let path = manifest.path().to_owned();
     for entry in manifest {
+        // Checked before the next row is read, so that rows a resume skips (already `ok`)
+        // do not count: N is the number of rows this run does.
+        if limit.is_some_and(|limit| sent >= limit) {
+            break;
+        }
         let key = id_key(entry.id());
         let entry = match entry {
             entry if repeats.seen_before(key) => Entry::Bad(duplicate(entry, &path)),
@@ -52,6 +61,7 @@ pub fn read(
         if rows.blocking_send(entry).is_err() {
             break; // the run stopped; compaction accounts for the rest
         }
+        sent += 1;
     }
     let _ = events.blocking_send(Event::Skipped(skipped));
     let _ = events.blocking_send(Event::Changed(changed));

@@ -83,6 +83,7 @@ impl Job {
             drain_timeout: Duration::from_secs(30),
             outage_timeout: Duration::from_secs(300),
             params: Default::default(),
+            limit: None,
         }
     }
 }
