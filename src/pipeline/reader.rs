@@ -40,9 +40,10 @@ pub fn read(
             break;
         }
         let key = id_key(entry.id());
-        let entry = match entry {
-            entry if repeats.seen_before(key) => Entry::Bad(duplicate(entry, &path)),
-            Entry::Row(mut row) => {
+        let earlier = repeats.seen_before(key, &entry);
+        let entry = match (earlier, entry) {
+            (Some(earlier), entry) => Entry::Bad(duplicate(entry, &path, earlier)),
+            (None, Entry::Row(mut row)) => {
                 let digest = InputDigest::of(&row);
                 let legacy = InputDigest::legacy(&row.model, row.file(), &row.prompt);
                 match done.check(key, [digest.0, legacy.0]) {
@@ -56,7 +57,7 @@ pub fn read(
                 row.input_digest = Some(digest);
                 Entry::Row(row)
             }
-            bad => bad,
+            (None, bad) => bad,
         };
         if rows.blocking_send(entry).is_err() {
             break; // the run stopped; compaction accounts for the rest
