@@ -10,7 +10,7 @@ pub const SOME_FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 /// Another dashbatch process holds the lock on the results file.
 pub const LOCKED: u8 = 3;
-/// The service, its upload host or a model stayed unavailable past `--outage-timeout`: the
+/// The service, its upload host or a model stayed unavailable past `--outage-timeout-s`: the
 /// run stopped like an interrupt, and the rows it did not reach are `not_attempted`.
 pub const UNAVAILABLE: u8 = 4;
 /// Interrupted by SIGINT/SIGTERM after a graceful drain.

@@ -205,7 +205,7 @@ mod tests {
             .split_once("or ours:")
             .expect("the error_code row lists our codes after \"or ours:\"");
         // Backticked names that start a list item; a name quoted inside an item's
-        // explanation (a flag such as `--outage-timeout`) follows a parenthesis.
+        // explanation (a flag such as `--outage-timeout-s`) follows a parenthesis.
         let documented: BTreeSet<&str> = ours
             .split([',', ':'])
             .filter_map(|item| item.trim().strip_prefix('`')?.split('`').next())

@@ -69,8 +69,8 @@ pub fn validate(
     let shown = manifest.display().to_string();
     for entry in entries {
         plan.rows += 1;
-        if repeats.seen_before(id_key(entry.id())) {
-            plan.problem(checks::duplicate(entry, manifest).message);
+        if let Some(earlier) = repeats.seen_before(id_key(entry.id()), &entry) {
+            plan.problem(checks::duplicate(entry, manifest, earlier).message);
             continue;
         }
         let row = match entry {

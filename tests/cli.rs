@@ -67,18 +67,22 @@ fn metric(text: &str, name: &str) -> String {
 }
 
 #[test]
-fn a_results_folder_that_does_not_exist_is_a_usage_error_not_a_lock() {
+fn a_results_folder_that_cannot_be_created_is_a_usage_error_naming_the_folder() {
     let mut job = Job::new();
     let a = job.file("a.png", b"img");
     job.row(&format!("1,qwen-vl-plus,{a},p"));
+    // A regular file where the folder would go.
+    job.file("blocker", b"not a folder");
     dashbatch()
         .args(["run", "--emulator"])
         .arg(job.manifest())
         .arg("-o")
-        .arg(job.dir.path().join("no/such/folder/out.csv"))
+        .arg(job.dir.path().join("blocker/out.csv"))
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("cannot create the lock file"));
+        .stderr(predicate::str::contains("cannot create the results folder"))
+        .stderr(predicate::str::contains("blocker"))
+        .stderr(predicate::str::contains("lock file").not());
 }
 
 #[test]
@@ -438,4 +442,104 @@ fn validate_reports_a_results_file_that_run_would_refuse() {
         .assert()
         .code(1)
         .stdout(predicate::str::contains("different columns"));
+}
+
+/// Issue 12: the cause of an unreadable job file is said once, not twice.
+#[test]
+fn a_missing_job_file_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dashbatch()
+        .arg("run")
+        .arg(dir.path().join("nosuch.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read job file"), "{stderr}");
+    assert!(stderr.contains("nosuch.toml"), "{stderr}");
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}
+
+/// Issue 12: the README's first command prints the run's summary first, not a timestamped
+/// log line about the in-process emulator's address.
+#[test]
+fn a_run_against_the_in_process_emulator_starts_with_no_log_line() {
+    let mut job = Job::new();
+    let file = job.file("a.png", b"png");
+    job.row(&format!("r1,qwen-vl-plus,{file},what is it?"));
+    let out = dashbatch()
+        .args(["run", "--emulator"])
+        .arg(job.manifest())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(" INFO "), "{stderr}");
+    assert!(!stderr.contains("emulator listening"), "{stderr}");
+}
+
+/// Issue 12: `--limit N` does the first N rows still to do and leaves the rest
+/// `not_attempted` for the next run, exiting 0 when those N are ok; a second run with the
+/// same limit does the next N (rows already ok do not count).
+#[test]
+fn limit_runs_the_first_n_rows_still_to_do_and_leaves_the_rest() {
+    let mut job = Job::new();
+    for i in 1..=5 {
+        let file = job.file(&format!("f{i}.png"), format!("png {i}").as_bytes());
+        job.row(&format!("r{i},qwen-vl-plus,{file},what is {i}?"));
+    }
+    let manifest = job.manifest();
+    let run = || {
+        dashbatch()
+            .args(["run", "--emulator", "-q", "--limit", "2"])
+            .arg(&manifest)
+            .assert()
+            .code(0);
+        let rows = results(&job.output());
+        assert_eq!(rows.len(), 5, "every manifest row has a line");
+        rows.iter()
+            .map(|r| {
+                (
+                    r["id"].clone(),
+                    r["status"].clone(),
+                    r["error_code"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let ok = |id: &str| (id.to_owned(), "ok".to_owned(), String::new());
+    let left = |id: &str| {
+        (
+            id.to_owned(),
+            "failed".to_owned(),
+            "not_attempted".to_owned(),
+        )
+    };
+    assert_eq!(
+        run(),
+        [ok("r1"), ok("r2"), left("r3"), left("r4"), left("r5")]
+    );
+    assert_eq!(run(), [ok("r1"), ok("r2"), ok("r3"), ok("r4"), left("r5")]);
+    dashbatch()
+        .args(["run", "--emulator", "--limit", "0"])
+        .arg(&manifest)
+        .assert()
+        .code(2);
+}
+
+/// Issue 12: `-o` into a folder that does not exist creates it, as most tools do.
+#[test]
+fn output_into_a_missing_folder_creates_it() {
+    let mut job = Job::new();
+    let file = job.file("a.png", b"png");
+    job.row(&format!("r1,qwen-vl-plus,{file},what is it?"));
+    let out = job.dir.path().join("new/deeper/out.csv");
+    dashbatch()
+        .args(["run", "--emulator", "-q"])
+        .arg(job.manifest())
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(0);
+    assert_eq!(results(&out).len(), 1);
 }

@@ -55,6 +55,7 @@ pub fn bench(c: &mut Criterion) {
         outage_timeout: Duration::from_secs(300),
         params: Default::default(),
         shard: None,
+        limit: None,
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

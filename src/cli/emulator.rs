@@ -80,13 +80,17 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "MB", default_value_t = 999_999_999)]
     pub capacity_limit_mb: u64,
 
-    /// The models that exist, as a comma-separated list.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = DEFAULT_MODELS.iter().map(|m| m.to_string()))]
+    /// The models that exist, as a comma-separated list [default:
+    /// qwen-vl-plus,qwen-vl-max,qwen-omni-turbo,qwen3-omni-flash,qvq-max,qwen2.5-vl-72b-instruct].
+    // The default is written out by hand because clap would show it space-separated, which
+    // is not how the flag is given; a test keeps it equal to `DEFAULT_MODELS`.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', hide_default_value = true, default_values_t = DEFAULT_MODELS.iter().map(|m| m.to_string()))]
     pub models: Vec<String>,
 
     /// Models that answer only as a stream; a call without `stream` (compatible) or
-    /// `X-DashScope-SSE: enable` (native) gets 400. An empty value means none.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_values_t = DEFAULT_STREAM_ONLY_MODELS.iter().map(|m| m.to_string()))]
+    /// `X-DashScope-SSE: enable` (native) gets 400. An empty value means none
+    /// [default: qwen-omni-turbo,qwen3-omni-flash,qvq-max].
+    #[arg(long, value_name = "LIST", value_delimiter = ',', hide_default_value = true, default_values_t = DEFAULT_STREAM_ONLY_MODELS.iter().map(|m| m.to_string()))]
     pub stream_only_models: Vec<String>,
 
     /// Models no account may use: model calls get 403 Model.AccessDenied.
@@ -263,5 +267,32 @@ impl ShutdownSignals {
         #[cfg(not(unix))]
         self.interrupt.recv().await;
         tracing::info!("shutting down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, Command};
+
+    use super::*;
+
+    /// The lists' defaults are shown as the flag takes them, comma-separated, and match the
+    /// emulator's own.
+    #[test]
+    fn the_model_lists_show_their_defaults_comma_separated() {
+        let help = EmulatorArgs::augment_args(Command::new("emulator"))
+            .render_help()
+            .to_string();
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for list in [DEFAULT_MODELS, DEFAULT_STREAM_ONLY_MODELS] {
+            assert!(
+                flat.contains(&format!("[default: {}]", list.join(","))),
+                "{help}"
+            );
+        }
+        assert!(
+            !flat.contains("[default: qwen-vl-plus qwen-vl-max"),
+            "{help}"
+        );
     }
 }

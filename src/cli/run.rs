@@ -79,6 +79,25 @@ async fn execute(args: RunArgs, quiet: u8, reports: &mut Reports) -> anyhow::Res
         return Err(err.into());
     }
     let key = api_key(plan.api_key_file.as_deref(), plan.emulator)?;
+    // A mistyped manifest path is said before anything starts (the in-process emulator, a
+    // results folder); the manifest reader would say it too, but only after those.
+    if let Err(err) = std::fs::metadata(&plan.config.manifest) {
+        bail!(
+            "cannot read manifest {}: {err}",
+            plan.config.manifest.display()
+        );
+    }
+    // `-o` into a folder that does not exist yet: create it, as most tools do, rather than
+    // fail on the lock file inside it.
+    if let Some(folder) = plan
+        .config
+        .output
+        .parent()
+        .filter(|f| !f.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create the results folder {}", folder.display()))?;
+    }
 
     // Kept alive until the run ends: dropping it stops the emulator.
     let mut emulator = None;
@@ -87,7 +106,9 @@ async fn execute(args: RunArgs, quiet: u8, reports: &mut Reports) -> anyhow::Res
             .await
             .context("cannot start the in-process emulator")?;
         let url = running.base_url();
-        tracing::info!("emulator listening on {url}");
+        // Debug, not info: a newcomer's first command should print the run's summary, not a
+        // timestamped log line about an address nothing else needs (`-v` shows it).
+        tracing::debug!("emulator listening on {url}");
         emulator = Some(running);
         url
     } else {

@@ -13,10 +13,12 @@ pub type JobFile = Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("cannot read job file {path}: {source}")]
+    // `error`, not `source`: the message already quotes it, and a source would be printed a
+    // second time by `{:#}` ("...: No such file (os error 2): No such file (os error 2)").
+    #[error("cannot read job file {path}: {error}", path = path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("job file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -31,9 +33,9 @@ pub fn is_job_file(path: &Path) -> bool {
 impl Settings {
     /// Reads a job file and resolves its paths against the job file's folder.
     pub fn load(path: &Path) -> Result<Self, JobError> {
-        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| JobError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut job: JobFile = toml::from_str(&text).map_err(|e| JobError::Parse {
             path: path.to_owned(),

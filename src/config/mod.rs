@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Only the rows of this shard are run and written (`--shard K/N`).
     pub shard: Option<crate::manifest::Shard>,
+    /// `--limit N`: run only the first N rows still to do; the rest stay for the next run.
+    pub limit: Option<u64>,
 }
 
 /// `.dashbatch/` beside the results file.

@@ -113,15 +113,25 @@ pub struct Settings {
 
     /// After SIGINT/SIGTERM, how long rows in flight may take to finish, in seconds. A
     /// second signal stops at once.
-    #[arg(long, value_name = "SECONDS", value_parser = DRAIN_TIMEOUT.parser())]
-    pub drain_timeout: Option<u64>,
+    // Named like the other clocks (`--request-timeout-s`); the old name stays as a hidden
+    // alias, for flags and job files written before.
+    #[arg(long, value_name = "SECONDS", alias = "drain-timeout", value_parser = DRAIN_TIMEOUT.parser())]
+    #[serde(alias = "drain_timeout")]
+    pub drain_timeout_s: Option<u64>,
 
     /// How long the service, its upload host or a model may answer nothing but connection
     /// failures, timeouts or 429s before the run stops (exit 4, the rest `not_attempted`),
     /// in seconds. Requests pause and probe it after 30 s of that (or a quarter of this, if
     /// less).
-    #[arg(long, value_name = "SECONDS", value_parser = OUTAGE_TIMEOUT.parser())]
-    pub outage_timeout: Option<u64>,
+    #[arg(long, value_name = "SECONDS", alias = "outage-timeout", value_parser = OUTAGE_TIMEOUT.parser())]
+    #[serde(alias = "outage_timeout")]
+    pub outage_timeout_s: Option<u64>,
+
+    /// Run only the first N rows still to do (after the rows an earlier run finished), to
+    /// try a manifest, prompt or parameters on a few rows; the rest are written as
+    /// `not_attempted` and left for the next run. The exit code is 0 when the N rows are ok.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
 
     /// Run only the rows of shard K of N (1 <= K <= N), chosen by a stable hash of the row
     /// id, so that N processes (on any hosts) split one manifest; `dashbatch merge` joins
@@ -225,8 +235,8 @@ pub const UPLOAD_STALL_TIMEOUT_S: Bounded<u32> = Bounded::new(
     ClientConfig::DEFAULT_UPLOAD_STALL_TIMEOUT.as_secs() as u32,
     1..=UPLOAD_CLOCK_MAX,
 );
-pub const DRAIN_TIMEOUT: Bounded<u64> = Bounded::new("drain_timeout", 30, 0..=u64::MAX);
-pub const OUTAGE_TIMEOUT: Bounded<u64> = Bounded::new("outage_timeout", 300, 1..=u64::MAX);
+pub const DRAIN_TIMEOUT: Bounded<u64> = Bounded::new("drain_timeout_s", 30, 0..=u64::MAX);
+pub const OUTAGE_TIMEOUT: Bounded<u64> = Bounded::new("outage_timeout_s", 300, 1..=u64::MAX);
 
 /// The longest either upload clock may be set to: a day is already far past any real upload.
 const UPLOAD_CLOCK_MAX: u32 = 86_400;

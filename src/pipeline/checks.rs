@@ -110,35 +110,48 @@ fn unsupported(file: &str) -> Failure {
 /// remembered, so this costs nothing per ordinary row.
 pub struct Repeats<'a> {
     duplicates: &'a HashSet<u64>,
-    seen: HashSet<u64>,
+    /// The line of each repeated id's first row, named in the repeats' messages (a user
+    /// knows their lines, not a derived id's hash).
+    seen: std::collections::HashMap<u64, u64>,
 }
 
 impl<'a> Repeats<'a> {
     pub fn new(duplicates: &'a HashSet<u64>) -> Self {
         Self {
             duplicates,
-            seen: HashSet::new(),
+            seen: std::collections::HashMap::new(),
         }
     }
 
-    pub fn seen_before(&mut self, key: u64) -> bool {
-        self.duplicates.contains(&key) && !self.seen.insert(key)
+    /// The line of the earlier row with this id, if `entry` repeats one.
+    pub fn seen_before(&mut self, key: u64, entry: &Entry) -> Option<u64> {
+        if !self.duplicates.contains(&key) {
+            return None;
+        }
+        match self.seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(*first.get()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry.line());
+                None
+            }
+        }
     }
 }
 
 /// The error row for a second (or later) row with an id already used.
-pub fn duplicate(entry: Entry, manifest: &Path) -> BadRow {
+/// `earlier` is the line of the first row with that id.
+pub fn duplicate(entry: Entry, manifest: &Path, earlier: u64) -> BadRow {
     let at = format!("{}, line {}", manifest.display(), entry.line());
     let id = entry.id();
     let message = match &entry {
         // The same model, file, prompt and system: the same work, written twice.
         Entry::Row(row) if row.has_derived_id() => format!(
-            "{at}: this row repeats an earlier row (same model, file, prompt and system, so \
-             the same derived id {id:?}) and is not run twice; delete the repeat, or add an id \
-             column and give each copy its own id to run it again"
+            "{at}: this row repeats line {earlier} (same model, files, prompt, system and \
+             params) and is not run twice; delete the repeat, or add an id column and give \
+             each copy its own id to run it again"
         ),
         _ => format!(
-            "{at}: id {id:?} is already used by an earlier row; ids must be unique (give this \
+            "{at}: id {id:?} is already used by line {earlier}; ids must be unique (give this \
              row its own id, or leave the id empty to let dashbatch derive one)"
         ),
     };
@@ -162,7 +175,23 @@ mod tests {
         let manifest =
             Manifest::from_reader(text.as_bytes(), Path::new("m.csv"), PathBuf::new()).unwrap();
         let second = manifest.into_iter().nth(1).unwrap();
-        duplicate(second, Path::new("m.csv"))
+        duplicate(second, Path::new("m.csv"), 2)
+    }
+
+    /// A repeat is told the line of the first row with its id (issue 12), not the second's.
+    #[test]
+    fn repeats_know_the_line_of_the_first_row() {
+        let text = "model,file,prompt\nm,a.png,p\nm,b.png,q\nm,a.png,p\nm,a.png,p\n";
+        let manifest =
+            Manifest::from_reader(text.as_bytes(), Path::new("m.csv"), PathBuf::new()).unwrap();
+        let entries: Vec<Entry> = manifest.into_iter().collect();
+        let duplicates: HashSet<u64> = [crate::manifest::id_key(entries[0].id())].into();
+        let mut repeats = Repeats::new(&duplicates);
+        let lines: Vec<Option<u64>> = entries
+            .iter()
+            .map(|e| repeats.seen_before(crate::manifest::id_key(e.id()), e))
+            .collect();
+        assert_eq!(lines, [None, None, Some(2), Some(2)]);
     }
 
     #[test]
@@ -172,13 +201,26 @@ mod tests {
         assert!(
             repeat
                 .message
-                .starts_with("m.csv, line 3: this row repeats an earlier row")
+                .starts_with("m.csv, line 3: this row repeats line 2")
         );
         assert!(repeat.message.contains("add an id column"));
+        // The earlier line, not the derived id's hash the user never wrote (issue 12).
+        assert!(
+            repeat.message.contains("repeats line 2"),
+            "{}",
+            repeat.message
+        );
+        assert!(
+            !repeat.message.contains(repeat.id.as_str()),
+            "{}",
+            repeat.message
+        );
 
         let reused = second_of("id,model,file,prompt\nx,m,a.png,p\nx,m,b.png,q\n");
         assert!(
-            reused.message.contains("id \"x\" is already used"),
+            reused
+                .message
+                .contains("id \"x\" is already used by line 2"),
             "{}",
             reused.message
         );

@@ -122,8 +122,8 @@ pub fn compact(
             counts.rows += 1;
             let key = id_key(entry.id());
             let line = entry.line();
-            if repeats.seen_before(key) {
-                let bad = duplicate(entry, manifest);
+            if let Some(earlier) = repeats.seen_before(key, &entry) {
+                let bad = duplicate(entry, manifest, earlier);
                 writer
                     .write(&bad_row_result(bad, std::time::Instant::now()))
                     .map_err(std::io::Error::other)?;

@@ -130,12 +130,14 @@ pub(super) async fn prepare(
     let reader_events = events.clone();
     let reader_duplicates = Arc::clone(&duplicates);
     let shard = config.shard;
+    let limit = config.limit;
     let reader = tokio::task::spawn_blocking(move || {
         reader::read(
             manifest,
             shard,
             &previous.done,
             &reader_duplicates,
+            limit,
             rows_tx,
             reader_events,
         );

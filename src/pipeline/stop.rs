@@ -1,7 +1,7 @@
 //! Why a run stops early, and the switch every part of the pipeline watches.
 //!
 //! A run stops dispatching for one of four reasons: a signal (the caller's `shutdown`), a key
-//! the service rejected, an account the service stopped (billing), or an outage that outlasted `--outage-timeout`. This is the one place
+//! the service rejected, an account the service stopped (billing), or an outage that outlasted `--outage-timeout-s`. This is the one place
 //! that state lives: the first reason wins and is the one the summary, the exit code and the
 //! `not_attempted` lines name ([`Stop::stopped`]). Deliberately not here: deciding that the
 //! key is bad or the service is down (the outage gate, which sees every answer, does both).

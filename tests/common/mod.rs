@@ -84,6 +84,7 @@ impl Job {
             outage_timeout: Duration::from_secs(300),
             params: Default::default(),
             shard: None,
+            limit: None,
         }
     }
 }

@@ -63,8 +63,8 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             .given(|s| s.state_dir.clone())
             .unwrap_or_else(|| default_state_dir(&output)),
         fresh: args.fresh,
-        drain_timeout: DRAIN_TIMEOUT.seconds(&layers, |s| s.drain_timeout)?,
-        outage_timeout: OUTAGE_TIMEOUT.seconds(&layers, |s| s.outage_timeout)?,
+        drain_timeout: DRAIN_TIMEOUT.seconds(&layers, |s| s.drain_timeout_s)?,
+        outage_timeout: OUTAGE_TIMEOUT.seconds(&layers, |s| s.outage_timeout_s)?,
         api: layers.given(|s| s.api).unwrap_or(API).into(),
         concurrency: CONCURRENCY.pick(&layers, |s| s.concurrency)? as usize,
         upload_concurrency: UPLOAD_CONCURRENCY.pick(&layers, |s| s.upload_concurrency)? as usize,
@@ -79,6 +79,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         model_tpm: layers.model_tpm()?,
         shard: layers.given(|s| s.shard),
         quiet,
+        limit: layers.given(|s| s.limit),
         manifest,
         output,
     };

@@ -71,7 +71,7 @@ fn flags_beat_the_job_file_and_the_job_file_beats_defaults() {
                 concurrency: Some(900),
                 max_attempts: Some(3),
                 api: Some(ApiChoice::Compatible),
-                outage_timeout: Some(2),
+                outage_timeout_s: Some(2),
                 ..Settings::default()
             },
             ..args(&job)

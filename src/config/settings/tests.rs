@@ -41,7 +41,9 @@ fn a_flag_left_out_leaves_the_job_file_its_say_and_a_flag_given_beats_it() {
     let from_job = layers(&[], "concurrency = 7\ndrain_timeout = 5");
     assert_eq!(CONCURRENCY.pick(&from_job, |s| s.concurrency).unwrap(), 7);
     assert_eq!(
-        DRAIN_TIMEOUT.pick(&from_job, |s| s.drain_timeout).unwrap(),
+        DRAIN_TIMEOUT
+            .pick(&from_job, |s| s.drain_timeout_s)
+            .unwrap(),
         5
     );
     let flagged = layers(&["--concurrency", "32"], "concurrency = 7");
@@ -146,6 +148,7 @@ fn every_setting_states_its_default_or_has_none() {
         "metrics_textfile",
         "params",
         "shard",
+        "limit",
     ];
     for arg in command().get_arguments() {
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
@@ -200,7 +203,7 @@ fn a_job_files_value_out_of_range_names_the_file_the_key_and_the_range() {
         "job file j.toml: concurrency = 0 is out of range; use 1..=100000"
     );
     let err = OUTAGE_TIMEOUT
-        .pick(&layers(&[], "outage_timeout = 0"), |s| s.outage_timeout)
+        .pick(&layers(&[], "outage_timeout = 0"), |s| s.outage_timeout_s)
         .unwrap_err()
         .to_string();
     assert!(err.ends_with("use 1 or more"), "{err}");
@@ -276,4 +279,30 @@ fn stream_is_a_job_key_and_a_flag() {
     assert_eq!(flagged.given(|s| s.stream), Some(StreamChoice::Always));
     let e = load("stream = \"sometimes\"").unwrap_err();
     assert!(e.contains("\"auto\", \"always\" or \"never\""), "{e}");
+}
+
+/// The clocks are named alike (`--…-timeout-s`); the names before that still work, as
+/// flags and as job-file keys, but are not shown in `--help`.
+#[test]
+fn the_timeout_flags_end_in_s_and_the_old_names_are_hidden_aliases() {
+    for flags in [
+        ["--drain-timeout-s", "5", "--outage-timeout-s", "7"],
+        ["--drain-timeout", "5", "--outage-timeout", "7"],
+    ] {
+        let s = parse(&flags);
+        assert_eq!((s.drain_timeout_s, s.outage_timeout_s), (Some(5), Some(7)));
+    }
+    for job in [
+        "drain_timeout_s = 5\noutage_timeout_s = 7",
+        "drain_timeout = 5\noutage_timeout = 7",
+    ] {
+        let s = load(job).expect("job loads");
+        assert_eq!((s.drain_timeout_s, s.outage_timeout_s), (Some(5), Some(7)));
+    }
+    let help = command().render_help().to_string();
+    assert!(help.contains("--drain-timeout-s") && help.contains("--outage-timeout-s"));
+    assert!(
+        !help.contains("--drain-timeout ") && !help.contains("--outage-timeout "),
+        "{help}"
+    );
 }

@@ -155,7 +155,7 @@ impl Gate {
             match change {
                 Change::Paused => tracing::warn!(
                     "{} {}; holding its requests and probing it (the run stops if it \
-                     lasts {}s, --outage-timeout)",
+                     lasts {}s, --outage-timeout-s)",
                     self.describe(scope),
                     failing(scope),
                     self.timeout.as_secs(),
@@ -185,7 +185,7 @@ impl Gate {
             }
         };
         self.stop.stop(StopReason::Outage(format!(
-            "{} {} for {lasted}s (--outage-timeout {}s); {hint}",
+            "{} {} for {lasted}s (--outage-timeout-s {}s); {hint}",
             self.describe(scope),
             failing(scope),
             self.timeout.as_secs(),
