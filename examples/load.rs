@@ -9,6 +9,8 @@
 //! target/release/examples/load memory --rows 10000,1000000
 //! target/release/examples/load big-files
 //! target/release/examples/load pacing --model-rps 20 --concurrency 64 --models 1,2
+//! target/release/examples/load burst --burst-floor 10 --burst-growth 2 --concurrency 64
+//! target/release/examples/load tokens --fit 19 --concurrency 64
 //! ```
 //!
 //! Why separate processes: the client's CPU time and peak RSS come from `wait4(2)` on the
@@ -100,6 +102,34 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         chat_ms: u64,
     },
+    /// Unknown growth limit: the emulator lets a model take at most max(floor, growth × the
+    /// second before) calls in any second, and nothing else limits it. The bound is the
+    /// ideal ramp's time: floor, then growth × more each second, up to C / L_chat.
+    Burst {
+        #[arg(long, default_value_t = 2000)]
+        rows: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        burst_floor: u32,
+        #[arg(long, default_value_t = 2.0)]
+        burst_growth: f64,
+        #[arg(long, default_value_t = 50)]
+        chat_ms: u64,
+    },
+    /// Unknown token limit: the emulator's `--model-tpm` is set so that about `--fit` calls
+    /// a second fit (tokens per call measured by a first, unlimited run). The bound is the
+    /// token rate, TPM / 60 a second.
+    Tokens {
+        #[arg(long, default_value_t = 600)]
+        rows: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 19.0)]
+        fit: f64,
+        #[arg(long, default_value_t = 100)]
+        chat_ms: u64,
+    },
     /// Peak RSS of the client uploading large distinct files (streamed uploads).
     BigFiles {
         #[arg(long, default_value_t = 20)]
@@ -153,6 +183,19 @@ fn main() -> Result<()> {
             models,
             chat_ms,
         } => pacing(&bin, rows, concurrency, model_rps, &models, chat_ms),
+        Scenario::Burst {
+            rows,
+            concurrency,
+            burst_floor,
+            burst_growth,
+            chat_ms,
+        } => burst(&bin, rows, concurrency, burst_floor, burst_growth, chat_ms),
+        Scenario::Tokens {
+            rows,
+            concurrency,
+            fit,
+            chat_ms,
+        } => tokens(&bin, rows, concurrency, fit, chat_ms),
         Scenario::BigFiles {
             files,
             size_mb,
@@ -273,6 +316,98 @@ fn pacing(
             run.summary["model_pace"],
         );
     }
+    Ok(())
+}
+
+/// Calls made and refused: each row ends with one successful call, every 429 is one more.
+fn refused(run: &Run, rows: usize) -> (f64, f64, String) {
+    let throttled = run.summary["throttled_seen"].as_f64().unwrap_or(0.0);
+    let share = 100.0 * throttled / (rows as f64 + throttled);
+    (
+        throttled,
+        share,
+        run.summary["throttled_by_kind"].to_string(),
+    )
+}
+
+fn burst(
+    bin: &Path,
+    rows: usize,
+    concurrency: usize,
+    floor: u32,
+    growth: f64,
+    chat_ms: u64,
+) -> Result<()> {
+    // The ideal ramp: each second takes max(floor, growth × the second before), up to what
+    // C calls in flight can do; the last second counts by the share it needs.
+    let most = concurrency as f64 * 1000.0 / chat_ms as f64;
+    let (mut left, mut last, mut ideal) = (rows as f64, 0.0f64, 0.0);
+    while left > 0.0 {
+        let this = (growth * last).floor().max(f64::from(floor)).min(most);
+        ideal += (left / this).min(1.0);
+        left -= this;
+        last = this;
+    }
+    println!(
+        "C = {concurrency}, {rows} rows, chat {chat_ms} ms, emulator --burst-floor {floor} \
+         --burst-growth {growth} (not told to the client); ideal ramp {ideal:.2} s"
+    );
+    let job = Job::new(rows, 4, 1024)?;
+    let emulator = Emulator::start(
+        bin,
+        &[
+            format!("--chat-latency-ms={chat_ms}"),
+            format!("--burst-floor={floor}"),
+            format!("--burst-growth={growth}"),
+        ],
+    )?;
+    let run = job.run(bin, &emulator.url, concurrency, 16)?;
+    emulator.stop()?;
+    let (throttled, share, kinds) = refused(&run, rows);
+    let wall = run.wall.as_secs_f64();
+    println!(
+        "wall {wall:.2} s, {:.2} × the ideal ramp (goal ≤ 1.5), {throttled} 429s = {share:.1}% \
+         of calls (goal ≤ 2%) {kinds}",
+        wall / ideal
+    );
+    Ok(())
+}
+
+fn tokens(bin: &Path, rows: usize, concurrency: usize, fit: f64, chat_ms: u64) -> Result<()> {
+    let job = Job::new(rows, 4, 1024)?;
+    let tokens_of = |run: &Run| {
+        run.summary["prompt_tokens"].as_f64().unwrap_or(0.0)
+            + run.summary["completion_tokens"].as_f64().unwrap_or(0.0)
+    };
+    // Tokens per call, from an unlimited run of the same rows.
+    let emulator = Emulator::start(bin, &[format!("--chat-latency-ms={chat_ms}")])?;
+    let per_call = tokens_of(&job.run(bin, &emulator.url, concurrency, 16)?) / rows as f64;
+    emulator.stop()?;
+    let tpm = (fit * per_call * 60.0).round() as u64;
+    let bound = tpm as f64 / 60.0;
+    println!(
+        "C = {concurrency}, {rows} rows, chat {chat_ms} ms, {per_call:.1} tokens a call, \
+         emulator --model-tpm {tpm} ({bound:.0} tokens/s, about {fit} calls/s; not told to \
+         the client)"
+    );
+    let emulator = Emulator::start(
+        bin,
+        &[
+            format!("--chat-latency-ms={chat_ms}"),
+            format!("--model-tpm={tpm}"),
+        ],
+    )?;
+    let run = job.run(bin, &emulator.url, concurrency, 16)?;
+    emulator.stop()?;
+    let (throttled, share, kinds) = refused(&run, rows);
+    let rate = tokens_of(&run) / run.wall.as_secs_f64();
+    println!(
+        "{rate:.0} tokens/s = {:.3} of the token rate (goal ≥ 0.9), {:.1} rows/s, {throttled} \
+         429s = {share:.1}% of calls (goal ≤ 5%) {kinds}, pace {}",
+        rate / bound,
+        run.rows_per_s(rows),
+        run.summary["model_pace"]
+    );
     Ok(())
 }
 
