@@ -11,6 +11,8 @@ use dashbatch::dashscope::{Api, ApiKey, Client, ClientConfig, CredentialOptions,
 use dashbatch::emulator::{self, EmulatorConfig, Running};
 use sha2::{Digest, Sha256};
 
+pub mod redis;
+
 /// A temp folder holding a manifest and its media.
 pub struct Job {
     pub dir: tempfile::TempDir,
