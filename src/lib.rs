@@ -16,8 +16,8 @@
 //!   retries. Written from the documentation alone. A new model API parameter goes in
 //!   `dashscope/model/compatible.rs` and `native.rs`, the two APIs' request mappings.
 //! - [`limit`]: rate limits behind one async interface, "acquire this cost of this key at
-//!   this rate" ([`limit::Limiter`]), and its in-process implementation. Upload credentials
-//!   and model-call pacing both go through it; a new backend (Redis) is a new file there.
+//!   this rate" ([`limit::Limiter`]), in process or shared through Redis (a GCRA in one Lua
+//!   script). Upload credentials and model-call pacing both go through it.
 //! - [`pipeline`]: orchestration, in three steps: prepare, dispatch (each row a task of its
 //!   own, at most `--concurrency` at once, spread over the runtime's threads), finish. One
 //!   event per finished row goes to the reporter. Also the per-run upload de-duplication, the adaptive
@@ -27,6 +27,9 @@
 //!   statistics and the progress bar; the results file with its resume (`output/results/`),
 //!   the run lock, and the JSON and Prometheus reports. Compaction, which re-reads the
 //!   manifest and decides which rows were never reached, is orchestration: `pipeline/compact.rs`.
+//! - [`shared`]: what several processes share through Redis (`--redis`): the connection,
+//!   the key names (version, account fingerprint, kind, model) and the bounded wait for
+//!   Redis, past which the run stops.
 //! - [`upload_cache`]: the record of uploads kept across runs (`.dashbatch/uploads.jsonl`),
 //!   appended by a thread of its own.
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
@@ -60,6 +63,7 @@ pub mod limit;
 pub mod manifest;
 pub mod output;
 pub mod pipeline;
+pub mod shared;
 pub mod spill;
 pub mod upload_cache;
 pub mod validate;

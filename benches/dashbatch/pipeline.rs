@@ -56,6 +56,7 @@ pub fn bench(c: &mut Criterion) {
         params: Default::default(),
         shard: None,
         limit: None,
+        redis: None,
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

@@ -175,7 +175,7 @@ fn exit_code(outcome: &Outcome) -> u8 {
     match &outcome.stopped {
         Some(StopReason::Interrupted) => exit::INTERRUPTED,
         Some(StopReason::KeyRejected(_) | StopReason::AccountStopped(_)) => exit::USAGE,
-        Some(StopReason::Outage(_)) => exit::UNAVAILABLE,
+        Some(StopReason::Outage(_) | StopReason::RedisLost(_)) => exit::UNAVAILABLE,
         None if outcome.stats.rows_failed > 0 => exit::SOME_FAILED,
         None => exit::OK,
     }

@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub shard: Option<crate::manifest::Shard>,
     /// `--limit N`: run only the first N rows still to do; the rest stay for the next run.
     pub limit: Option<u64>,
+    /// `--redis`: limits shared with every process of the account on this Redis.
+    pub redis: Option<crate::shared::SharedOptions>,
 }
 
 /// `.dashbatch/` beside the results file.

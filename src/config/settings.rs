@@ -26,6 +26,7 @@ use clap::builder::RangedU64ValueParser;
 use serde::Deserialize;
 
 use crate::dashscope::{Api, ClientConfig, CredentialOptions, RetryPolicy, Streaming};
+use crate::shared::RedisUrl;
 
 pub use super::layers::{Layers, SettingError};
 
@@ -139,6 +140,17 @@ pub struct Settings {
     #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(crate::manifest::Shard))]
     pub shard: Option<crate::manifest::Shard>,
 
+    /// Share this account's limits with every dashbatch process given the same Redis:
+    /// redis://[:PASSWORD@]HOST:PORT/DB, rediss://… (TLS) or redis+unix:///PATH. Also read
+    /// from DASHBATCH_REDIS_URL. Unreachable at the start: exit 2.
+    #[arg(long, value_name = "URL", env = "DASHBATCH_REDIS_URL", hide_env_values = true, value_parser = RedisUrl::parse)]
+    pub redis: Option<RedisUrl>,
+
+    /// How long a call may wait for Redis when it stops answering, in seconds; past it the
+    /// run stops (exit 4, the rest `not_attempted`). No call goes without Redis's grant.
+    #[arg(long, value_name = "SECONDS", value_parser = REDIS_TIMEOUT_S.parser())]
+    pub redis_timeout_s: Option<u64>,
+
     /// Folder of the upload cache kept across runs [default: .dashbatch/ beside OUT].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -237,6 +249,9 @@ pub const UPLOAD_STALL_TIMEOUT_S: Bounded<u32> = Bounded::new(
 );
 pub const DRAIN_TIMEOUT: Bounded<u64> = Bounded::new("drain_timeout_s", 30, 0..=u64::MAX);
 pub const OUTAGE_TIMEOUT: Bounded<u64> = Bounded::new("outage_timeout_s", 300, 1..=u64::MAX);
+/// Long enough for a Redis restart or a failover (seconds), short enough that a run does not
+/// sit idle for long; at most an hour, past which the run should stop and be run again.
+pub const REDIS_TIMEOUT_S: Bounded<u64> = Bounded::new("redis_timeout_s", 30, 1..=3600);
 
 /// The longest either upload clock may be set to: a day is already far past any real upload.
 const UPLOAD_CLOCK_MAX: u32 = 86_400;
@@ -318,7 +333,7 @@ impl<T: Copy + Into<u64>> Bounded<T> {
 }
 
 /// Every setting with a default of its own, as its help shows it.
-fn defaults() -> [(&'static str, String); 12] {
+fn defaults() -> [(&'static str, String); 13] {
     [
         CONCURRENCY.shown(),
         UPLOAD_CONCURRENCY.shown(),
@@ -329,6 +344,7 @@ fn defaults() -> [(&'static str, String); 12] {
         UPLOAD_STALL_TIMEOUT_S.shown(),
         DRAIN_TIMEOUT.shown(),
         OUTAGE_TIMEOUT.shown(),
+        REDIS_TIMEOUT_S.shown(),
         ("api", API.name().to_owned()),
         ("stream", "auto".to_owned()),
         (

@@ -123,9 +123,19 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn new(client: Client, options: CredentialOptions) -> Credentials {
+        Credentials::with_limiter(Arc::new(LocalLimiter::new()), client, options)
+    }
+
+    /// As [`Credentials::new`], with the getPolicy requests spaced by `limiter` (key: the
+    /// model): one shared with other processes of the account (`--redis`).
+    pub fn with_limiter(
+        limiter: Arc<dyn Limiter>,
+        client: Client,
+        options: CredentialOptions,
+    ) -> Credentials {
         Credentials {
             inner: Arc::new(Inner {
-                limiter: Arc::new(LocalLimiter::new()),
+                limiter,
                 client,
                 options,
                 slots: Mutex::new(HashMap::new()),

@@ -1,10 +1,10 @@
 //! Rate limits: "acquire `cost` units of `key` at this rate", behind one interface.
 //!
-//! Owns the interface ([`Limiter`]), its vocabulary ([`Rate`], [`Cost`]) and the in-process
-//! implementation ([`LocalLimiter`]). Upload credentials (getPolicy, per model) and model-call
-//! pacing (per model) both go through it. A limiter shared across machines (a GCRA in a
-//! Redis script) is a second implementation of the same trait, chosen at run time, hence
-//! the boxed future: `Arc<dyn Limiter>` must work.
+//! Owns the interface ([`Limiter`]), its vocabulary ([`Rate`], [`Cost`]) and its two
+//! implementations: in-process ([`LocalLimiter`]) and shared by every process on one Redis
+//! ([`RedisLimiter`], a GCRA in a Lua script, `--redis`). Upload credentials (getPolicy, per
+//! model) and model-call pacing (per model) both go through it. The implementation is chosen
+//! at run time, hence the boxed future: `Arc<dyn Limiter>` must work.
 //!
 //! Deliberately not here: *which* rate to ask for. A fixed quota (credentials) or a rate
 //! that follows 429s (`pipeline::pacing`) is the caller's; each call passes the rate it
@@ -16,8 +16,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 mod local;
+mod redis;
 
 pub use local::LocalLimiter;
+pub use self::redis::{GCRA_SCRIPT, RedisLimiter};
 
 /// How fast units of one key may be spent: `per_second` sustained, and up to `burst` at
 /// once after a quiet spell.
@@ -49,6 +51,11 @@ impl Rate {
     /// The same rate, with up to `burst` units at once after a quiet spell.
     pub fn with_burst(self, burst: NonZeroU32) -> Rate {
         Rate { burst, ..self }
+    }
+
+    /// How many units may go at once after a quiet spell.
+    pub fn burst(&self) -> NonZeroU32 {
+        self.burst
     }
 
     /// The time one unit takes at this rate.

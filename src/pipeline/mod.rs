@@ -78,6 +78,9 @@ pub enum PipelineError {
         source: CompactError,
         stats: Box<Stats>,
     },
+    /// `--redis` could not be reached at the start; nothing was sent.
+    #[error(transparent)]
+    Redis(#[from] crate::shared::ConnectError),
     #[error("an internal task stopped unexpectedly: {0}")]
     Task(String),
 }

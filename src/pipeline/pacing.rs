@@ -133,6 +133,12 @@ impl Pacing {
         }
     }
 
+    /// The same pacing, its waits spaced by `limiter` (one shared with other processes of
+    /// the account, `--redis`) instead of an in-process one.
+    pub fn with_limiter(self, limiter: Arc<dyn Limiter>) -> Self {
+        Self { limiter, ..self }
+    }
+
     fn with_model<T>(&self, model: &str, f: impl FnOnce(&mut Model) -> T) -> T {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         if !models.contains_key(model) {

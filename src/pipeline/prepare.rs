@@ -20,12 +20,14 @@ use crate::output::lock::RunLock;
 use crate::output::reporter::ReportError;
 use crate::output::results::resume::{self, Previous};
 use crate::output::{Event, Progress, Reporter, ResultsWriter, Stats};
+use crate::limit::{Limiter, LocalLimiter, RedisLimiter};
+use crate::shared::Shared;
 use crate::upload_cache::{UploadCache, unix_now};
 
 use super::compact::ManifestStamp;
 use super::outage::Scope;
 use super::outage::gate::Gate;
-use super::stop::Stop;
+use super::stop::{Stop, StopReason};
 use super::uploads::Uploads;
 use super::worker::Worker;
 use super::{PipelineError, pacing, reader};
@@ -68,6 +70,12 @@ pub(super) async fn prepare(
     client: Client,
     stop: Arc<Stop>,
 ) -> Result<Prepared, PipelineError> {
+    // First, before any file or request: a Redis that cannot be reached stops the run
+    // before it has done anything (exit 2), rather than after its first rows.
+    let shared = match &config.redis {
+        Some(options) => Some(Shared::connect(options, &client.key_fingerprint()).await?),
+        None => None,
+    };
     let account = cache_account(&client);
     let (manifest_path, output, state_dir, fresh) = (
         config.manifest.clone(),
@@ -143,7 +151,13 @@ pub(super) async fn prepare(
         );
     });
 
-    let (worker, credentials, gate) = wire(config, client, Arc::clone(&cache), stop.clone());
+    let (worker, credentials, gate) = wire(
+        config,
+        client,
+        Arc::clone(&cache),
+        shared.as_ref(),
+        stop.clone(),
+    );
     Ok(Prepared {
         _lock: lock,
         stamp,
@@ -166,8 +180,21 @@ fn wire(
     config: &RunConfig,
     client: Client,
     cache: Arc<UploadCache>,
+    shared: Option<&Shared>,
     stop: Arc<Stop>,
 ) -> (Arc<Worker>, Credentials, Arc<Gate>) {
+    // With --redis, both limiters are shared with every process of the account; a Redis
+    // that stays down stops the run (see `limit::redis` for why it never falls back).
+    let limiter = |kind| -> Arc<dyn Limiter> {
+        match shared {
+            Some(shared) => Arc::new(RedisLimiter::new(shared.clone(), kind)),
+            None => Arc::new(LocalLimiter::new()),
+        }
+    };
+    if let Some(shared) = shared {
+        let stop = Arc::clone(&stop);
+        shared.on_lost(move |lost| stop.stop(StopReason::RedisLost(lost.to_string())));
+    }
     let gate = Gate::new(
         &client.config().base_url,
         config.outage_timeout,
@@ -179,7 +206,8 @@ fn wire(
         watch: Some(gate.watch(scopes)),
         ..config.retry.clone()
     };
-    let credentials = Credentials::new(
+    let credentials = Credentials::with_limiter(
+        limiter("credentials"),
         client.clone(),
         CredentialOptions {
             retry: RetryPolicy {
@@ -202,7 +230,9 @@ fn wire(
         api: config.api,
         params: config.params.clone(),
         retry: config.retry.clone(),
-        pacing: Arc::new(pacing::Pacing::new(config.model_rps, config.model_tpm)),
+        pacing: Arc::new(
+            pacing::Pacing::new(config.model_rps, config.model_tpm).with_limiter(limiter("pace")),
+        ),
         stop,
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),

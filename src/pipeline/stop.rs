@@ -1,7 +1,9 @@
 //! Why a run stops early, and the switch every part of the pipeline watches.
 //!
-//! A run stops dispatching for one of four reasons: a signal (the caller's `shutdown`), a key
-//! the service rejected, an account the service stopped (billing), or an outage that outlasted `--outage-timeout-s`. This is the one place
+//! A run stops dispatching for one of five reasons: a signal (the caller's `shutdown`), a key
+//! the service rejected, an account the service stopped (billing), an outage that outlasted
+//! `--outage-timeout-s`, or a Redis (`--redis`) that stayed unreachable past
+//! `--redis-timeout-s`. This is the one place
 //! that state lives: the first reason wins and is the one the summary, the exit code and the
 //! `not_attempted` lines name ([`Stop::stopped`]). Deliberately not here: deciding that the
 //! key is bad or the service is down (the outage gate, which sees every answer, does both).
@@ -27,6 +29,9 @@ pub enum StopReason {
     /// The service, its upload host or a model stayed unavailable; the message names the
     /// URL or the model.
     Outage(String),
+    /// Redis (`--redis`) stayed unreachable past `--redis-timeout-s`; the message names its
+    /// URL, never its password.
+    RedisLost(String),
     /// SIGINT or SIGTERM.
     Interrupted,
 }
@@ -60,6 +65,7 @@ impl StopReason {
             StopReason::KeyRejected(_) => "key_rejected",
             StopReason::AccountStopped(_) => "account_stopped",
             StopReason::Outage(_) => "outage",
+            StopReason::RedisLost(_) => "redis_lost",
             StopReason::Interrupted => "interrupted",
         }
     }
@@ -80,7 +86,8 @@ impl fmt::Display for StopReason {
         match self {
             StopReason::KeyRejected(message)
             | StopReason::AccountStopped(message)
-            | StopReason::Outage(message) => f.write_str(message),
+            | StopReason::Outage(message)
+            | StopReason::RedisLost(message) => f.write_str(message),
             StopReason::Interrupted => f.write_str("the run was interrupted"),
         }
     }

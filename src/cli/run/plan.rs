@@ -9,11 +9,12 @@ use std::time::Duration;
 use crate::config::job::{JobFile, is_job_file};
 use crate::config::settings::{
     API, CONCURRENCY, CREDENTIAL_QPS, DRAIN_TIMEOUT, Layers, MAX_ATTEMPTS, OUTAGE_TIMEOUT,
-    REQUEST_TIMEOUT_S, Settings, UPLOAD_CONCURRENCY, UPLOAD_STALL_TIMEOUT_S, UPLOAD_TIMEOUT_S,
+    REDIS_TIMEOUT_S, REQUEST_TIMEOUT_S, Settings, UPLOAD_CONCURRENCY, UPLOAD_STALL_TIMEOUT_S, UPLOAD_TIMEOUT_S,
 };
 use crate::config::{RunConfig, default_output, default_state_dir};
 use crate::dashscope::{CredentialOptions, RetryPolicy, Streaming};
 use crate::output::atomic::resolve_links;
+use crate::shared::SharedOptions;
 
 use super::RunArgs;
 
@@ -80,6 +81,13 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         shard: layers.given(|s| s.shard),
         quiet,
         limit: layers.given(|s| s.limit),
+        redis: match layers.given(|s| s.redis.clone()) {
+            Some(url) => Some(SharedOptions {
+                url,
+                timeout: REDIS_TIMEOUT_S.seconds(&layers, |s| s.redis_timeout_s)?,
+            }),
+            None => None,
+        },
         manifest,
         output,
     };
