@@ -34,6 +34,16 @@ pub(super) struct Plan {
     pub job: Option<PathBuf>,
 }
 
+/// The getPolicy burst for `--credential-qps QPS`: an eighth of the rate, at most the
+/// library's 10 (80/s → 10), at least 1. Any one-second window then holds at most QPS +
+/// burst: 90 at the default, 5 at `--credential-qps 4`. The library's fixed 10 would let a
+/// low rate burst past what it asked for (4/s: 14 in one second), and N processes sharing
+/// one Redis limit would all spend that burst at once as they start.
+fn credential_burst(qps: u32) -> NonZeroU32 {
+    let default = CredentialOptions::default().burst;
+    NonZeroU32::new(qps / 8).map_or(NonZeroU32::MIN, |b| b.min(default))
+}
+
 /// Merges the flags over the job file (if the input is one) over the defaults.
 pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
     let job_path = is_job_file(&args.input).then(|| args.input.clone());
@@ -71,6 +81,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
         upload_concurrency: UPLOAD_CONCURRENCY.pick(&layers, |s| s.upload_concurrency)? as usize,
         credentials: CredentialOptions {
             qps: NonZeroU32::new(qps).unwrap_or(NonZeroU32::MIN),
+            burst: credential_burst(qps),
             retry: retry.clone(),
             ..CredentialOptions::default()
         },
