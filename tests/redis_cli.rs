@@ -106,7 +106,10 @@ async fn an_unreachable_redis_stops_the_run_before_any_request_and_never_shows_i
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("DASHBATCH_REDIS_URL") && !help.contains(PASSWORD), "{help}");
+    assert!(
+        help.contains("DASHBATCH_REDIS_URL") && !help.contains(PASSWORD),
+        "{help}"
+    );
 
     let s = stats(&em).await;
     assert_eq!(s["credential_calls"], 0, "{s}");
@@ -153,11 +156,20 @@ async fn redis_killed_mid_run_stops_it_like_an_interrupt_and_a_rerun_completes()
     let run = |em: &str| {
         let mut cmd = dashbatch(em, &manifest);
         // A known rate, so that every call asks the shared limiter.
-        cmd.args(["--redis", &url, "--redis-timeout-s", "2"])
-            .args(["--model-rps", "50", "--concurrency", "2", "-q"]);
+        cmd.args(["--redis", &url, "--redis-timeout-s", "2"]).args([
+            "--model-rps",
+            "50",
+            "--concurrency",
+            "2",
+            "-q",
+        ]);
         cmd
     };
-    let child = run(&em.base_url()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = run(&em.base_url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
 
     // Wait for the results file to grow (a few rows finished), then kill Redis.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -178,16 +190,26 @@ async fn redis_killed_mid_run_stops_it_like_an_interrupt_and_a_rerun_completes()
         Some(i32::from(dashbatch::exit::UNAVAILABLE)),
         "{stderr}"
     );
-    assert!(stderr.contains(&url) && stderr.contains("--redis-timeout-s"), "{stderr}");
+    assert!(
+        stderr.contains(&url) && stderr.contains("--redis-timeout-s"),
+        "{stderr}"
+    );
 
     let lines = results(&job.output());
     assert_eq!(lines.len(), ROWS, "one line per manifest row");
-    let ok: Vec<&String> = lines.iter().filter(|r| r["status"] == "ok").map(|r| &r["id"]).collect();
+    let ok: Vec<&String> = lines
+        .iter()
+        .filter(|r| r["status"] == "ok")
+        .map(|r| &r["id"])
+        .collect();
     // No finished row lost: every row ok when Redis died is ok in the compacted file.
     for id in &done_before {
         assert!(ok.contains(&id), "{id} was finished before, lost after");
     }
-    let held = lines.iter().filter(|r| r["error_code"] == "not_attempted").count();
+    let held = lines
+        .iter()
+        .filter(|r| r["error_code"] == "not_attempted")
+        .count();
     assert_eq!(ok.len() + held, ROWS, "rows are ok or not_attempted");
     assert!(held > 0, "the run stopped before the end");
 

@@ -55,7 +55,11 @@ async fn the_kth_grant_at_rate_r_comes_k_minus_1_over_r_after_the_first() {
     // told to wait exactly one period.
     for k in 0..5 {
         let at = T0 + k * 100_000;
-        assert_eq!(take(&mut conn, "a", 10.0, 1, 1, Some(at)).await, 0, "grant {k}");
+        assert_eq!(
+            take(&mut conn, "a", 10.0, 1, 1, Some(at)).await,
+            0,
+            "grant {k}"
+        );
         assert_eq!(
             take(&mut conn, "a", 10.0, 1, 1, Some(at)).await,
             100_000,
@@ -77,7 +81,11 @@ async fn a_burst_goes_at_once_and_a_cost_counts_as_that_many_units() {
     let mut conn = connection(&server).await;
     // Burst 3 at 4/s (250 ms): three at once after a quiet spell, then one period.
     for i in 0..3 {
-        assert_eq!(take(&mut conn, "b", 4.0, 3, 1, Some(T0)).await, 0, "unit {i}");
+        assert_eq!(
+            take(&mut conn, "b", 4.0, 3, 1, Some(T0)).await,
+            0,
+            "unit {i}"
+        );
     }
     assert_eq!(take(&mut conn, "b", 4.0, 3, 1, Some(T0)).await, 250_000);
 
@@ -110,7 +118,10 @@ async fn a_key_expires_when_its_bucket_is_full_again() {
     assert_eq!(take(&mut conn, "fast", 1000.0, 1, 1, None).await, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while server.cli(&["EXISTS", "fast"]) != "0" {
-        assert!(std::time::Instant::now() < deadline, "the key never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key never expired"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -130,15 +141,14 @@ async fn keys_carry_the_version_the_fingerprint_and_the_model_never_the_key() {
     let credentials = RedisLimiter::new(shared.clone(), "credentials");
     let pace = RedisLimiter::new(shared.clone(), "pace");
     let slow = Rate::per_second(0.01);
-    credentials.acquire("qwen-vl-max", slow, Cost::REQUEST).await;
+    credentials
+        .acquire("qwen-vl-max", slow, Cost::REQUEST)
+        .await;
     pace.acquire("qwen-vl-max", slow, Cost::REQUEST).await;
-    pace.acquire("qwen-vl-max\ttokens", slow, Cost::tokens(5)).await;
+    pace.acquire("qwen-vl-max\ttokens", slow, Cost::tokens(5))
+        .await;
 
-    let mut keys: Vec<String> = server
-        .cli(&["--scan"])
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let mut keys: Vec<String> = server.cli(&["--scan"]).lines().map(str::to_owned).collect();
     keys.sort();
     let fp = key.fingerprint();
     assert_eq!(

@@ -18,8 +18,8 @@ use futures::future::BoxFuture;
 mod local;
 mod redis;
 
-pub use local::LocalLimiter;
 pub use self::redis::{GCRA_SCRIPT, RedisLimiter};
+pub use local::LocalLimiter;
 
 /// How fast units of one key may be spent: `per_second` sustained, and up to `burst` at
 /// once after a quiet spell.

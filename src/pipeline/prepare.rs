@@ -15,12 +15,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::RunConfig;
 use crate::dashscope::{Client, CredentialOptions, Credentials, RetryPolicy};
+use crate::limit::{Limiter, LocalLimiter, RedisLimiter};
 use crate::manifest::{self, Entry, Manifest};
 use crate::output::lock::RunLock;
 use crate::output::reporter::ReportError;
 use crate::output::results::resume::{self, Previous};
 use crate::output::{Event, Progress, Reporter, ResultsWriter, Stats};
-use crate::limit::{Limiter, LocalLimiter, RedisLimiter};
 use crate::shared::Shared;
 use crate::upload_cache::{UploadCache, unix_now};
 

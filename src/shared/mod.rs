@@ -101,12 +101,16 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// Connects to `options.url` for the account whose key has `fingerprint`, within
     /// `options.timeout`, and checks that Redis answers (PING).
-    pub async fn connect(options: &SharedOptions, fingerprint: &str) -> Result<Shared, ConnectError> {
+    pub async fn connect(
+        options: &SharedOptions,
+        fingerprint: &str,
+    ) -> Result<Shared, ConnectError> {
         let failed = |cause: String| ConnectError {
             url: options.url.clone(),
             cause,
         };
-        let client = redis::Client::open(options.url.secret()).map_err(|e| failed(e.to_string()))?;
+        let client =
+            redis::Client::open(options.url.secret()).map_err(|e| failed(e.to_string()))?;
         let attempt = ATTEMPT.min(options.timeout);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(attempt))

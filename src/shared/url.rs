@@ -56,13 +56,14 @@ impl RedisUrl {
     }
 }
 
-/// A text that did not parse as a URL, with anything between `//` and the last `@` masked:
-/// where a password would be.
+/// A text that did not parse as a URL, with everything before its last `@` masked (after
+/// any `//`): where a password would be.
 fn mask_unparsed(text: &str) -> String {
-    match (text.find("//"), text.rfind('@')) {
-        (Some(start), Some(at)) if at > start => format!("{}***{}", &text[..start + 2], &text[at..]),
-        _ => text.to_owned(),
-    }
+    let Some(at) = text.rfind('@') else {
+        return text.to_owned();
+    };
+    let start = text[..at].find("//").map_or(0, |s| s + 2);
+    format!("{}***{}", &text[..start], &text[at..])
 }
 
 impl TryFrom<String> for RedisUrl {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::config::job::{JobFile, is_job_file};
 use crate::config::settings::{
     API, CONCURRENCY, CREDENTIAL_QPS, DRAIN_TIMEOUT, Layers, MAX_ATTEMPTS, OUTAGE_TIMEOUT,
-    REDIS_TIMEOUT_S, REQUEST_TIMEOUT_S, Settings, UPLOAD_CONCURRENCY, UPLOAD_STALL_TIMEOUT_S, UPLOAD_TIMEOUT_S,
+    REDIS_TIMEOUT_S, REQUEST_TIMEOUT_S, Settings, UPLOAD_CONCURRENCY, UPLOAD_STALL_TIMEOUT_S,
+    UPLOAD_TIMEOUT_S,
 };
 use crate::config::{RunConfig, default_output, default_state_dir};
 use crate::dashscope::{CredentialOptions, RetryPolicy, Streaming};
