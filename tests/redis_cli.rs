@@ -143,9 +143,11 @@ async fn redis_killed_mid_run_stops_it_like_an_interrupt_and_a_rerun_completes()
     let Some(mut server) = RedisServer::start("redis_killed_mid_run") else {
         return;
     };
-    // Calls take 100 ms: the run is still going when Redis dies.
+    // Calls take 100 ms: the run is still going when Redis dies. Policies last 1 s, so
+    // that getPolicy (through the shared limiter too) is fetched again mid-run.
     let em = start(EmulatorConfig {
         chat_latency: Duration::from_millis(100),
+        policy_ttl_s: 1,
         ..EmulatorConfig::default()
     })
     .await;
@@ -156,13 +158,11 @@ async fn redis_killed_mid_run_stops_it_like_an_interrupt_and_a_rerun_completes()
     let run = |em: &str| {
         let mut cmd = dashbatch(em, &manifest);
         // A known rate, so that every call asks the shared limiter.
-        cmd.args(["--redis", &url, "--redis-timeout-s", "2"]).args([
-            "--model-rps",
-            "50",
-            "--concurrency",
-            "2",
-            "-q",
-        ]);
+        cmd.args(["--redis", &url, "--redis-timeout-s", "2", "-q"])
+            .args(["--model-rps", "50", "--concurrency", "2"])
+            // Longer than the test waits: a row held for a grant must be refused when the
+            // run stops, not waited out.
+            .args(["--drain-timeout-s", "600"]);
         cmd
     };
     let child = run(&em.base_url())
