@@ -21,13 +21,13 @@ mod row;
 mod shard;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::failure::FailureCode;
 use crate::spill::{self, Spill, SpillError};
 use header::{Columns, parse_header};
-use lines::Lines;
+use lines::{Lines, Unclosed};
 
 pub use params::{Params, canonical as canonical_params};
 pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
@@ -110,7 +110,7 @@ impl Manifest<File> {
     }
 }
 
-impl<R: Read> Manifest<R> {
+impl<R: Read + Seek> Manifest<R> {
     /// Reads a manifest from any reader; `path` is used in messages only.
     pub fn from_reader(reader: R, path: &Path, base_dir: PathBuf) -> Result<Self, ManifestError> {
         let mut reader = csv::ReaderBuilder::new()
@@ -159,8 +159,9 @@ impl<R: Read> Manifest<R> {
         &self.path
     }
 
-    /// The entry for the record just read, which starts at `start`.
-    fn entry(&self, start: lines::Start) -> Entry {
+    /// The entry for the record just read, which starts at `start`; `unclosed` when it holds
+    /// a quote that never closes.
+    fn entry(&self, start: lines::Start, unclosed: Option<Unclosed>) -> Entry {
         let line = start.line;
         let cols = &self.columns;
         let rec = &self.record;
@@ -203,16 +204,19 @@ impl<R: Read> Manifest<R> {
             })
         };
 
-        // Checked first: a quote left open swallows the rest of the file into this record, so
-        // its field count means nothing.
-        if let Some(open) = self.reader.get_ref().unclosed()
-            && open.record == start.offset
-        {
+        // Checked first: the record was cut at the end of the quote's line, so its field
+        // count means nothing.
+        if let Some(open) = unclosed {
+            let after = match open.next {
+                Some(next) => format!("reading goes on at line {}", next.line),
+                None => "it is the last line".to_owned(),
+            };
             return bad(
                 FailureCode::BadRow,
                 format!(
-                    "a quoted field opened on line {} is never closed, so this row runs to the \
-                     end of the manifest; close the quote or double the \" inside the field",
+                    "a quote opened on line {} never closes, so CSV cannot tell where this row \
+                     ends; it fails and {after}. Close the quote, or double the \" if it is part \
+                     of the text",
                     open.line
                 ),
             );
@@ -324,7 +328,47 @@ impl<R: Read> Manifest<R> {
     }
 }
 
-impl<R: Read> Iterator for Manifest<R> {
+impl<R: Read + Seek> Manifest<R> {
+    /// The entry for a record whose quote never closes. The csv reader ran that field to the
+    /// end of the file; CSV cannot say where it was meant to end, so the row is cut at the end
+    /// of the quote's line (its cells as far as they go, so the user can find it) and reading
+    /// goes on at the next line: every later line still becomes a row of its own.
+    fn unclosed_entry(&mut self, start: lines::Start, open: Unclosed) -> Entry {
+        let Some(next) = open.next else {
+            return self.entry(start, Some(open));
+        };
+        let resumed = self
+            .reader
+            .get_mut()
+            .bytes_between(start.offset, next.offset)
+            .and_then(|text| {
+                let mut cut = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .has_headers(false)
+                    .from_reader(text.trim_ascii_end());
+                cut.read_byte_record(&mut self.record)?;
+                let mut position = csv::Position::new();
+                position.set_byte(next.offset);
+                self.reader
+                    .seek_raw(SeekFrom::Start(next.offset), position)?;
+                self.reader.get_mut().set_line(next.line);
+                Ok(())
+            });
+        let entry = self.entry(start, Some(open));
+        match (resumed, entry) {
+            (Ok(()), entry) => entry,
+            // The rest of the file cannot be read again: fail this row saying so, and stop.
+            (Err(err), Entry::Bad(mut bad)) => {
+                self.done = true;
+                bad.message = format!("{}; the manifest cannot be read on: {err}", bad.message);
+                Entry::Bad(bad)
+            }
+            (Err(_), entry) => entry,
+        }
+    }
+}
+
+impl<R: Read + Seek> Iterator for Manifest<R> {
     type Item = Entry;
 
     fn next(&mut self) -> Option<Entry> {
@@ -343,7 +387,10 @@ impl<R: Read> Iterator for Manifest<R> {
                     offset: from,
                     line: lines.line(),
                 });
-                Some(self.entry(start))
+                match lines.unclosed().filter(|open| open.record == start.offset) {
+                    Some(open) => Some(self.unclosed_entry(start, open)),
+                    None => Some(self.entry(start, None)),
+                }
             }
             Ok(false) => {
                 self.done = true;
