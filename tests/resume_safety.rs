@@ -58,7 +58,7 @@ fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
         row("e", "p", "two\n\nnewlines and \"\"\n"),
     ];
     let full = dir.path().join("full.csv");
-    let (mut writer, _) = open_for_append(&full, &extra, true).unwrap();
+    let (mut writer, _) = open_for_append(&full, &extra, true, false).unwrap();
     writer.flush().unwrap();
     // Where the header and each line end.
     let mut ends = vec![len(&full)];
@@ -73,7 +73,7 @@ fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
     let out = dir.path().join("r.csv");
     for cut in 0..=bytes.len() {
         std::fs::write(&out, &bytes[..cut]).unwrap();
-        let (mut writer, previous) = open_for_append(&out, &extra, false).unwrap();
+        let (mut writer, previous) = open_for_append(&out, &extra, false, false).unwrap();
         // A new header is only written out on the first flush.
         writer.flush().unwrap();
         // A cut inside the header starts the file over with a whole header.

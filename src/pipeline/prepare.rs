@@ -69,11 +69,12 @@ pub(super) async fn prepare(
     stop: Arc<Stop>,
 ) -> Result<Prepared, PipelineError> {
     let account = cache_account(&client);
-    let (manifest_path, output, state_dir, fresh) = (
+    let (manifest_path, output, state_dir, fresh, bom) = (
         config.manifest.clone(),
         config.output.clone(),
         config.state_dir.clone(),
         config.fresh,
+        config.excel_bom,
     );
     let opened = tokio::task::spawn_blocking(move || -> Result<Opened, PipelineError> {
         // Taken before the results file is touched, held until the run returns.
@@ -82,7 +83,7 @@ pub(super) async fn prepare(
         let stamp = ManifestStamp::of(&manifest_path);
         let manifest = Manifest::open(&manifest_path)?;
         let (writer, previous) =
-            resume::open_for_append(&output, &manifest.extra_columns(), fresh)?;
+            resume::open_for_append(&output, &manifest.extra_columns(), fresh, bom)?;
         // One pass before any work: the row count for the progress bar, and the ids that
         // repeat.
         let ids = manifest::scan_ids(&manifest_path)?;

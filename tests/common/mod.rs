@@ -87,6 +87,7 @@ impl Job {
             params: Default::default(),
             shard: None,
             limit: None,
+            excel_bom: false,
         }
     }
 }

@@ -31,7 +31,9 @@ pub const NUMBERS: [&str; 6] = [
     "latency_ms",
 ];
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+/// `--format` and a job file's `format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
     Csv,
@@ -60,6 +62,48 @@ impl Format {
     pub fn extension(self) -> &'static str {
         self.as_str()
     }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `--format` (or job file's `format`) that OUT's extension contradicts, or `--excel-bom`
+/// with JSONL.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error(
+        "--format {format} but OUT {out} names a {named} file; results files are read by \
+         their extension (.jsonl or .ndjson for JSONL), so name OUT accordingly or leave \
+         --format out"
+    )]
+    Contradicts {
+        format: Format,
+        out: std::path::PathBuf,
+        named: Format,
+    },
+    #[error("--excel-bom is for CSV results, but {out} is JSONL; leave --excel-bom out")]
+    BomWithJsonl { out: std::path::PathBuf },
+}
+
+/// Checks `out` against the format asked for (`--format`, if any) and `--excel-bom`.
+pub fn check_format(out: &Path, asked: Option<Format>, bom: bool) -> Result<Format, FormatError> {
+    let named = Format::of(out);
+    if let Some(format) = asked.filter(|&f| f != named) {
+        return Err(FormatError::Contradicts {
+            format,
+            out: out.to_owned(),
+            named,
+        });
+    }
+    if bom && named == Format::Jsonl {
+        return Err(FormatError::BomWithJsonl {
+            out: out.to_owned(),
+        });
+    }
+    Ok(named)
 }
 
 /// Whether the file at `path` starts with a [`BOM`] (a results file written with
@@ -220,7 +264,9 @@ impl RecordReader {
                 reader.file.read_until(b'\n', &mut text)?;
                 reader.file.seek(SeekFrom::Start(start))?;
                 let text = text.strip_prefix(BOM).unwrap_or(&text);
-                if text.iter().all(u8::is_ascii_whitespace) {
+                // A first line cut short (a crash as the file was started) names no columns
+                // yet, like a CSV header cut short.
+                if text.iter().all(u8::is_ascii_whitespace) || !text.ends_with(b"\n") {
                     return Ok(None);
                 }
                 // A first line that is not an object names no columns: an empty header,
