@@ -56,6 +56,7 @@ pub fn bench(c: &mut Criterion) {
         params: Default::default(),
         shard: None,
         limit: None,
+        excel_bom: false,
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

@@ -92,8 +92,8 @@ pub fn check(files: &RunFiles<'_>) -> Result<(), FileError> {
                 Some(crate::output::results::Format::of(files.output))
             )
             .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
+            .unwrap_or_default()
+            .to_string_lossy()
         ),
         _ => String::new(),
     };

@@ -118,14 +118,9 @@ fn join_and_compact(
     {
         let file = File::create(joined).map_err(io_err(joined))?;
         let format = Format::of(joined);
-        let mut writer = ResultsWriter::with_format(
-            std::io::BufWriter::new(file),
-            extra,
-            true,
-            format,
-            false,
-        )
-        .map_err(|source| csv_err(joined, source))?;
+        let mut writer =
+            ResultsWriter::with_format(std::io::BufWriter::new(file), extra, true, format, false)
+                .map_err(|source| csv_err(joined, source))?;
         for input in inputs {
             let mut reader = resume_reader(input)?;
             let columns = reader

@@ -68,6 +68,7 @@ fn every_flag_is_a_job_file_key() {
                 "params" => "{ temperature = 0.5 }".to_owned(),
                 "stream" => "\"always\"".to_owned(),
                 "shard" => "\"2/3\"".to_owned(),
+                "format" => "\"jsonl\"".to_owned(),
                 _ if is(arg, ValueParser::path_buf()) || is(arg, ValueParser::string()) => {
                     "\"x\"".to_owned()
                 }
@@ -149,6 +150,9 @@ fn every_setting_states_its_default_or_has_none() {
         "params",
         "shard",
         "limit",
+        // OUT's extension decides it.
+        "format",
+        "excel_bom",
     ];
     for arg in command().get_arguments() {
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();

@@ -44,7 +44,9 @@ impl Format {
     /// The format of the results file at `path`, by its extension.
     pub fn of(path: &Path) -> Self {
         match path.extension().and_then(|e| e.to_str()) {
-            Some(ext) if ext.eq_ignore_ascii_case("jsonl") || ext.eq_ignore_ascii_case("ndjson") => {
+            Some(ext)
+                if ext.eq_ignore_ascii_case("jsonl") || ext.eq_ignore_ascii_case("ndjson") =>
+            {
                 Format::Jsonl
             }
             _ => Format::Csv,
@@ -311,9 +313,9 @@ impl RecordReader {
                     if text.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let names = reader.names.get_or_insert_with(|| {
-                        json_keys(text).unwrap_or_default()
-                    });
+                    let names = reader
+                        .names
+                        .get_or_insert_with(|| json_keys(text).unwrap_or_default());
                     read_json_line(text, names, record);
                     record.set_position(Some(position));
                     return Ok(true);

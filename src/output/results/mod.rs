@@ -181,7 +181,9 @@ pub struct ResultsWriter<W: Write> {
 }
 
 enum Sink<W: Write> {
-    Csv(csv::Writer<W>),
+    // Boxed: the csv writer's state is several times the JSONL variant's, and one writer
+    // lives per file, so the extra allocation costs nothing.
+    Csv(Box<csv::Writer<W>>),
     /// JSONL: the column names are every line's keys.
     Jsonl {
         out: BufWriter<W>,
@@ -223,7 +225,7 @@ impl<W: Write> ResultsWriter<W> {
                 if write_header {
                     csv.write_record(names())?;
                 }
-                Sink::Csv(csv)
+                Sink::Csv(Box::new(csv))
             }
             Format::Jsonl => Sink::Jsonl {
                 out: BufWriter::new(sink),
@@ -264,7 +266,12 @@ impl<W: Write> ResultsWriter<W> {
         c.push_field(r.oss_url.as_bytes());
         c.push_field(r.upload.as_str().as_bytes());
         c.push_field(num.format(r.attempts).as_bytes());
-        c.push_field(r.error_code.as_ref().map_or("", ErrorCode::as_str).as_bytes());
+        c.push_field(
+            r.error_code
+                .as_ref()
+                .map_or("", ErrorCode::as_str)
+                .as_bytes(),
+        );
         c.push_field(r.error_message.as_bytes());
         c.push_field(r.request_id.as_bytes());
         c.push_field(num.format(r.latency_ms).as_bytes());
@@ -322,7 +329,7 @@ impl<W: Write> ResultsWriter<W> {
     /// Flushes and returns the sink.
     pub fn into_inner(self) -> std::io::Result<W> {
         match self.sink {
-            Sink::Csv(csv) => csv.into_inner().map_err(|e| e.into_error()),
+            Sink::Csv(csv) => (*csv).into_inner().map_err(|e| e.into_error()),
             Sink::Jsonl { out, .. } => out.into_inner().map_err(|e| e.into_error()),
         }
     }

@@ -154,8 +154,7 @@ pub fn open_for_append(
     let Some((mut previous, valid_len)) = earlier else {
         let file = append().map_err(io)?;
         file.set_len(0).map_err(io)?;
-        let writer =
-            ResultsWriter::with_format(file, extra, true, format, bom).map_err(csv_err)?;
+        let writer = ResultsWriter::with_format(file, extra, true, format, bom).map_err(csv_err)?;
         let previous = Previous {
             done: Done::from_unsorted(aside),
             ..Previous::default()
@@ -228,8 +227,10 @@ fn scan_with(
     let format = Format::of(out);
     let header = header_line(extra);
     if format == Format::Csv && bytes_len < (format::BOM.len() + header.len()) as u64 {
+        // A header cut short, with or without (some of) a BOM before it.
         let bytes = std::fs::read(out).map_err(io)?;
-        if header.starts_with(bytes.strip_prefix(format::BOM).unwrap_or(&bytes)) {
+        let with_bom = [format::BOM, &header].concat();
+        if header.starts_with(&bytes) || with_bom.starts_with(&bytes) {
             return Ok((Previous::default(), 0));
         }
     }

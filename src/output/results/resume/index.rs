@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use super::{ResumeError, line_digest};
-use crate::output::results::format::RecordReader;
 use crate::failure::FailureCode;
 use crate::manifest::id_key;
+use crate::output::results::format::RecordReader;
 use crate::output::results::{COLUMNS, col};
 use crate::spill::{Spill, SpillError};
 
