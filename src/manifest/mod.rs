@@ -435,6 +435,8 @@ pub fn id_key(id: &str) -> u64 {
 #[derive(Debug, Default)]
 pub struct IdScan {
     pub rows: u64,
+    /// Rows of the shard asked for ([`scan_ids_of`]); all rows without one.
+    pub owned: u64,
     /// Keys of ids used by more than one row (usually none).
     pub duplicates: std::collections::HashSet<u64>,
 }
@@ -445,14 +447,29 @@ pub struct IdScan {
 /// costs the same memory at ten million rows as at a hundred thousand. Nothing per row
 /// outlives the pass.
 pub fn scan_ids(path: &Path) -> Result<IdScan, ManifestError> {
-    scan_ids_in(path, spill::IN_MEMORY, spill::PER_PASS)
+    scan_ids_of(path, None)
 }
 
-/// [`scan_ids`] with `in_memory` keys held before they spill and `per_pass` keys sorted at
-/// a time.
-fn scan_ids_in(path: &Path, in_memory: usize, per_pass: usize) -> Result<IdScan, ManifestError> {
+/// [`scan_ids`], also counting the rows of `shard` (`--shard K/N`) in [`IdScan::owned`], for
+/// the progress bar's total.
+pub fn scan_ids_of(path: &Path, shard: Option<Shard>) -> Result<IdScan, ManifestError> {
+    scan_ids_in(path, shard, spill::IN_MEMORY, spill::PER_PASS)
+}
+
+/// [`scan_ids_of`] with `in_memory` keys held before they spill and `per_pass` keys sorted
+/// at a time.
+fn scan_ids_in(
+    path: &Path,
+    shard: Option<Shard>,
+    in_memory: usize,
+    per_pass: usize,
+) -> Result<IdScan, ManifestError> {
     let mut keys = Spill::<1>::new(in_memory);
+    let mut owned = 0;
     for entry in Manifest::open(path)? {
+        if shard.is_none_or(|shard| shard.owns(entry.id())) {
+            owned += 1;
+        }
         keys.push([id_key(entry.id())])?;
     }
     // Keys are uniform 64-bit hashes, so `key % slices` splits them evenly.
@@ -476,6 +493,7 @@ fn scan_ids_in(path: &Path, in_memory: usize, per_pass: usize) -> Result<IdScan,
     }
     Ok(IdScan {
         rows: keys.len(),
+        owned,
         duplicates,
     })
 }

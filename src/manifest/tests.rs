@@ -481,14 +481,38 @@ fn the_id_scan_counts_rows_and_finds_repeated_ids() {
     let derived = id_key(&derived_id("m", ["x.png"], "p", None));
     // In memory, and spilled to a temp file and checked in three slices: the same answer.
     for (in_memory, per_pass) in [(100, 100), (2, 100), (2, 2)] {
-        let scan = scan_ids_in(&path, in_memory, per_pass).unwrap();
-        assert_eq!(scan.rows, 5);
+        let scan = scan_ids_in(&path, None, in_memory, per_pass).unwrap();
+        assert_eq!((scan.rows, scan.owned), (5, 5));
         assert_eq!(
             scan.duplicates,
             [id_key("a"), derived].into_iter().collect(),
             "in_memory {in_memory}"
         );
     }
+}
+
+/// Issue 12: under `--shard K/N` the bar's total is the shard's rows, not the manifest's.
+#[test]
+fn the_id_scan_counts_the_rows_of_a_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.csv");
+    let mut text = String::from("id,model,file,prompt\n");
+    for i in 0..60 {
+        text.push_str(&format!("r{i},m,x.png,p\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    let owned: Vec<u64> = (1..=3)
+        .map(|k| {
+            let shard: Shard = format!("{k}/3").parse().unwrap();
+            let scan = scan_ids_of(&path, Some(shard)).unwrap();
+            assert_eq!(scan.rows, 60);
+            let by_hand = (0..60).filter(|i| shard.owns(&format!("r{i}"))).count();
+            assert_eq!(scan.owned, by_hand as u64);
+            scan.owned
+        })
+        .collect();
+    assert_eq!(owned.iter().sum::<u64>(), 60);
+    assert!(owned.iter().all(|&n| n < 60), "{owned:?}");
 }
 
 proptest::proptest! {
