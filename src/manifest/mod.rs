@@ -18,6 +18,7 @@ mod header;
 mod lines;
 mod params;
 mod row;
+mod scan;
 mod shard;
 
 use std::fs::File;
@@ -25,12 +26,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::failure::FailureCode;
-use crate::spill::{self, Spill, SpillError};
+use crate::spill::SpillError;
 use header::{Columns, parse_header};
 use lines::{Lines, Unclosed};
 
 pub use params::{Params, canonical as canonical_params};
 pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
+pub use scan::{IdScan, id_key, scan_ids, scan_ids_of};
 pub use shard::Shard;
 
 /// Columns every manifest must have.
@@ -421,81 +423,6 @@ impl<R: Read + Seek> Iterator for Manifest<R> {
             }
         }
     }
-}
-
-/// A stable-within-this-process hash of a row id, the form in which run-wide id sets keep
-/// ids. A collision between two ids of one manifest (odds about 1 in 10^7 at ten million
-/// rows) would at worst skip or mis-file one row.
-pub fn id_key(id: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
-}
-
-/// What a first pass over the manifest finds: how many rows, and which ids occur twice.
-#[derive(Debug, Default)]
-pub struct IdScan {
-    pub rows: u64,
-    /// Rows of the shard asked for ([`scan_ids_of`]); all rows without one.
-    pub owned: u64,
-    /// Keys of ids used by more than one row (usually none).
-    pub duplicates: std::collections::HashSet<u64>,
-}
-
-/// Reads every row once to count them and find repeated ids. The keys go to a
-/// [`Spill`](crate::spill::Spill), then are sorted one slice of the key space at a time
-/// ([`spill::PER_PASS`] keys or so each), so this pass
-/// costs the same memory at ten million rows as at a hundred thousand. Nothing per row
-/// outlives the pass.
-pub fn scan_ids(path: &Path) -> Result<IdScan, ManifestError> {
-    scan_ids_of(path, None)
-}
-
-/// [`scan_ids`], also counting the rows of `shard` (`--shard K/N`) in [`IdScan::owned`], for
-/// the progress bar's total.
-pub fn scan_ids_of(path: &Path, shard: Option<Shard>) -> Result<IdScan, ManifestError> {
-    scan_ids_in(path, shard, spill::IN_MEMORY, spill::PER_PASS)
-}
-
-/// [`scan_ids_of`] with `in_memory` keys held before they spill and `per_pass` keys sorted
-/// at a time.
-fn scan_ids_in(
-    path: &Path,
-    shard: Option<Shard>,
-    in_memory: usize,
-    per_pass: usize,
-) -> Result<IdScan, ManifestError> {
-    let mut keys = Spill::<1>::new(in_memory);
-    let mut owned = 0;
-    for entry in Manifest::open(path)? {
-        if shard.is_none_or(|shard| shard.owns(entry.id())) {
-            owned += 1;
-        }
-        keys.push([id_key(entry.id())])?;
-    }
-    // Keys are uniform 64-bit hashes, so `key % slices` splits them evenly.
-    let slices = keys.slices(per_pass);
-    let mut duplicates = std::collections::HashSet::new();
-    let mut slice = Vec::new();
-    for s in 0..slices {
-        slice.clear();
-        keys.for_each(|[key]| {
-            if key % slices == s {
-                slice.push(key);
-            }
-        })?;
-        slice.sort_unstable();
-        duplicates.extend(
-            slice
-                .windows(2)
-                .filter(|pair| pair[0] == pair[1])
-                .map(|pair| pair[0]),
-        );
-    }
-    Ok(IdScan {
-        rows: keys.len(),
-        owned,
-        duplicates,
-    })
 }
 
 #[cfg(test)]

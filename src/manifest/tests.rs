@@ -1,4 +1,5 @@
 use super::*;
+use scan::scan_ids_in;
 use std::io::Cursor;
 
 fn read(text: &[u8]) -> Result<(Vec<String>, Vec<Entry>), ManifestError> {
