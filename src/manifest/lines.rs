@@ -21,11 +21,20 @@
 //! every later line into that field. So the counter also notes where the line after the
 //! opening quote starts; the manifest reader seeks back there (through [`Seek`], which
 //! resets the counter) and reads on, so the rows after a stray quote still become rows.
+//!
+//! The csv reader holds a whole field in memory, so a stray quote near the top of a
+//! gigabyte manifest would take the rest of the file into one field before its end is seen.
+//! A quoted field that runs past [`MAX_QUOTED`] is therefore treated as never closing: the
+//! counter ends the input there for the csv reader, and the same seek-back reads on.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 
 const BOM: [u8; 3] = *b"\xef\xbb\xbf";
+
+/// The longest quoted field read: far past any prompt a model takes (the longest context
+/// windows are a few MB of text), small enough that a stray quote costs little memory.
+pub(super) const MAX_QUOTED: u64 = 16 << 20;
 
 /// Where a record starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +55,8 @@ pub(super) struct Unclosed {
     /// Where the line after the opening quote starts; `None` when the input ends on the
     /// quote's own line.
     pub next: Option<Start>,
+    /// The field ran past [`MAX_QUOTED`] rather than to the end of the input.
+    pub too_long: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +91,9 @@ pub(super) struct Lines<R> {
     line: u64,
     prev_cr: bool,
     state: State,
-    /// Line of the quote that opened the current quoted field.
+    /// Line and offset of the quote that opened the current quoted field.
     quote_line: u64,
+    quote_offset: u64,
     /// Start of the line after `quote_line`, once seen.
     after_quote: Option<Start>,
     /// Offset of the start of the record being scanned.
@@ -108,6 +120,7 @@ impl<R: Read> Lines<R> {
             prev_cr: false,
             state: State::Between,
             quote_line: 0,
+            quote_offset: 0,
             after_quote: None,
             record: 0,
             #[cfg(test)]
@@ -231,6 +244,7 @@ impl<R: Read> Lines<R> {
         match b {
             b'"' => {
                 self.quote_line = self.line;
+                self.quote_offset = self.offset;
                 self.after_quote = None;
                 State::Quoted
             }
@@ -288,6 +302,18 @@ impl<R: Read> Read for Lines<R> {
         if !self.head_read {
             self.read_head()?;
         }
+        // Past the cap the input ends here for the csv reader (see the module docs). It reads
+        // through a fixed buffer, so the field is at most one buffer over.
+        let quoted = matches!(self.state, State::Quoted | State::Quote);
+        if quoted && self.offset - self.quote_offset >= MAX_QUOTED {
+            self.unclosed = Some(Unclosed {
+                record: self.record,
+                line: self.quote_line,
+                next: self.after_quote,
+                too_long: true,
+            });
+            return Ok(0);
+        }
         let n = if self.head_sent < self.head_len {
             let n = buf.len().min(self.head_len - self.head_sent);
             buf[..n].copy_from_slice(&self.head[self.head_sent..self.head_sent + n]);
@@ -301,6 +327,7 @@ impl<R: Read> Read for Lines<R> {
                 record: self.record,
                 line: self.quote_line,
                 next: self.after_quote,
+                too_long: false,
             });
         }
         self.scan(&buf[..n]);

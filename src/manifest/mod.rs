@@ -216,10 +216,15 @@ impl<R: Read + Seek> Manifest<R> {
             return bad(
                 FailureCode::BadRow,
                 format!(
-                    "a quote opened on line {} never closes, so CSV cannot tell where this row \
-                     ends; it fails and {after}. Close the quote, or double the \" if it is part \
-                     of the text",
-                    open.line
+                    "a quote opened on line {} {}, so CSV cannot tell where this row ends; it \
+                     fails and {after}. Close the quote, or double the \" if it is part of the \
+                     text",
+                    open.line,
+                    if open.too_long {
+                        format!("does not close within {} MiB", lines::MAX_QUOTED >> 20)
+                    } else {
+                        "never closes".to_owned()
+                    }
                 ),
             );
         }

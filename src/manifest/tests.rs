@@ -179,6 +179,39 @@ fn a_quote_never_closed_fails_its_row_instead_of_swallowing_the_rest() {
 }
 
 #[test]
+fn a_quoted_field_past_the_cap_is_cut_there_and_the_rows_inside_it_run() {
+    // A stray quote on line 2 that a later stray quote "closes" past the cap: without the
+    // cap, every line between them is one field held in memory, and those rows are lost.
+    let prompt = "p".repeat(1000);
+    let inside = (super::lines::MAX_QUOTED as usize / (prompt.len() + 10)) + 100;
+    let mut text = String::from("model,file,prompt\nm,a.png,\"stray\n");
+    for _ in 0..inside {
+        text.push_str(&format!("m,b.png,{prompt}\n"));
+    }
+    text.push_str("m,c.png,closing\" quote\nm,d.png,last\n");
+    let (_, rows) = read(text.as_bytes()).unwrap();
+    let lines: Vec<u64> = rows.iter().map(Entry::line).collect();
+    let expected: Vec<u64> = (2..=inside as u64 + 4).collect();
+    assert_eq!(lines.len(), expected.len());
+    assert_eq!(
+        lines, expected,
+        "every line after the stray quote is a row of its own"
+    );
+    let first = bad(&rows[0]);
+    assert!(
+        first
+            .message
+            .contains("a quote opened on line 2 does not close within 16 MiB"),
+        "{}",
+        first.message
+    );
+    let good = rows.iter().filter(|e| matches!(e, Entry::Row(_))).count();
+    // Only line 2 fails: read on its own, the quote in mid-field on the "closing" line is
+    // text, as CSV reads a quote that does not open a field.
+    assert_eq!(good, inside + 2, "the rows inside the cut field run");
+}
+
+#[test]
 fn a_quote_never_closed_in_the_header_is_a_manifest_error() {
     let err = read(b"model,file,\"prompt\nm,a.png,p\n").unwrap_err();
     assert!(
