@@ -225,6 +225,23 @@ fn excel_bom_starts_the_csv_once_and_resume_compaction_and_merge_read_past_it() 
         .assert()
         .code(0);
     assert_eq!(results(&merged).len(), 3);
+    // merge writes no BOM unless asked, and one when asked.
+    assert!(std::fs::read(&merged).unwrap().starts_with(b"id,line,"));
+    dashbatch()
+        .args(["merge", "--excel-bom"])
+        .arg(&manifest)
+        .arg(&out)
+        .arg("-o")
+        .arg(&merged)
+        .assert()
+        .code(0);
+    let bytes = std::fs::read(&merged).unwrap();
+    assert!(
+        bytes.starts_with(b"\xef\xbb\xbfid,line,"),
+        "{:?}",
+        &bytes[..12]
+    );
+    assert_eq!(results(&merged).len(), 3);
 }
 
 #[test]

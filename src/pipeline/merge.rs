@@ -62,6 +62,8 @@ pub enum MergeError {
     ForeignLines(u64, PathBuf),
     #[error(transparent)]
     Compact(#[from] CompactError),
+    #[error(transparent)]
+    Format(#[from] crate::output::results::format::FormatError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -70,7 +72,14 @@ pub enum MergeError {
 }
 
 /// Joins `inputs`, results files of runs of `manifest`, into `out` (see the module docs).
-pub fn merge(manifest: &Path, inputs: &[PathBuf], out: &Path) -> Result<Merged, MergeError> {
+/// With `bom`, a CSV `out` starts with a UTF-8 BOM (`--excel-bom`).
+pub fn merge(
+    manifest: &Path,
+    inputs: &[PathBuf],
+    out: &Path,
+    bom: bool,
+) -> Result<Merged, MergeError> {
+    crate::output::results::format::check_format(out, None, bom)?;
     let extra = Manifest::open(manifest)?.extra_columns();
     let header: Vec<&str> = COLUMNS
         .iter()
@@ -98,7 +107,7 @@ pub fn merge(manifest: &Path, inputs: &[PathBuf], out: &Path) -> Result<Merged, 
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     let side = resume::side_path(joined.path());
-    let result = join_and_compact(manifest, &inputs, &extra, &header, joined.path(), out);
+    let result = join_and_compact(manifest, &inputs, &extra, &header, joined.path(), out, bom);
     let _ = std::fs::remove_file(&side);
     result
 }
@@ -110,6 +119,7 @@ fn join_and_compact(
     header: &[&str],
     joined: &Path,
     out: &Path,
+    bom: bool,
 ) -> Result<Merged, MergeError> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
@@ -119,7 +129,7 @@ fn join_and_compact(
         let file = File::create(joined).map_err(io_err(joined))?;
         let format = Format::of(joined);
         let mut writer =
-            ResultsWriter::with_format(std::io::BufWriter::new(file), extra, true, format, false)
+            ResultsWriter::with_format(std::io::BufWriter::new(file), extra, true, format, bom)
                 .map_err(|source| csv_err(joined, source))?;
         for input in inputs {
             let mut reader = resume_reader(input)?;
