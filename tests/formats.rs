@@ -242,6 +242,17 @@ fn excel_bom_starts_the_csv_once_and_resume_compaction_and_merge_read_past_it() 
         &bytes[..12]
     );
     assert_eq!(results(&merged).len(), 3);
+    let jsonl = job.dir.path().join("merged.jsonl");
+    dashbatch()
+        .args(["merge", "--excel-bom"])
+        .arg(&manifest)
+        .arg(&out)
+        .arg("-o")
+        .arg(&jsonl)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--excel-bom is for CSV"));
+    assert!(!jsonl.exists(), "nothing written");
 }
 
 #[test]
