@@ -13,7 +13,11 @@
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
 //! limit up front; the rate then stays at or below it. Without it a model starts slowly
 //! ([`aimd::START_RATE`], doubling each second; issue 11), and a growth-rate 429
-//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate.
+//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate. A token-rate 429
+//! (`Throttling.AllocationQuota`, compatible `insufficient_quota`) paces the model's tokens
+//! instead, leaving its request pace alone ([`tokens`]): from then on each call first waits
+//! for its tokens (the learnt tokens per call) at the model's token rate, then for its
+//! request turn. `--model-tpm` sets that token rate, and its cap, from the start.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +29,11 @@ use crate::dashscope::ApiError;
 use crate::dashscope::error::ThrottleScope;
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
 use aimd::{Aimd, Change};
+use tokens::{TokenAimd, TokenChange};
 
 mod aimd;
 mod sample;
+mod tokens;
 
 /// What callers of one model wait on. Sent on every change, so that a caller waiting at the
 /// old pace wakes and waits again at the new one.
@@ -35,6 +41,8 @@ mod sample;
 struct Pace {
     /// Calls per second; `None`: unpaced, calls go at once.
     rate: Option<f64>,
+    /// Tokens per second; `None`: tokens unpaced.
+    tokens: Option<f64>,
     /// No call before this instant: the pause that comes with a cut.
     not_before: Option<Instant>,
 }
@@ -42,6 +50,7 @@ struct Pace {
 /// One model's pacer: its AIMD state and the pace it publishes to the callers.
 struct Model {
     aimd: Aimd,
+    tokens: TokenAimd,
     pace: watch::Sender<Pace>,
     /// Tokens per call, learnt from the usage of its answers (a moving average); 0 until
     /// the first answer.
@@ -57,6 +66,15 @@ impl Model {
         // `send_modify` updates the value even while no caller is subscribed.
         self.pace.send_modify(|pace| {
             pace.rate = Some(change.rate);
+            if !change.pause.is_zero() {
+                pace.not_before = Some(now + change.pause);
+            }
+        });
+    }
+
+    fn apply_tokens(&mut self, change: TokenChange, now: Instant) {
+        self.pace.send_modify(|pace| {
+            pace.tokens = Some(change.rate);
             if !change.pause.is_zero() {
                 pace.not_before = Some(now + change.pause);
             }
@@ -105,8 +123,7 @@ impl Permit {
 /// The pacers of all models of a run.
 pub struct Pacing {
     cap: Option<f64>,
-    /// `--model-tpm` as tokens per second: each call waits for its model's tokens (the
-    /// learnt tokens per call) at this rate, on a key of its own, before its request turn.
+    /// `--model-tpm` as tokens per second: the token pace from the start, and its cap.
     tokens_per_second: Option<f64>,
     /// Spaces the calls of each model (key: the model) at its current rate.
     limiter: Arc<dyn Limiter>,
@@ -140,14 +157,17 @@ impl Pacing {
                 Some(_) => Aimd::new(self.cap, now()),
                 None => Aimd::slow_start(now()),
             };
+            let tokens = TokenAimd::new(self.tokens_per_second, now());
             let pace = watch::Sender::new(Pace {
                 rate: aimd.rate(),
+                tokens: tokens.rate(),
                 not_before: None,
             });
             models.insert(
                 model.to_owned(),
                 Model {
                     aimd,
+                    tokens,
                     pace,
                     tokens_per_call: 0.0,
                 },
@@ -160,47 +180,57 @@ impl Pacing {
     /// Waits until `model` may be called, then lets one call of `cost` go. Free while the
     /// model has never been throttled.
     ///
-    /// A caller waits at the pace it read, until that pace changes: then it drops its place
-    /// (the limiter spends nothing for a dropped wait) and waits again at the new pace. A
-    /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
-    /// queued before a cut honours the cut's pause.
+    /// The call's tokens (the learnt tokens per call, once known) wait first at the token
+    /// pace, on a key of their own, then the call waits for its turn at the request pace.
     pub async fn acquire(&self, model: &str, cost: Cost) -> Permit {
         let (mut pace, tokens) =
             self.with_model(model, |m| (m.pace.subscribe(), m.tokens_per_call));
-        if let Some(per_second) = self.tokens_per_second
-            && tokens >= 1.0
-        {
-            // No burst: the service counts every one-second window, and a burst of a
-            // second's tokens after a quiet spell would put two seconds' worth in one.
-            let rate = Rate::per_second(per_second);
+        if tokens >= 1.0 {
             let key = format!("{model}\ttokens");
-            self.limiter
-                .acquire(&key, rate, Cost::tokens(tokens.round() as u64))
-                .await;
+            let cost = Cost::tokens(tokens.round() as u64);
+            self.wait_turn(&mut pace, &key, |p| p.tokens, cost).await;
         }
+        self.wait_turn(&mut pace, model, |p| p.rate, cost).await;
+        Permit { sent: now() }
+    }
+
+    /// Waits for `cost` of `key` at the rate `rate_of` reads from the pace; no wait while
+    /// it reads `None`.
+    ///
+    /// A caller waits at the pace it read, until that pace changes: then it drops its place
+    /// (the limiter spends nothing for a dropped wait) and waits again at the new pace. A
+    /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
+    /// queued before a cut honours the cut's pause. No burst: the service counts every
+    /// one-second window, and a burst after a quiet spell would put two seconds' worth in one.
+    async fn wait_turn(
+        &self,
+        pace: &mut watch::Receiver<Pace>,
+        key: &str,
+        rate_of: impl Fn(&Pace) -> Option<f64>,
+        cost: Cost,
+    ) {
         loop {
-            let Pace { rate, not_before } = *pace.borrow_and_update();
-            let Some(rate) = rate else {
-                break;
+            let current = *pace.borrow_and_update();
+            let Some(rate) = rate_of(&current) else {
+                return;
             };
             let turn = async {
-                if let Some(at) = not_before {
+                if let Some(at) = current.not_before {
                     tokio::time::sleep_until(at.into()).await;
                 }
                 self.limiter
-                    .acquire(model, Rate::per_second(rate), cost)
+                    .acquire(key, Rate::per_second(rate), cost)
                     .await;
             };
             tokio::select! {
                 // A turn already granted is used, even if the pace changed at the same time.
                 biased;
-                () = turn => break,
+                () = turn => return,
                 // The sender lives as long as `self`, so `changed` does not fail; if it did,
                 // the branch would be disabled and the turn awaited at the old pace.
                 Ok(()) = pace.changed() => {}
             }
         }
-        Permit { sent: now() }
     }
 
     /// Teaches the pace of `model` the outcome of a call sent at `sent` (its permit's
@@ -208,8 +238,6 @@ impl Pacing {
     pub fn settle(&self, model: &str, sent: Instant, outcome: Outcome) {
         match outcome {
             Outcome::Ok => self.on_success(model, sent),
-            // Every scope cuts the request rate for now: a token limit is met by fewer
-            // requests too.
             Outcome::Throttled(scope) => self.on_throttled(model, sent, scope),
             Outcome::Failed => {}
         }
@@ -238,6 +266,15 @@ impl Pacing {
             let now = now();
             let change = match scope {
                 ThrottleScope::Burst => m.aimd.on_burst(sent, now),
+                // A token limit: the token pace is cut, the request pace left as it is
+                // (cutting both would take two cuts' worth off the rate).
+                ThrottleScope::Tokens => {
+                    if let Some(change) = m.tokens.on_throttled(sent, now) {
+                        tracing::debug!(model, tokens = change.rate, "model token pace set");
+                        m.apply_tokens(change, now);
+                    }
+                    None
+                }
                 _ => m.aimd.on_throttled(sent, now),
             };
             if let Some(change) = change {
@@ -252,12 +289,17 @@ impl Pacing {
         });
     }
 
-    /// Teaches `model`'s token pacing the tokens an answered call used.
+    /// Teaches `model`'s token pacing the tokens an answered call used: its tokens per call,
+    /// and its token pace (which grows while in use).
     pub fn learn_tokens(&self, model: &str, tokens: u64) {
         if tokens == 0 {
             return;
         }
         self.with_model(model, |m| {
+            let now = now();
+            if let Some(change) = m.tokens.on_answer(tokens, now) {
+                m.apply_tokens(change, now);
+            }
             let tokens = tokens as f64;
             m.tokens_per_call = if m.tokens_per_call == 0.0 {
                 tokens
@@ -279,6 +321,16 @@ impl Pacing {
         models
             .iter()
             .filter_map(|(name, m)| m.aimd.paced_rate().map(|r| (name.clone(), r)))
+            .collect()
+    }
+
+    /// The models whose tokens were paced (after a token 429, or by `--model-tpm`) and
+    /// their token rates (tokens a second) when the run ended, for the summary.
+    pub fn token_rates(&self) -> std::collections::BTreeMap<String, f64> {
+        let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        models
+            .iter()
+            .filter_map(|(name, m)| m.tokens.rate().map(|r| (name.clone(), r)))
             .collect()
     }
 }

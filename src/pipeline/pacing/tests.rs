@@ -165,3 +165,34 @@ async fn a_known_token_limit_paces_calls_by_their_learnt_tokens() {
     // Another model has its own tokens.
     assert_eq!(granted(&pacing, "b", t0).await, last);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_429_paces_the_models_tokens_not_its_requests() {
+    // Requests paced far above what the tokens allow, so only the token pace can bind.
+    let pacing = Pacing::new(Some(1000.0), None);
+    // A second of answers: 20 calls of 500 tokens, 10,000 tokens got through.
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        pacing.learn_tokens("m", 500);
+    }
+    pacing.settle("m", now(), Outcome::Throttled(ThrottleScope::Tokens));
+    assert_eq!(
+        pacing.rate("m"),
+        Some(1000.0),
+        "the request pace is left alone"
+    );
+    // Paced at 97% of that, 9,700 tokens a second, after a short pause: one call of
+    // 500 tokens every 500 / 9,700 s.
+    let t0 = tokio::time::Instant::now();
+    let first = granted(&pacing, "m", t0).await;
+    assert_eq!(first, secs(0.1), "the cut pauses the model");
+    let second = granted(&pacing, "m", t0).await;
+    let gap = (second - first).as_secs_f64();
+    assert!(
+        (gap - 500.0 / 9_700.0).abs() < 1e-3,
+        "calls {gap} s apart, not at the token pace"
+    );
+    let paced = pacing.token_rates().get("m").copied().unwrap_or_default();
+    assert!((paced - 9_700.0).abs() < 1e-6, "the summary's token pace: {paced}");
+    assert_eq!(pacing.token_rates().get("other"), None);
+}
