@@ -89,13 +89,19 @@ enum Scenario {
     /// Adaptive pacing: the emulator limits each model to `--model-rps` calls per second
     /// (a limit the client is not told) and counts refused calls in its window. Rows
     /// alternate between `--models` models; the bound is models × model-rps.
+    /// `--model-rps 0 --fault-rate 0.2`: no limit, and 429 bursts among the faults (noise
+    /// the pace must not take for a limit); no bound then.
     Pacing {
         #[arg(long, default_value_t = 5000)]
         rows: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// 0: no request limit.
         #[arg(long, default_value_t = 20)]
         model_rps: u32,
+        /// The emulator's `--fault-rate`.
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
         /// How many models share the run, one run per value.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         models: Vec<usize>,
@@ -182,7 +188,16 @@ fn main() -> Result<()> {
             model_rps,
             models,
             chat_ms,
-        } => pacing(&bin, rows, concurrency, model_rps, &models, chat_ms),
+            fault_rate,
+        } => pacing(
+            &bin,
+            rows,
+            concurrency,
+            model_rps,
+            &models,
+            chat_ms,
+            fault_rate,
+        ),
         Scenario::Burst {
             rows,
             concurrency,
@@ -281,10 +296,11 @@ fn pacing(
     model_rps: u32,
     model_counts: &[usize],
     chat_ms: u64,
+    fault_rate: f64,
 ) -> Result<()> {
     println!(
         "C = {concurrency}, {rows} rows, 4 files reused, chat {chat_ms} ms, emulator \
-         --model-rps {model_rps} per model (not told to the client)"
+         --model-rps {model_rps} per model (not told to the client), --fault-rate {fault_rate}"
     );
     println!(
         "{:>6} {:>9} {:>7} {:>6} {:>7} {:>7}  pace at the end",
@@ -292,15 +308,17 @@ fn pacing(
     );
     for &models in model_counts {
         let job = Job::with_models(rows, 4, 1024, models)?;
-        let emulator = Emulator::start(
-            bin,
-            &[
-                format!("--chat-latency-ms={chat_ms}"),
-                format!("--model-rps={model_rps}"),
-            ],
-        )?;
+        let mut flags = vec![format!("--chat-latency-ms={chat_ms}")];
+        if model_rps > 0 {
+            flags.push(format!("--model-rps={model_rps}"));
+        }
+        if fault_rate > 0.0 {
+            flags.push(format!("--fault-rate={fault_rate}"));
+        }
+        let emulator = Emulator::start(bin, &flags)?;
         let run = job.run(bin, &emulator.url, concurrency, 16)?;
         emulator.stop()?;
+        // No limit: no bound (the ratio reads inf).
         let bound = (models as u32 * model_rps) as f64;
         let throttled = run.summary["throttled_seen"].as_f64().unwrap_or(0.0);
         // Each row ends with one successful call; every 429 is one more call.
