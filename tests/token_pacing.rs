@@ -99,15 +99,15 @@ async fn run_under_token_limit(api: Api, tell_the_client: bool) -> Paced {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_token_limit_is_paced_not_met_with_429s() {
     let run = run_under_token_limit(Api::Native, true).await;
-    let Paced {
-        refused, calls, ..
-    } = run;
+    let Paced { refused, calls, .. } = run;
     assert!(
         refused * 20 <= calls,
         "{refused} of {calls} calls refused, over 5%: {}",
         run.summary
     );
-    let pace = run.pace.expect("a --model-tpm model's token pace is reported");
+    let pace = run
+        .pace
+        .expect("a --model-tpm model's token pace is reported");
     assert!(pace <= run.limit, "paced at {pace}, over {}", run.limit);
 }
 
@@ -116,9 +116,7 @@ async fn a_known_token_limit_is_paced_not_met_with_429s() {
 /// are no request-rate 429s to stop it) and most calls are refused; with it, a few are.
 async fn an_unknown_token_limit_is_learnt_and_paced(api: Api) {
     let run = run_under_token_limit(api, false).await;
-    let Paced {
-        refused, calls, ..
-    } = run;
+    let Paced { refused, calls, .. } = run;
     assert!(refused > 0, "the limit was met: {}", run.summary);
     assert!(
         refused * 10 <= calls,

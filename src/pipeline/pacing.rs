@@ -125,7 +125,10 @@ impl Pace {
     /// Calls a second: the request pace, or the token pace over `per_call` tokens a call
     /// (once known), whichever is lower; `None`: neither is paced.
     fn calls_per_second(&self, per_call: f64) -> Option<f64> {
-        let by_tokens = self.tokens.filter(|_| per_call >= 1.0).map(|t| t / per_call);
+        let by_tokens = self
+            .tokens
+            .filter(|_| per_call >= 1.0)
+            .map(|t| t / per_call);
         match (self.rate, by_tokens) {
             (Some(rate), Some(by_tokens)) => Some(rate.min(by_tokens)),
             (rate, by_tokens) => rate.or(by_tokens),

@@ -194,7 +194,10 @@ async fn a_token_429_paces_the_models_tokens_not_its_requests() {
         "calls {gap} s apart, not at the token pace"
     );
     let paced = pacing.token_rates().get("m").copied().unwrap_or_default();
-    assert!((paced - 9_700.0).abs() < 1e-6, "the summary's token pace: {paced}");
+    assert!(
+        (paced - 9_700.0).abs() < 1e-6,
+        "the summary's token pace: {paced}"
+    );
     assert_eq!(pacing.token_rates().get("other"), None);
 }
 

@@ -199,9 +199,7 @@ fn past_the_ceiling_the_probe_is_slow_then_the_ceiling_decays() {
     );
     // Below the ceiling: half-way up each second, whatever its age.
     let half_way = 50.0 + (100.0 * NEAR_CEILING - 50.0) / 2.0;
-    assert!(
-        (next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START) - half_way).abs() < 1e-9
-    );
+    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START) - half_way).abs() < 1e-9);
     // No ceiling: slow start until a limit has been met, then gentler growth.
     assert!((next_rate(50.0, None, false, SLOW_START) - 100.0).abs() < 1e-9);
     assert!((next_rate(50.0, None, true, SLOW_START) - 50.0 * GROWTH).abs() < 1e-9);
@@ -506,11 +504,7 @@ fn a_slow_start_doubles_each_second_while_nothing_is_refused() {
             rates.push(change.rate);
         }
     }
-    assert_eq!(
-        rates,
-        [9.0, 16.0, 30.0, 58.0],
-        "{rates:?}"
-    );
+    assert_eq!(rates, [9.0, 16.0, 30.0, 58.0], "{rates:?}");
 }
 
 #[test]
@@ -526,10 +520,7 @@ fn a_growth_rate_429_slows_the_ramp_not_the_steady_rate() {
     // no pause and no ceiling.
     let at = t0 + secs(t + 0.05);
     let change = a.on_burst(at, at).expect("a change");
-    assert_eq!(
-        (change.rate, change.pause),
-        (16.0, Duration::ZERO)
-    );
+    assert_eq!((change.rate, change.pause), (16.0, Duration::ZERO));
     // The next step is a quarter shorter (x1.75), not the AIMD cut of a limit.
     let mut rates = vec![];
     let t1 = t + 0.05;
