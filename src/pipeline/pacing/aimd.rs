@@ -431,17 +431,17 @@ impl Aimd {
         self.rate = Some(rate);
         self.held = rate;
         self.last_decrease = Some(now);
-        // An unpaced start's burst may have filled the service's window many times over:
-        // a whole window drains it. A slow start's overshoot is one step, sent for about a
-        // latency before its first 429 came back: a short drain empties that (measured: a
-        // second's pause cost 20 of 600 rows at 20 a second).
-        let pause = if self.before_burst > 0.0 {
-            DRAIN
-        } else {
-            SETTLE
-        };
-        self.active_since = now + pause;
-        Change { rate, pause }
+        // A whole window, even after a slow start, whose overshoot a 200 ms drain would
+        // empty: calls sent in the drained rest of the window are counted nowhere (the first
+        // burst counts the second before its 429, the check the second after the window),
+        // and under bursts of noise 429s that left the pace to collapse to a few calls a
+        // second (tests/pacing_recovery.rs, measured: 6.7/s). It costs a second's calls
+        // once per model.
+        self.active_since = now + SETTLE;
+        Change {
+            rate,
+            pause: SETTLE,
+        }
     }
 
     /// Counts an answer into the first burst; one window after its first 429, every call of

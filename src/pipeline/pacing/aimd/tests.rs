@@ -555,7 +555,10 @@ fn a_slow_start_meets_a_request_limit_with_few_429s_the_first_second_included() 
     );
     assert!(share <= 0.02, "{share} of calls 429: {:?}", slow.rates);
     assert!(share < unpaced.share(), "{share} vs {}", unpaced.share());
-    assert!(rows_per_s >= 18.0, "{rows_per_s} rows/s: {:?}", slow.rates);
+    // 18.0 before the first step waited two seconds: a start that a growth limit of floor
+    // 10 accepts gives 18 calls in the first two seconds where this limit would take 40
+    // (docs/performance.md), which costs about 0.4 rows/s over 30 s.
+    assert!(rows_per_s >= 17.5, "{rows_per_s} rows/s: {:?}", slow.rates);
 }
 
 #[test]
