@@ -37,6 +37,9 @@ use clap::{Parser, Subcommand};
 
 /// `--client-arg`s, set once in `main` (a global rather than a parameter of every scenario).
 static CLIENT_ARGS: OnceLock<Vec<String>> = OnceLock::new();
+/// Set under injected faults, where a row may exhaust its retries: exit 1 (rows failed) is
+/// then a result to report, not a broken run.
+static FAILED_ROWS_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Parser)]
 #[command(about = "dashbatch load harness: the client against a separate emulator process")]
@@ -89,13 +92,19 @@ enum Scenario {
     /// Adaptive pacing: the emulator limits each model to `--model-rps` calls per second
     /// (a limit the client is not told) and counts refused calls in its window. Rows
     /// alternate between `--models` models; the bound is models × model-rps.
+    /// `--model-rps 0 --fault-rate 0.2`: no limit, and 429 bursts among the faults (noise
+    /// the pace must not take for a limit); no bound then.
     Pacing {
         #[arg(long, default_value_t = 5000)]
         rows: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// 0: no request limit.
         #[arg(long, default_value_t = 20)]
         model_rps: u32,
+        /// The emulator's `--fault-rate`.
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
         /// How many models share the run, one run per value.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         models: Vec<usize>,
@@ -182,7 +191,16 @@ fn main() -> Result<()> {
             model_rps,
             models,
             chat_ms,
-        } => pacing(&bin, rows, concurrency, model_rps, &models, chat_ms),
+            fault_rate,
+        } => pacing(
+            &bin,
+            rows,
+            concurrency,
+            model_rps,
+            &models,
+            chat_ms,
+            fault_rate,
+        ),
         Scenario::Burst {
             rows,
             concurrency,
@@ -281,10 +299,11 @@ fn pacing(
     model_rps: u32,
     model_counts: &[usize],
     chat_ms: u64,
+    fault_rate: f64,
 ) -> Result<()> {
     println!(
         "C = {concurrency}, {rows} rows, 4 files reused, chat {chat_ms} ms, emulator \
-         --model-rps {model_rps} per model (not told to the client)"
+         --model-rps {model_rps} per model (not told to the client), --fault-rate {fault_rate}"
     );
     println!(
         "{:>6} {:>9} {:>7} {:>6} {:>7} {:>7}  pace at the end",
@@ -292,21 +311,24 @@ fn pacing(
     );
     for &models in model_counts {
         let job = Job::with_models(rows, 4, 1024, models)?;
-        let emulator = Emulator::start(
-            bin,
-            &[
-                format!("--chat-latency-ms={chat_ms}"),
-                format!("--model-rps={model_rps}"),
-            ],
-        )?;
+        let mut flags = vec![format!("--chat-latency-ms={chat_ms}")];
+        if model_rps > 0 {
+            flags.push(format!("--model-rps={model_rps}"));
+        }
+        if fault_rate > 0.0 {
+            flags.push(format!("--fault-rate={fault_rate}"));
+            FAILED_ROWS_OK.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let emulator = Emulator::start(bin, &flags)?;
         let run = job.run(bin, &emulator.url, concurrency, 16)?;
         emulator.stop()?;
+        // No limit: no bound (the ratio reads inf).
         let bound = (models as u32 * model_rps) as f64;
         let throttled = run.summary["throttled_seen"].as_f64().unwrap_or(0.0);
         // Each row ends with one successful call; every 429 is one more call.
         let calls = rows as f64 + throttled;
         println!(
-            "{:>6} {:>9.1} {:>7.0} {:>6.3} {:>7} {:>6.1}%  {}",
+            "{:>6} {:>9.1} {:>7.0} {:>6.3} {:>7} {:>6.1}%  {} (rows failed: {})",
             models,
             run.rows_per_s(rows),
             bound,
@@ -314,6 +336,7 @@ fn pacing(
             throttled,
             100.0 * throttled / calls,
             run.summary["model_pace"],
+            run.summary["rows_failed"],
         );
     }
     Ok(())
@@ -403,10 +426,11 @@ fn tokens(bin: &Path, rows: usize, concurrency: usize, fit: f64, chat_ms: u64) -
     let rate = tokens_of(&run) / run.wall.as_secs_f64();
     println!(
         "{rate:.0} tokens/s = {:.3} of the token rate (goal ≥ 0.9), {:.1} rows/s, {throttled} \
-         429s = {share:.1}% of calls (goal ≤ 5%) {kinds}, pace {}",
+         429s = {share:.1}% of calls (goal ≤ 5%) {kinds}, pace {}, token pace {}",
         rate / bound,
         run.rows_per_s(rows),
-        run.summary["model_pace"]
+        run.summary["model_pace"],
+        run.summary["model_token_pace"]
     );
     Ok(())
 }
@@ -526,7 +550,9 @@ impl Job {
             .context("cannot start dashbatch run")?;
         let (status, usage) = wait(child)?;
         let wall = started.elapsed();
-        if status != 0 {
+        if status != 0
+            && !(status == 1 && FAILED_ROWS_OK.load(std::sync::atomic::Ordering::Relaxed))
+        {
             bail!("dashbatch run exited {status}");
         }
         let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary)?)?;

@@ -148,6 +148,17 @@ pub fn metrics_text(r: &RunReport<'_>) -> String {
             ("kind=\"unknown\"", kind("unknown")),
         ],
     );
+    let token_pace: Vec<(String, f64)> = s
+        .model_token_pace
+        .iter()
+        .map(|(model, r)| (format!("model=\"{}\"", escape(model)), *r))
+        .collect();
+    let token_pace: Vec<(&str, f64)> = token_pace.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    gauge(
+        "last_run_model_token_pace",
+        "Tokens a second each token-paced model ended at (after a token 429, or --model-tpm).",
+        &token_pace,
+    );
     gauge(
         "last_run_models_refused",
         "Models the service refused for good in the last run (no access, no such model).",
@@ -236,6 +247,7 @@ mod tests {
         };
         stats.retries.insert("throttled", 2);
         stats.throttled_by_kind.insert("burst", 3);
+        stats.model_token_pace.insert("qwen-vl-plus".into(), 6151.5);
         let report = RunReport {
             manifest: Path::new("jobs/a \"b\".csv"),
             output: Path::new("o.csv"),
@@ -251,6 +263,10 @@ mod tests {
         assert!(text.contains("cause=\"throttled\"} 2\n"));
         assert!(text.contains("kind=\"burst\"} 3\n"), "{text}");
         assert!(text.contains("kind=\"tokens\"} 0\n"), "{text}");
+        assert!(
+            text.contains("dashbatch_last_run_model_token_pace{manifest=\"jobs/a \\\"b\\\".csv\",model=\"qwen-vl-plus\"} 6151.5\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             value.parse::<f64>().expect("every sample ends in a number");

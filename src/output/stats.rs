@@ -42,6 +42,9 @@ pub struct Stats {
     pub failures: BTreeMap<ErrorCode, u64>,
     /// Models whose calls were paced after 429s, and the pace they ended at (calls/s).
     pub model_pace: BTreeMap<String, f64>,
+    /// Models whose tokens were paced (after a token 429, or by `--model-tpm`), and the
+    /// token pace they ended at (tokens/s).
+    pub model_token_pace: BTreeMap<String, f64>,
     /// Models the service refused for good (no access, no such model), and why: the
     /// service's `code: message` of the first refusal. Their rows failed without calls.
     pub models_refused: BTreeMap<String, String>,
@@ -187,6 +190,14 @@ impl Stats {
             pace += &format!("; paced {}", parts.join(", "));
         }
         lines.push(pace);
+        if !self.model_token_pace.is_empty() {
+            let parts: Vec<String> = self
+                .model_token_pace
+                .iter()
+                .map(|(m, r)| format!("{m} {} tokens/s", n(r.round() as u64)))
+                .collect();
+            lines.push(format!("  tokens paced {}", parts.join(", ")));
+        }
         lines.join("\n")
     }
 }
@@ -277,6 +288,9 @@ mod tests {
         };
         stats.retries.insert("throttled", 2);
         stats.model_pace.insert("qwen-vl-plus".into(), 2.0);
+        stats
+            .model_token_pace
+            .insert("qwen-vl-plus".into(), 6_151.4);
         let summary = stats.summary_line();
         assert!(
             summary.starts_with("1,234 ok, 0 failed, 1,233,333 skipped of 1,234,567 rows\n"),
@@ -289,6 +303,10 @@ mod tests {
         );
         assert!(
             summary.contains("2 retries (throttled 2); 2 429s"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("\n  tokens paced qwen-vl-plus 6,151 tokens/s"),
             "{summary}"
         );
         for line in summary.lines() {

@@ -64,6 +64,7 @@ pub(super) async fn finish(
         stats.rows_not_attempted = n;
     }
     reporter.stats_mut().model_pace = worker.pacing.rates();
+    reporter.stats_mut().model_token_pace = worker.pacing.token_rates();
     reporter.stats_mut().models_refused = worker.refusals.summary();
     // The last reference to the worker, and with it (after `cache` below) to the upload
     // cache, whose drop waits for its appender thread.

@@ -13,7 +13,12 @@
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
 //! limit up front; the rate then stays at or below it. Without it a model starts slowly
 //! ([`aimd::START_RATE`], doubling each second; issue 11), and a growth-rate 429
-//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate.
+//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate. A token-rate 429
+//! (`Throttling.AllocationQuota`, compatible `insufficient_quota`) paces the model's tokens
+//! instead, leaving its request pace alone ([`tokens`]): from then on the model's calls go
+//! at the lower of its request pace and its token pace over the tokens a call uses (learnt
+//! from the usage of its answers). `--model-tpm` sets that token pace, and its cap, from
+//! the start.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +30,11 @@ use crate::dashscope::ApiError;
 use crate::dashscope::error::ThrottleScope;
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
 use aimd::{Aimd, Change};
+use tokens::{TokenAimd, TokenChange};
 
 mod aimd;
 mod sample;
+mod tokens;
 
 /// What callers of one model wait on. Sent on every change, so that a caller waiting at the
 /// old pace wakes and waits again at the new one.
@@ -35,6 +42,8 @@ mod sample;
 struct Pace {
     /// Calls per second; `None`: unpaced, calls go at once.
     rate: Option<f64>,
+    /// Tokens per second; `None`: tokens unpaced.
+    tokens: Option<f64>,
     /// No call before this instant: the pause that comes with a cut.
     not_before: Option<Instant>,
 }
@@ -42,6 +51,7 @@ struct Pace {
 /// One model's pacer: its AIMD state and the pace it publishes to the callers.
 struct Model {
     aimd: Aimd,
+    tokens: TokenAimd,
     pace: watch::Sender<Pace>,
     /// Tokens per call, learnt from the usage of its answers (a moving average); 0 until
     /// the first answer.
@@ -57,6 +67,15 @@ impl Model {
         // `send_modify` updates the value even while no caller is subscribed.
         self.pace.send_modify(|pace| {
             pace.rate = Some(change.rate);
+            if !change.pause.is_zero() {
+                pace.not_before = Some(now + change.pause);
+            }
+        });
+    }
+
+    fn apply_tokens(&mut self, change: TokenChange, now: Instant) {
+        self.pace.send_modify(|pace| {
+            pace.tokens = Some(change.rate);
             if !change.pause.is_zero() {
                 pace.not_before = Some(now + change.pause);
             }
@@ -102,11 +121,25 @@ impl Permit {
     }
 }
 
+impl Pace {
+    /// Calls a second: the request pace, or the token pace over `per_call` tokens a call
+    /// (once known), whichever is lower; `None`: neither is paced.
+    fn calls_per_second(&self, per_call: f64) -> Option<f64> {
+        let by_tokens = self
+            .tokens
+            .filter(|_| per_call >= 1.0)
+            .map(|t| t / per_call);
+        match (self.rate, by_tokens) {
+            (Some(rate), Some(by_tokens)) => Some(rate.min(by_tokens)),
+            (rate, by_tokens) => rate.or(by_tokens),
+        }
+    }
+}
+
 /// The pacers of all models of a run.
 pub struct Pacing {
     cap: Option<f64>,
-    /// `--model-tpm` as tokens per second: each call waits for its model's tokens (the
-    /// learnt tokens per call) at this rate, on a key of its own, before its request turn.
+    /// `--model-tpm` as tokens per second: the token pace from the start, and its cap.
     tokens_per_second: Option<f64>,
     /// Spaces the calls of each model (key: the model) at its current rate.
     limiter: Arc<dyn Limiter>,
@@ -146,14 +179,17 @@ impl Pacing {
                 Some(_) => Aimd::new(self.cap, now()),
                 None => Aimd::slow_start(now()),
             };
+            let tokens = TokenAimd::new(self.tokens_per_second, now());
             let pace = watch::Sender::new(Pace {
                 rate: aimd.rate(),
+                tokens: tokens.rate(),
                 not_before: None,
             });
             models.insert(
                 model.to_owned(),
                 Model {
                     aimd,
+                    tokens,
                     pace,
                     tokens_per_call: 0.0,
                 },
@@ -166,31 +202,28 @@ impl Pacing {
     /// Waits until `model` may be called, then lets one call of `cost` go. Free while the
     /// model has never been throttled.
     ///
+    /// One wait, on the model's key, at the lower of its request pace and its token pace
+    /// over the tokens a call uses (the learnt tokens per call). Not one wait for tokens
+    /// and then one for the request turn: with C calls queued at the second, a token pace
+    /// set while they wait would never reach them, since they passed the first wait when
+    /// there was none, and they would go out at the request pace (measured: 60 calls in a
+    /// second against a limit of 19).
+    ///
     /// A caller waits at the pace it read, until that pace changes: then it drops its place
     /// (the limiter spends nothing for a dropped wait) and waits again at the new pace. A
     /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
-    /// queued before a cut honours the cut's pause.
+    /// queued before a cut honours the cut's pause. No burst: the service counts every
+    /// one-second window, and a burst after a quiet spell would put two seconds' worth in one.
     pub async fn acquire(&self, model: &str, cost: Cost) -> Permit {
-        let (mut pace, tokens) =
-            self.with_model(model, |m| (m.pace.subscribe(), m.tokens_per_call));
-        if let Some(per_second) = self.tokens_per_second
-            && tokens >= 1.0
-        {
-            // No burst: the service counts every one-second window, and a burst of a
-            // second's tokens after a quiet spell would put two seconds' worth in one.
-            let rate = Rate::per_second(per_second);
-            let key = format!("{model}\ttokens");
-            self.limiter
-                .acquire(&key, rate, Cost::tokens(tokens.round() as u64))
-                .await;
-        }
+        let mut pace = self.with_model(model, |m| m.pace.subscribe());
         loop {
-            let Pace { rate, not_before } = *pace.borrow_and_update();
-            let Some(rate) = rate else {
+            let current = *pace.borrow_and_update();
+            let per_call = self.with_model(model, |m| m.tokens_per_call);
+            let Some(rate) = current.calls_per_second(per_call) else {
                 break;
             };
             let turn = async {
-                if let Some(at) = not_before {
+                if let Some(at) = current.not_before {
                     tokio::time::sleep_until(at.into()).await;
                 }
                 self.limiter
@@ -214,8 +247,6 @@ impl Pacing {
     pub fn settle(&self, model: &str, sent: Instant, outcome: Outcome) {
         match outcome {
             Outcome::Ok => self.on_success(model, sent),
-            // Every scope cuts the request rate for now: a token limit is met by fewer
-            // requests too.
             Outcome::Throttled(scope) => self.on_throttled(model, sent, scope),
             Outcome::Failed => {}
         }
@@ -244,6 +275,15 @@ impl Pacing {
             let now = now();
             let change = match scope {
                 ThrottleScope::Burst => m.aimd.on_burst(sent, now),
+                // A token limit: the token pace is cut, the request pace left as it is
+                // (cutting both would take two cuts' worth off the rate).
+                ThrottleScope::Tokens => {
+                    if let Some(change) = m.tokens.on_throttled(sent, now) {
+                        tracing::debug!(model, tokens = change.rate, "model token pace set");
+                        m.apply_tokens(change, now);
+                    }
+                    None
+                }
                 _ => m.aimd.on_throttled(sent, now),
             };
             if let Some(change) = change {
@@ -258,12 +298,17 @@ impl Pacing {
         });
     }
 
-    /// Teaches `model`'s token pacing the tokens an answered call used.
+    /// Teaches `model`'s token pacing the tokens an answered call used: its tokens per call,
+    /// and its token pace (which grows while in use).
     pub fn learn_tokens(&self, model: &str, tokens: u64) {
         if tokens == 0 {
             return;
         }
         self.with_model(model, |m| {
+            let now = now();
+            if let Some(change) = m.tokens.on_answer(tokens, now) {
+                m.apply_tokens(change, now);
+            }
             let tokens = tokens as f64;
             m.tokens_per_call = if m.tokens_per_call == 0.0 {
                 tokens
@@ -285,6 +330,16 @@ impl Pacing {
         models
             .iter()
             .filter_map(|(name, m)| m.aimd.paced_rate().map(|r| (name.clone(), r)))
+            .collect()
+    }
+
+    /// The models whose tokens were paced (after a token 429, or by `--model-tpm`) and
+    /// their token rates (tokens a second) when the run ended, for the summary.
+    pub fn token_rates(&self) -> std::collections::BTreeMap<String, f64> {
+        let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        models
+            .iter()
+            .filter_map(|(name, m)| m.tokens.rate().map(|r| (name.clone(), r)))
             .collect()
     }
 }

@@ -153,15 +153,85 @@ async fn a_known_token_limit_paces_calls_by_their_learnt_tokens() {
     // Nothing learnt yet: the first call is not held for tokens.
     assert_eq!(granted(&pacing, "a", t0).await, Duration::ZERO);
     pacing.learn_tokens("a", 5);
-    let mut last = Duration::ZERO;
-    for _ in 0..21 {
+    let first = granted(&pacing, "a", t0).await;
+    let mut last = first;
+    for _ in 0..20 {
         last = granted(&pacing, "a", t0).await;
     }
-    // 105 tokens at 10 a second, the first call's at once.
+    // 20 calls of 5 tokens after the first, at 10 tokens/s: 10 s.
     assert!(
-        last >= secs(9.9) && last <= secs(10.1),
-        "21 calls of 5 tokens at 10 tokens/s: the last at {last:?}"
+        last - first >= secs(9.9) && last - first <= secs(10.1),
+        "21 calls of 5 tokens at 10 tokens/s: from {first:?} to {last:?}"
     );
     // Another model has its own tokens.
     assert_eq!(granted(&pacing, "b", t0).await, last);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_429_paces_the_models_tokens_not_its_requests() {
+    // Requests paced far above what the tokens allow, so only the token pace can bind.
+    let pacing = Pacing::new(Some(1000.0), None);
+    // A second of answers: 20 calls of 500 tokens, 10,000 tokens got through.
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        pacing.learn_tokens("m", 500);
+    }
+    pacing.settle("m", now(), Outcome::Throttled(ThrottleScope::Tokens));
+    assert_eq!(
+        pacing.rate("m"),
+        Some(1000.0),
+        "the request pace is left alone"
+    );
+    // Paced at 97% of that, 9,700 tokens a second, after a short pause: one call of
+    // 500 tokens every 500 / 9,700 s.
+    let t0 = tokio::time::Instant::now();
+    let first = granted(&pacing, "m", t0).await;
+    assert_eq!(first, secs(0.1), "the cut pauses the model");
+    let second = granted(&pacing, "m", t0).await;
+    let gap = (second - first).as_secs_f64();
+    assert!(
+        (gap - 500.0 / 9_700.0).abs() < 1e-3,
+        "calls {gap} s apart, not at the token pace"
+    );
+    let paced = pacing.token_rates().get("m").copied().unwrap_or_default();
+    assert!(
+        (paced - 9_700.0).abs() < 1e-6,
+        "the summary's token pace: {paced}"
+    );
+    assert_eq!(pacing.token_rates().get("other"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_already_queued_take_up_a_token_pace_set_while_they_wait() {
+    // Requests paced at 100/s; 40 calls queue for their turns. Then a token 429 sets a
+    // token pace of 9,700 tokens/s, 19.4 calls of 500 tokens a second: the calls still
+    // queued go at that pace, not at the request pace they queued at.
+    let pacing = Arc::new(Pacing::new(Some(100.0), None));
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        pacing.learn_tokens("m", 500);
+    }
+    let t0 = tokio::time::Instant::now();
+    let queued: Vec<_> = (0..40)
+        .map(|_| {
+            let pacing = Arc::clone(&pacing);
+            tokio::spawn(async move { granted(&pacing, "m", t0).await })
+        })
+        .collect();
+    tokio::time::sleep(secs(0.05)).await;
+    pacing.settle("m", now(), Outcome::Throttled(ThrottleScope::Tokens));
+    let mut times = Vec::new();
+    for call in queued {
+        times.push(call.await.unwrap());
+    }
+    times.sort();
+    let after: Vec<_> = times.iter().filter(|t| **t > secs(0.05)).collect();
+    assert!(after.len() >= 30, "{times:?}");
+    for pair in after.windows(2) {
+        let gap = (*pair[1] - *pair[0]).as_secs_f64();
+        assert!(
+            gap >= 500.0 / 9_700.0 - 1e-3,
+            "queued calls {gap} s apart, faster than the token pace: {times:?}"
+        );
+    }
 }

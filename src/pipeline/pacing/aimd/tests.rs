@@ -56,10 +56,10 @@ fn the_limit_is_estimated_from_what_got_through_the_first_burst() {
     for i in 0..12 {
         assert_eq!(a.on_success(t0, t0 + secs(0.1 + i as f64 * 0.001)), None);
     }
-    // One window later the estimate is made: 95% of the 20 that got through, and 20 is
-    // the ceiling.
+    // One window later the estimate is made: just under the 20 that got through, and 20
+    // is the ceiling.
     let rate = a.on_success(t0 + secs(1.07), t0 + secs(1.17)).unwrap().rate;
-    assert!((rate - 19.0).abs() < 1e-9, "{rate}");
+    assert!((rate - 20.0 * NEAR_CEILING).abs() < 1e-9, "{rate}");
     assert_eq!(a.ceiling.map(|c| c.rate), Some(20.0));
 }
 
@@ -198,7 +198,8 @@ fn past_the_ceiling_the_probe_is_slow_then_the_ceiling_decays() {
         "then full growth"
     );
     // Below the ceiling: half-way up each second, whatever its age.
-    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START) - 72.5).abs() < 1e-9);
+    let half_way = 50.0 + (100.0 * NEAR_CEILING - 50.0) / 2.0;
+    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START) - half_way).abs() < 1e-9);
     // No ceiling: slow start until a limit has been met, then gentler growth.
     assert!((next_rate(50.0, None, false, SLOW_START) - 100.0).abs() < 1e-9);
     assert!((next_rate(50.0, None, true, SLOW_START) - 50.0 * GROWTH).abs() < 1e-9);
@@ -492,10 +493,10 @@ fn a_slow_start_doubles_each_second_while_nothing_is_refused() {
     let mut a = Aimd::slow_start(t0);
     assert_eq!(a.rate(), Some(START_RATE));
     assert_eq!(a.paced_rate(), None, "a ramp is not a pace to report");
-    // Calls at the rate, all answered: the rate doubles once a second.
+    // Calls at the rate, all answered: the rate doubles once a second, after the first two.
     let mut rates = vec![START_RATE];
     let mut t = 0.0;
-    while t < 3.0 {
+    while t < 4.0 {
         let rate = a.rate().unwrap();
         t += 1.0 / rate;
         if let Some(change) = a.on_success(t0 + secs(t), t0 + secs(t)) {
@@ -503,7 +504,7 @@ fn a_slow_start_doubles_each_second_while_nothing_is_refused() {
             rates.push(change.rate);
         }
     }
-    assert_eq!(rates, [10.0, 20.0, 40.0, 80.0], "{rates:?}");
+    assert_eq!(rates, [9.0, 16.0, 30.0, 58.0], "{rates:?}");
 }
 
 #[test]
@@ -511,15 +512,15 @@ fn a_growth_rate_429_slows_the_ramp_not_the_steady_rate() {
     let t0 = Instant::now();
     let mut a = Aimd::slow_start(t0);
     let mut t = 0.0;
-    while a.rate() < Some(40.0) {
+    while a.rate() < Some(30.0) {
         t += 1.0 / a.rate().unwrap();
         a.on_success(t0 + secs(t), t0 + secs(t));
     }
-    // A call of the step from 20 to 40 is refused for growth: back to 20, which held, with
+    // A call of the step from 16 to 30 is refused for growth: back to 16, which held, with
     // no pause and no ceiling.
     let at = t0 + secs(t + 0.05);
     let change = a.on_burst(at, at).expect("a change");
-    assert_eq!((change.rate, change.pause), (20.0, Duration::ZERO));
+    assert_eq!((change.rate, change.pause), (16.0, Duration::ZERO));
     // The next step is a quarter shorter (x1.75), not the AIMD cut of a limit.
     let mut rates = vec![];
     let t1 = t + 0.05;
@@ -529,7 +530,7 @@ fn a_growth_rate_429_slows_the_ramp_not_the_steady_rate() {
             rates.push(change.rate);
         }
     }
-    assert_eq!(rates.first(), Some(&35.0), "{rates:?}");
+    assert_eq!(rates.first(), Some(&(15.0 * 1.75)), "{rates:?}");
     assert_eq!(
         a.paced_rate(),
         None,
@@ -554,7 +555,10 @@ fn a_slow_start_meets_a_request_limit_with_few_429s_the_first_second_included() 
     );
     assert!(share <= 0.02, "{share} of calls 429: {:?}", slow.rates);
     assert!(share < unpaced.share(), "{share} vs {}", unpaced.share());
-    assert!(rows_per_s >= 18.0, "{rows_per_s} rows/s: {:?}", slow.rates);
+    // 18.0 before the first step waited two seconds: a start that a growth limit of floor
+    // 10 accepts gives 18 calls in the first two seconds where this limit would take 40
+    // (docs/performance.md), which costs about 0.4 rows/s over 30 s.
+    assert!(rows_per_s >= 17.5, "{rows_per_s} rows/s: {:?}", slow.rates);
 }
 
 #[test]
