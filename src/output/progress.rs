@@ -86,7 +86,7 @@ pub fn above_the_bar(say: impl FnOnce()) {
 }
 
 /// The status line, with thousands separators:
-/// `1,234/4,000 rows  ok 1,230  failed 4  retries 3  429s 2`. `to_do` is the rows this run
+/// `1,234/4,000 rows  ok 1,230  failed 4  retries 3  429s 2  paced qwen-vl-max 18/s`. `to_do` is the rows this run
 /// has to do: a resumed run's skipped rows are not in it.
 pub fn status(stats: &Stats, to_do: u64) -> String {
     let mut line = format!(
@@ -103,7 +103,25 @@ pub fn status(stats: &Stats, to_do: u64) -> String {
     if stats.throttled_seen > 0 {
         line.push_str(&format!("  429s {}", HumanCount(stats.throttled_seen)));
     }
+    // Last: the line is cut at the terminal's width, and with many models this is longest.
+    if !stats.model_pace.is_empty() {
+        let paces: Vec<String> = stats
+            .model_pace
+            .iter()
+            .map(|(model, per_s)| format!("{model} {}", calls(*per_s)))
+            .collect();
+        line.push_str(&format!("  paced {}", paces.join(", ")));
+    }
     line
+}
+
+/// `18/s`, `2.5/s`: a model's pace in calls a second.
+fn calls(per_s: f64) -> String {
+    if per_s >= 10.0 {
+        format!("{per_s:.0}/s")
+    } else {
+        format!("{per_s:.1}/s")
+    }
 }
 
 /// The pace, beside the bar: `141 rows/s  16 in flight`.
@@ -204,6 +222,8 @@ mod tests {
             ..Stats::default()
         };
         stats.retries.insert("throttled", 12_345);
+        stats.model_pace.insert("qwen-vl-max".into(), 18.2);
+        stats.model_pace.insert("qwen-vl-plus".into(), 2.54);
         bar.set_message(status(&stats, 1_000_000));
         bar.set_prefix(pace(&stats, 64, Duration::from_secs(3_000)));
         bar.force_draw();
@@ -239,6 +259,11 @@ mod tests {
                 "{lines:#?}"
             );
             assert!(lines[1].contains("429s 12,345"), "{lines:#?}");
+            assert!(
+                lines[1].contains("paced qwen-vl-max 18/s, qwen-vl-plus 2.5/s")
+                    || (width < 120 && !lines[1].contains("paced q")),
+                "{lines:#?}"
+            );
         }
         let bar_cells =
             |lines: Vec<String>| lines[lines.len() - 2].chars().filter(|c| *c == '█').count();

@@ -33,6 +33,9 @@ pub enum Event {
     Changed(u64),
     /// `--limit N`: this run does at most N rows, so the bar counts no more.
     Limit(u64),
+    /// The paced models and their current pace (calls/s), sampled while the run goes, for
+    /// the progress display.
+    Paces(std::collections::BTreeMap<String, f64>),
 }
 
 /// A sink whose written data can be forced to stable storage.
@@ -92,6 +95,8 @@ impl<W: Durable> Reporter<W> {
                 self.set_length();
             }
             Event::Started => self.in_flight += 1,
+            // Shown with the next row's update (at least one frame a second follows).
+            Event::Paces(paces) => self.stats.model_pace = paces,
             Event::Row(result) => {
                 self.writer.write(&result)?;
                 // Flushed per row: a crash loses at most the rows still in flight.
@@ -301,6 +306,24 @@ mod tests {
         assert!(
             !stalled.load(std::sync::atomic::Ordering::SeqCst),
             "the sync held the runtime's only thread"
+        );
+    }
+
+    /// Issue 12: the bar shows each paced model's current pace, sampled while the run goes.
+    #[test]
+    fn sampled_paces_reach_the_status_line() {
+        let writer = ResultsWriter::new(Vec::new(), &[], true).unwrap();
+        let mut reporter = Reporter::new(writer, Stats::default(), Progress::Hidden);
+        assert!(!reporter.status().contains("paced"));
+        let paces = [
+            ("qwen-vl-max".to_owned(), 18.2),
+            ("qwen-vl-plus".to_owned(), 40.0),
+        ];
+        reporter.handle(Event::Paces(paces.into())).unwrap();
+        let line = reporter.status();
+        assert!(
+            line.ends_with("  paced qwen-vl-max 18/s, qwen-vl-plus 40/s"),
+            "{line}"
         );
     }
 

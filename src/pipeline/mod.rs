@@ -36,6 +36,7 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RunConfig;
@@ -45,7 +46,7 @@ use crate::manifest::{Entry, ManifestError};
 use crate::output::lock::LockError;
 use crate::output::reporter::ReportError;
 use crate::output::results::resume::ResumeError;
-use crate::output::{RowResult, Stats};
+use crate::output::{Event, RowResult, Stats};
 
 pub use compact::CompactError;
 pub use failure::Failure;
@@ -96,6 +97,10 @@ pub async fn run(
     let stop = Arc::new(Stop::new(&shutdown));
     let mut prepared = prepare::prepare(config, client, Arc::clone(&stop)).await?;
     let worker = Arc::clone(&prepared.worker);
+    let paces = tokio::spawn(sample_paces(
+        Arc::clone(&prepared.worker),
+        prepared.events.clone(),
+    ));
     dispatch::dispatch(
         &mut prepared.rows,
         move |entry| {
@@ -108,7 +113,27 @@ pub async fn run(
         config.drain_timeout,
     )
     .await;
+    // Its sender must be gone before the reporter can end.
+    paces.abort();
+    let _ = paces.await;
     finish::finish(prepared, config).await
+}
+
+/// Sends the paced models' current paces to the reporter every second, for the progress
+/// display; the summary takes the final ones from the worker.
+async fn sample_paces(worker: Arc<worker::Worker>, events: mpsc::Sender<Event>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last = std::collections::BTreeMap::new();
+    loop {
+        tick.tick().await;
+        let paces = worker.pacing.rates();
+        if paces != last {
+            last.clone_from(&paces);
+            if events.send(Event::Paces(paces)).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The line of a row that never ran.
