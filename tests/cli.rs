@@ -543,3 +543,27 @@ fn output_into_a_missing_folder_creates_it() {
         .code(0);
     assert_eq!(results(&out).len(), 1);
 }
+
+/// Issue 12: a job file's `../manifest.csv` reached the Prometheus label as
+/// `jobs/../manifest.csv`; paths are normalised against the job file's folder.
+#[test]
+fn job_file_paths_reach_labels_and_messages_normalised() {
+    let mut job = Job::new();
+    let a = job.file("x.png", b"one");
+    job.row(&format!("1,qwen-vl-plus,{a},p"));
+    job.manifest();
+    std::fs::create_dir(job.dir.path().join("jobs")).unwrap();
+    let toml = job.dir.path().join("jobs/nightly.toml");
+    std::fs::write(
+        &toml,
+        "manifest = \"../manifest.csv\"\nemulator = true\nmetrics_textfile = \"./m/../run.prom\"\n",
+    )
+    .unwrap();
+    dashbatch().arg("run").arg(&toml).arg("-q").assert().code(0);
+    let text = std::fs::read_to_string(job.dir.path().join("jobs/run.prom")).unwrap();
+    let label = format!(
+        "manifest=\"{}\"",
+        job.dir.path().join("manifest.csv").display()
+    );
+    assert!(text.contains(&label) && !text.contains(".."), "{text}");
+}

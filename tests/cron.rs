@@ -298,6 +298,32 @@ async fn the_drain_ends_at_drain_timeout_and_rows_still_in_flight_are_not_attemp
     );
 }
 
+/// Issue 12: Ctrl-C (a real SIGINT) says "stopping" once, however the run then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_prints_the_stopping_message_once() {
+    let em = start(EmulatorConfig {
+        chat_latency: Duration::from_secs(60),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let job = slow_job(20);
+    let child = run_with_rows_stuck_in_flight(&em, &job, &["--drain-timeout", "1"]).await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .expect("the drain stops at --drain-timeout")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let stopping = stderr.lines().filter(|l| l.contains("stopping")).count();
+    assert_eq!(stopping, 1, "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_stops_at_once_and_the_next_run_finishes() {
     use tokio::io::AsyncBufReadExt;

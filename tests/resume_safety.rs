@@ -29,9 +29,27 @@ fn len(path: &Path) -> usize {
     std::fs::metadata(path).unwrap().len() as usize
 }
 
-/// (id, note) of every line, read by a strict csv reader: every line has the header's
-/// field count.
+/// (id, note) of every line, read by a strict csv reader (every line has the header's
+/// field count), or as JSON objects with every key.
 fn read_back(path: &Path) -> Vec<(String, String)> {
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        let text = std::fs::read_to_string(path).unwrap();
+        return text
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
+                assert_eq!(
+                    v.as_object().unwrap().len(),
+                    dashbatch::output::COLUMNS.len() + 1
+                );
+                (
+                    v["id"].as_str().unwrap().into(),
+                    v["note"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+    }
     let mut reader = csv::Reader::from_path(path).unwrap();
     reader
         .records()
@@ -44,8 +62,15 @@ fn read_back(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// In each format: CSV, CSV with a BOM (`--excel-bom`), JSONL (issue 12).
 #[test]
 fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
+    for (name, bom) in [("csv", false), ("csv", true), ("jsonl", false)] {
+        cut_at_any_byte(name, bom);
+    }
+}
+
+fn cut_at_any_byte(extension: &str, bom: bool) {
     let dir = tempfile::tempdir().unwrap();
     let extra = vec!["note".to_owned()];
     // Newlines inside quoted fields, in the middle column `prompt` and in the last one, where
@@ -57,8 +82,8 @@ fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
         row("d", "p", "plain"),
         row("e", "p", "two\n\nnewlines and \"\"\n"),
     ];
-    let full = dir.path().join("full.csv");
-    let (mut writer, _) = open_for_append(&full, &extra, true).unwrap();
+    let full = dir.path().join(format!("full.{extension}"));
+    let (mut writer, _) = open_for_append(&full, &extra, true, bom).unwrap();
     writer.flush().unwrap();
     // Where the header and each line end.
     let mut ends = vec![len(&full)];
@@ -70,10 +95,11 @@ fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
     drop(writer);
     let bytes = std::fs::read(&full).unwrap();
 
-    let out = dir.path().join("r.csv");
+    let out = dir.path().join(format!("r.{extension}"));
     for cut in 0..=bytes.len() {
         std::fs::write(&out, &bytes[..cut]).unwrap();
-        let (mut writer, previous) = open_for_append(&out, &extra, false).unwrap();
+        let (mut writer, previous) = open_for_append(&out, &extra, false, bom)
+            .unwrap_or_else(|e| panic!("{extension} (BOM: {bom}), cut at byte {cut}: {e}"));
         // A new header is only written out on the first flush.
         writer.flush().unwrap();
         // A cut inside the header starts the file over with a whole header.
@@ -83,9 +109,13 @@ fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
         assert_eq!(
             String::from_utf8_lossy(&std::fs::read(&out).unwrap()),
             String::from_utf8_lossy(&bytes[..kept]),
-            "cut at byte {cut}: the file keeps exactly the lines written in full"
+            "{extension} (BOM: {bom}), cut at byte {cut}: the file keeps exactly the lines \
+             written in full"
         );
-        assert_eq!(previous.lines, whole_lines as u64, "cut at byte {cut}");
+        assert_eq!(
+            previous.lines, whole_lines as u64,
+            "{extension} (BOM: {bom}), cut at byte {cut}"
+        );
 
         writer.write(&row("new", "p", "after\nthe cut")).unwrap();
         writer.flush().unwrap();
@@ -98,7 +128,7 @@ fn a_results_file_cut_at_any_byte_resumes_from_the_lines_written_in_full() {
         assert_eq!(
             read_back(&out),
             want,
-            "cut at byte {cut}, then one line appended"
+            "{extension} (BOM: {bom}), cut at byte {cut}, then one line appended"
         );
     }
 }

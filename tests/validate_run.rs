@@ -80,3 +80,60 @@ fn validate_lists_exactly_the_rows_run_fails_in_the_same_words() {
     );
     assert!(messages[0].contains("media is a folder"), "{}", messages[0]);
 }
+
+/// Issue 12: a quote that never closes fails its own row; the rows after it still run, in
+/// `validate` and in `run` (before, both saw 3 rows and lines 4 and 5 vanished).
+#[test]
+fn a_quote_never_closed_fails_its_row_and_the_rows_after_it_run() {
+    let mut job = Job::new();
+    let ok = job.file("ok.png", b"fine");
+    job.row(&format!("a,qwen-vl-plus,{ok},p")); // line 2
+    job.row(&format!("b,qwen-vl-plus,{ok},q")); // 3
+    job.row(&format!("c,qwen-vl-plus,{ok},\"Say \"\"hi")); // 4: the quote never closes
+    job.row(&format!("d,qwen-vl-plus,{ok},r")); // 5
+    job.row(&format!("e,qwen-vl-plus,{ok},s")); // 6
+    let manifest = job.manifest();
+
+    let checked = dashbatch().arg("validate").arg(&manifest).output().unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("rows: 5 (1 invalid"), "{stdout}");
+    assert!(
+        stdout.contains("manifest.csv, line 4: a quote opened on line 4 never closes"),
+        "{stdout}"
+    );
+
+    let ran = dashbatch()
+        .args(["run", "--emulator", "-q"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ran.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let rows = results(&job.output());
+    let mut seen: Vec<(u64, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["line"].parse().unwrap(),
+                r["id"].as_str(),
+                r["status"].as_str(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (2, "a", "ok"),
+            (3, "b", "ok"),
+            (4, "c", "failed"),
+            (5, "d", "ok"),
+            (6, "e", "ok"),
+        ]
+    );
+}

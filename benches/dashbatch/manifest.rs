@@ -18,7 +18,7 @@ pub fn bench(c: &mut Criterion) {
     group.bench_function("read_10k_rows", |b| {
         b.iter(|| {
             let manifest = Manifest::from_reader(
-                text.as_bytes(),
+                std::io::Cursor::new(text.as_bytes()),
                 Path::new("bench.csv"),
                 PathBuf::from("/jobs"),
             )

@@ -57,6 +57,7 @@ pub fn bench(c: &mut Criterion) {
         shard: None,
         limit: None,
         redis: None,
+        excel_bom: false,
     };
     let client = Client::new(
         ApiKey::new("sk-bench").expect("valid key"),

@@ -87,10 +87,13 @@ pub fn check(files: &RunFiles<'_>) -> Result<(), FileError> {
     let hint = |flag: &str| match flag {
         "-o" => format!(
             " (the default is {} beside the manifest)",
-            crate::config::default_output(files.manifest)
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
+            crate::config::default_output(
+                files.manifest,
+                Some(crate::output::results::Format::of(files.output))
+            )
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
         ),
         _ => String::new(),
     };

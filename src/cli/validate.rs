@@ -15,7 +15,8 @@ pub struct ValidateArgs {
     pub input: PathBuf,
 
     /// The results file whose finished rows a run would skip
-    /// [default: the job's output, else <manifest stem>.results.csv].
+    /// [default: the job's output, else <manifest stem>.results.csv, or .results.jsonl
+    /// for a job of format jsonl].
     #[arg(short, long, value_name = "OUT")]
     pub output: Option<PathBuf>,
 
@@ -28,21 +29,21 @@ pub struct ValidateArgs {
 /// Exit codes: 0 when the manifest (and job file) are valid, 1 when anything is not; clap's
 /// own usage errors stay 2.
 pub fn run(args: ValidateArgs) -> u8 {
-    let (manifest, job_output) = if is_job_file(&args.input) {
+    let (manifest, job_output, job_format) = if is_job_file(&args.input) {
         match JobFile::load(&args.input) {
-            Ok(job) => (job.manifest.unwrap_or_default(), job.output),
+            Ok(job) => (job.manifest.unwrap_or_default(), job.output, job.format),
             Err(err) => {
                 say!("error: {err}");
                 return exit::SOME_FAILED;
             }
         }
     } else {
-        (args.input.clone(), None)
+        (args.input.clone(), None, None)
     };
     let output = args
         .output
         .or(job_output)
-        .unwrap_or_else(|| default_output(&manifest));
+        .unwrap_or_else(|| default_output(&manifest, job_format));
     if let Err(err) = super::files::check_manifest(&manifest) {
         say!("error: {err}");
         out!("invalid: fix the problem above");

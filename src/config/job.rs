@@ -3,7 +3,7 @@
 //! relative to the job file's folder. Flags given on the command line override it. Its keys
 //! are declared, with the flags, in [`super::settings`].
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::settings::Settings;
 
@@ -45,7 +45,7 @@ impl Settings {
         let base = path.parent().unwrap_or(Path::new(""));
         for p in job.paths_mut().into_iter().flatten() {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalise(&base.join(&*p));
             }
         }
         if let Some(why) = job
@@ -68,6 +68,36 @@ impl Settings {
     }
 }
 
+/// `path` without `.` components, and with `dir/..` taken out, so that `jobs/../m1.csv`
+/// reaches messages and metric labels as `m1.csv`. Lexical, except that a `..` after a
+/// symbolic link is kept: the kernel resolves it from the link's target, so taking out the
+/// pair would name another file.
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) if !is_symlink(&out) => {
+                    out.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +115,48 @@ mod tests {
         assert_eq!(job.manifest.unwrap(), dir.path().join("data/m.csv"));
         assert_eq!(job.output.unwrap(), PathBuf::from("/abs/out.csv"));
         assert_eq!(job.concurrency, Some(64));
+    }
+
+    /// Issue 12: `jobs/../m1.csv` landed as is in messages and in a Prometheus label.
+    #[test]
+    fn paths_are_normalised_against_the_job_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("jobs")).unwrap();
+        let path = dir.path().join("jobs/nightly.toml");
+        std::fs::write(
+            &path,
+            "manifest = \"../m1.csv\"\noutput = \"./out/../r.csv\"\nstate_dir = \"../../s\"\n",
+        )
+        .unwrap();
+        let job = JobFile::load(&path).unwrap();
+        assert_eq!(job.manifest.unwrap(), dir.path().join("m1.csv"));
+        assert_eq!(job.output.unwrap(), dir.path().join("jobs/r.csv"));
+        assert_eq!(
+            job.state_dir.unwrap(),
+            dir.path().parent().unwrap().join("s")
+        );
+
+        for (path, want) in [
+            ("jobs/../m1.csv", "m1.csv"),
+            ("./a/./b/../c", "a/c"),
+            ("../x", "../x"),
+            ("a/../..", ".."),
+            ("a/..", "."),
+            ("/../x", "/x"),
+        ] {
+            assert_eq!(normalise(Path::new(path)), PathBuf::from(want), "{path}");
+        }
+    }
+
+    /// A `..` after a symbolic link goes up from the link's target, as the kernel reads it.
+    #[cfg(unix)]
+    #[test]
+    fn a_parent_of_a_symlink_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real/jobs")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real/jobs"), dir.path().join("link")).unwrap();
+        let through = dir.path().join("link/../m.csv");
+        assert_eq!(normalise(&through), through);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub limit: Option<u64>,
     /// `--redis`: limits shared with every process of the account on this Redis.
     pub redis: Option<crate::shared::SharedOptions>,
+    /// `--excel-bom`: a new CSV results file starts with a UTF-8 BOM. (The format itself is
+    /// the output's name's, `output::results::Format::of`.)
+    pub excel_bom: bool,
 }
 
 /// `.dashbatch/` beside the results file.
@@ -55,13 +58,17 @@ pub fn default_state_dir(output: &std::path::Path) -> PathBuf {
     output.with_file_name(".dashbatch")
 }
 
-/// `<manifest stem>.results.csv` beside the manifest.
-pub fn default_output(manifest: &std::path::Path) -> PathBuf {
+/// `<manifest stem>.results.csv` beside the manifest (`.results.jsonl` for JSONL).
+pub fn default_output(
+    manifest: &std::path::Path,
+    format: Option<crate::output::results::Format>,
+) -> PathBuf {
     let stem = manifest
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "manifest".to_owned());
-    manifest.with_file_name(format!("{stem}.results.csv"))
+    let extension = format.unwrap_or_default().extension();
+    manifest.with_file_name(format!("{stem}.results.{extension}"))
 }
 
 #[cfg(test)]
@@ -71,12 +78,19 @@ mod tests {
     #[test]
     fn output_defaults_beside_the_manifest() {
         assert_eq!(
-            default_output(std::path::Path::new("jobs/example/manifest.csv")),
+            default_output(std::path::Path::new("jobs/example/manifest.csv"), None),
             PathBuf::from("jobs/example/manifest.results.csv")
         );
         assert_eq!(
-            default_output(std::path::Path::new("m.csv")),
+            default_output(std::path::Path::new("m.csv"), None),
             PathBuf::from("m.results.csv")
+        );
+        assert_eq!(
+            default_output(
+                std::path::Path::new("m.csv"),
+                Some(crate::output::results::Format::Jsonl)
+            ),
+            PathBuf::from("m.results.jsonl")
         );
     }
 }

@@ -41,9 +41,22 @@ pub struct Settings {
     #[arg(skip)]
     pub manifest: Option<PathBuf>,
 
-    /// The results CSV [default: <manifest stem>.results.csv beside the manifest].
+    /// The results file [default: <manifest stem>.results.csv beside the manifest, or
+    /// .results.jsonl with --format jsonl].
     #[arg(short, long, value_name = "OUT")]
     pub output: Option<PathBuf>,
+
+    /// The results file's format: csv, or jsonl (one JSON object per row, numbers as
+    /// numbers). Without it OUT's extension decides: .jsonl and .ndjson are JSONL, anything
+    /// else CSV. A format that contradicts OUT's extension is refused, since later runs and
+    /// `dashbatch merge` tell a results file's format by its name.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::output::results::Format>,
+
+    /// Start a CSV results file with a UTF-8 byte order mark, so that Excel reads it as
+    /// UTF-8 (a file that has one keeps it when it is rewritten). Not with JSONL.
+    #[arg(long)]
+    pub excel_bom: bool,
 
     /// Which model API to call.
     #[arg(long, value_enum)]

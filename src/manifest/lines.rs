@@ -16,9 +16,14 @@
 //!
 //! Lines are counted as an editor counts them: `\r\n` ends one line, and so does a lone `\r`
 //! or a lone `\n`, inside a quoted field or outside.
+//!
+//! A quote left open is only known at the end of the input, after the csv reader has taken
+//! every later line into that field. So the counter also notes where the line after the
+//! opening quote starts; the manifest reader seeks back there (through [`Seek`], which
+//! resets the counter) and reads on, so the rows after a stray quote still become rows.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 const BOM: [u8; 3] = *b"\xef\xbb\xbf";
 
@@ -38,6 +43,9 @@ pub(super) struct Unclosed {
     pub record: u64,
     /// Line of the opening quote.
     pub line: u64,
+    /// Where the line after the opening quote starts; `None` when the input ends on the
+    /// quote's own line.
+    pub next: Option<Start>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +72,8 @@ pub(super) struct Lines<R> {
     head_len: usize,
     head_sent: usize,
     head_read: bool,
+    /// Bytes dropped before the stream the csv reader sees (a BOM), for seeking the input.
+    skipped: u64,
     /// Offset of the next byte handed on.
     offset: u64,
     /// Line of the next byte handed on.
@@ -72,6 +82,8 @@ pub(super) struct Lines<R> {
     state: State,
     /// Line of the quote that opened the current quoted field.
     quote_line: u64,
+    /// Start of the line after `quote_line`, once seen.
+    after_quote: Option<Start>,
     /// Offset of the start of the record being scanned.
     record: u64,
     /// Records started so far, for tests that check this agrees with the csv reader.
@@ -90,11 +102,13 @@ impl<R: Read> Lines<R> {
             head_len: 0,
             head_sent: 0,
             head_read: false,
+            skipped: 0,
             offset: 0,
             line: 1,
             prev_cr: false,
             state: State::Between,
             quote_line: 0,
+            after_quote: None,
             record: 0,
             #[cfg(test)]
             records: 0,
@@ -123,6 +137,11 @@ impl<R: Read> Lines<R> {
         self.unclosed
     }
 
+    /// Counts what follows as starting on `line`, after the csv reader sought this reader.
+    pub fn set_line(&mut self, line: u64) {
+        self.line = line;
+    }
+
     #[cfg(test)]
     pub fn records(&self) -> u64 {
         self.records
@@ -139,6 +158,7 @@ impl<R: Read> Lines<R> {
         }
         if self.head == BOM {
             self.head_len = 0;
+            self.skipped = BOM.len() as u64;
         }
         self.head_read = true;
         Ok(())
@@ -147,6 +167,18 @@ impl<R: Read> Lines<R> {
     fn scan(&mut self, bytes: &[u8]) {
         let mut i = 0;
         while i < bytes.len() {
+            // The first byte on the line after an opening quote (not the `\n` of its `\r\n`)
+            // is where reading goes on if the quote never closes.
+            if self.state == State::Quoted
+                && self.after_quote.is_none()
+                && self.line > self.quote_line
+                && !(self.prev_cr && bytes[i] == b'\n')
+            {
+                self.after_quote = Some(Start {
+                    offset: self.offset,
+                    line: self.line,
+                });
+            }
             // Inside a field, a run of plain text changes nothing but the offset: skip it at
             // memchr speed rather than byte by byte (most of a manifest is prompt text).
             let plain = match self.state {
@@ -199,12 +231,52 @@ impl<R: Read> Lines<R> {
         match b {
             b'"' => {
                 self.quote_line = self.line;
+                self.after_quote = None;
                 State::Quoted
             }
             b',' => State::FieldStart,
             b'\r' | b'\n' => State::Between,
             _ => State::Unquoted,
         }
+    }
+}
+
+impl<R: Read + Seek> Lines<R> {
+    /// The bytes from `from` to `to` of the stream the csv reader sees, read straight from
+    /// the input: the reader must seek somewhere afterwards.
+    pub fn bytes_between(&mut self, from: u64, to: u64) -> io::Result<Vec<u8>> {
+        self.inner.seek(SeekFrom::Start(self.skipped + from))?;
+        let mut bytes = Vec::new();
+        (&mut self.inner)
+            .take(to.saturating_sub(from))
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
+/// Seeking (only from the start) puts the counter between records at that offset; the line
+/// count is the caller's to set, through [`Lines::set_line`]. The csv reader seeks through
+/// this when it is told to.
+impl<R: Read + Seek> Seek for Lines<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let SeekFrom::Start(offset) = pos else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a manifest is only sought from its start",
+            ));
+        };
+        if !self.head_read {
+            self.read_head()?;
+        }
+        self.inner.seek(SeekFrom::Start(self.skipped + offset))?;
+        self.head_sent = self.head_len;
+        self.offset = offset;
+        self.prev_cr = false;
+        self.state = State::Between;
+        self.after_quote = None;
+        self.starts.clear();
+        self.unclosed = None;
+        Ok(offset)
     }
 }
 
@@ -228,6 +300,7 @@ impl<R: Read> Read for Lines<R> {
             self.unclosed = Some(Unclosed {
                 record: self.record,
                 line: self.quote_line,
+                next: self.after_quote,
             });
         }
         self.scan(&buf[..n]);

@@ -18,19 +18,21 @@ mod header;
 mod lines;
 mod params;
 mod row;
+mod scan;
 mod shard;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::failure::FailureCode;
-use crate::spill::{self, Spill, SpillError};
+use crate::spill::SpillError;
 use header::{Columns, parse_header};
-use lines::Lines;
+use lines::{Lines, Unclosed};
 
 pub use params::{Params, canonical as canonical_params};
 pub use row::{BadRow, Entry, MediaRef, Row, Source, classify_source, derived_id, derived_id_with};
+pub use scan::{IdScan, id_key, scan_ids, scan_ids_of};
 pub use shard::Shard;
 
 /// Columns every manifest must have.
@@ -110,7 +112,7 @@ impl Manifest<File> {
     }
 }
 
-impl<R: Read> Manifest<R> {
+impl<R: Read + Seek> Manifest<R> {
     /// Reads a manifest from any reader; `path` is used in messages only.
     pub fn from_reader(reader: R, path: &Path, base_dir: PathBuf) -> Result<Self, ManifestError> {
         let mut reader = csv::ReaderBuilder::new()
@@ -159,8 +161,9 @@ impl<R: Read> Manifest<R> {
         &self.path
     }
 
-    /// The entry for the record just read, which starts at `start`.
-    fn entry(&self, start: lines::Start) -> Entry {
+    /// The entry for the record just read, which starts at `start`; `unclosed` when it holds
+    /// a quote that never closes.
+    fn entry(&self, start: lines::Start, unclosed: Option<Unclosed>) -> Entry {
         let line = start.line;
         let cols = &self.columns;
         let rec = &self.record;
@@ -203,16 +206,19 @@ impl<R: Read> Manifest<R> {
             })
         };
 
-        // Checked first: a quote left open swallows the rest of the file into this record, so
-        // its field count means nothing.
-        if let Some(open) = self.reader.get_ref().unclosed()
-            && open.record == start.offset
-        {
+        // Checked first: the record was cut at the end of the quote's line, so its field
+        // count means nothing.
+        if let Some(open) = unclosed {
+            let after = match open.next {
+                Some(next) => format!("reading goes on at line {}", next.line),
+                None => "it is the last line".to_owned(),
+            };
             return bad(
                 FailureCode::BadRow,
                 format!(
-                    "a quoted field opened on line {} is never closed, so this row runs to the \
-                     end of the manifest; close the quote or double the \" inside the field",
+                    "a quote opened on line {} never closes, so CSV cannot tell where this row \
+                     ends; it fails and {after}. Close the quote, or double the \" if it is part \
+                     of the text",
                     open.line
                 ),
             );
@@ -324,7 +330,47 @@ impl<R: Read> Manifest<R> {
     }
 }
 
-impl<R: Read> Iterator for Manifest<R> {
+impl<R: Read + Seek> Manifest<R> {
+    /// The entry for a record whose quote never closes. The csv reader ran that field to the
+    /// end of the file; CSV cannot say where it was meant to end, so the row is cut at the end
+    /// of the quote's line (its cells as far as they go, so the user can find it) and reading
+    /// goes on at the next line: every later line still becomes a row of its own.
+    fn unclosed_entry(&mut self, start: lines::Start, open: Unclosed) -> Entry {
+        let Some(next) = open.next else {
+            return self.entry(start, Some(open));
+        };
+        let resumed = self
+            .reader
+            .get_mut()
+            .bytes_between(start.offset, next.offset)
+            .and_then(|text| {
+                let mut cut = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .has_headers(false)
+                    .from_reader(text.trim_ascii_end());
+                cut.read_byte_record(&mut self.record)?;
+                let mut position = csv::Position::new();
+                position.set_byte(next.offset);
+                self.reader
+                    .seek_raw(SeekFrom::Start(next.offset), position)?;
+                self.reader.get_mut().set_line(next.line);
+                Ok(())
+            });
+        let entry = self.entry(start, Some(open));
+        match (resumed, entry) {
+            (Ok(()), entry) => entry,
+            // The rest of the file cannot be read again: fail this row saying so, and stop.
+            (Err(err), Entry::Bad(mut bad)) => {
+                self.done = true;
+                bad.message = format!("{}; the manifest cannot be read on: {err}", bad.message);
+                Entry::Bad(bad)
+            }
+            (Err(_), entry) => entry,
+        }
+    }
+}
+
+impl<R: Read + Seek> Iterator for Manifest<R> {
     type Item = Entry;
 
     fn next(&mut self) -> Option<Entry> {
@@ -343,7 +389,10 @@ impl<R: Read> Iterator for Manifest<R> {
                     offset: from,
                     line: lines.line(),
                 });
-                Some(self.entry(start))
+                match lines.unclosed().filter(|open| open.record == start.offset) {
+                    Some(open) => Some(self.unclosed_entry(start, open)),
+                    None => Some(self.entry(start, None)),
+                }
             }
             Ok(false) => {
                 self.done = true;
@@ -374,63 +423,6 @@ impl<R: Read> Iterator for Manifest<R> {
             }
         }
     }
-}
-
-/// A stable-within-this-process hash of a row id, the form in which run-wide id sets keep
-/// ids. A collision between two ids of one manifest (odds about 1 in 10^7 at ten million
-/// rows) would at worst skip or mis-file one row.
-pub fn id_key(id: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
-}
-
-/// What a first pass over the manifest finds: how many rows, and which ids occur twice.
-#[derive(Debug, Default)]
-pub struct IdScan {
-    pub rows: u64,
-    /// Keys of ids used by more than one row (usually none).
-    pub duplicates: std::collections::HashSet<u64>,
-}
-
-/// Reads every row once to count them and find repeated ids. The keys go to a
-/// [`Spill`](crate::spill::Spill), then are sorted one slice of the key space at a time
-/// ([`spill::PER_PASS`] keys or so each), so this pass
-/// costs the same memory at ten million rows as at a hundred thousand. Nothing per row
-/// outlives the pass.
-pub fn scan_ids(path: &Path) -> Result<IdScan, ManifestError> {
-    scan_ids_in(path, spill::IN_MEMORY, spill::PER_PASS)
-}
-
-/// [`scan_ids`] with `in_memory` keys held before they spill and `per_pass` keys sorted at
-/// a time.
-fn scan_ids_in(path: &Path, in_memory: usize, per_pass: usize) -> Result<IdScan, ManifestError> {
-    let mut keys = Spill::<1>::new(in_memory);
-    for entry in Manifest::open(path)? {
-        keys.push([id_key(entry.id())])?;
-    }
-    // Keys are uniform 64-bit hashes, so `key % slices` splits them evenly.
-    let slices = keys.slices(per_pass);
-    let mut duplicates = std::collections::HashSet::new();
-    let mut slice = Vec::new();
-    for s in 0..slices {
-        slice.clear();
-        keys.for_each(|[key]| {
-            if key % slices == s {
-                slice.push(key);
-            }
-        })?;
-        slice.sort_unstable();
-        duplicates.extend(
-            slice
-                .windows(2)
-                .filter(|pair| pair[0] == pair[1])
-                .map(|pair| pair[0]),
-        );
-    }
-    Ok(IdScan {
-        rows: keys.len(),
-        duplicates,
-    })
 }
 
 #[cfg(test)]

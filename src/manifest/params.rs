@@ -72,7 +72,7 @@ mod tests {
     fn empty_optional_cells_keep_a_rows_id() {
         let read = |text: &str| -> Vec<crate::manifest::Entry> {
             crate::manifest::Manifest::from_reader(
-                text.as_bytes(),
+                std::io::Cursor::new(text.as_bytes()),
                 std::path::Path::new("m.csv"),
                 ".".into(),
             )

@@ -1,7 +1,13 @@
 use super::*;
+use scan::scan_ids_in;
+use std::io::Cursor;
 
 fn read(text: &[u8]) -> Result<(Vec<String>, Vec<Entry>), ManifestError> {
-    let m = Manifest::from_reader(text, Path::new("m.csv"), PathBuf::from("/base"))?;
+    let m = Manifest::from_reader(
+        Cursor::new(text),
+        Path::new("m.csv"),
+        PathBuf::from("/base"),
+    )?;
     let extra = m.extra_columns();
     Ok((extra, m.collect()))
 }
@@ -113,27 +119,56 @@ fn a_quote_never_closed_fails_its_row_instead_of_swallowing_the_rest() {
           c,m,z.png,p\n",
     )
     .unwrap();
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    // Issue 12: the two rows after the stray quote used to vanish into its field.
+    let lines: Vec<u64> = rows.iter().map(Entry::line).collect();
+    assert_eq!(lines, [2, 3, 4, 5], "{rows:?}");
     assert!(matches!(rows[0], Entry::Row(_)), "{:?}", rows[0]);
     let b = bad(&rows[1]);
+    // The failed row keeps its cells as far as its own line goes.
     assert_eq!(
-        (b.line, b.code, b.id.as_str()),
-        (3, FailureCode::BadRow, "a")
-    );
-    assert!(
-        b.message.contains(
-            "m.csv, line 3: a quoted field opened on line 3 is never closed, so this row runs \
-             to the end of the manifest; close the quote or double the \" inside the field"
+        (
+            b.line,
+            b.code,
+            b.id.as_str(),
+            b.file.as_str(),
+            b.prompt.as_str()
         ),
-        "{}",
-        b.message
+        (3, FailureCode::BadRow, "a", "x.png", "Say \"hi")
     );
+    assert_eq!(
+        b.message,
+        "m.csv, line 3: a quote opened on line 3 never closes, so CSV cannot tell where this \
+         row ends; it fails and reading goes on at line 4. Close the quote, or double the \" \
+         if it is part of the text"
+    );
+    for (entry, id) in rows[2..].iter().zip(["b", "c"]) {
+        let Entry::Row(row) = entry else {
+            panic!("{entry:?}")
+        };
+        assert_eq!((row.id.as_str(), row.prompt.as_str()), (id, "p"));
+    }
 
-    // The quote that opens may sit on a later line than the record's start.
-    let (_, rows) = read(b"model,file,prompt\nm,\"x\ny.png\",\"Say\nb,m,y.png,p\n").unwrap();
-    let b = bad(&rows[0]);
-    assert_eq!(b.line, 2);
-    assert!(b.message.contains("opened on line 3"), "{}", b.message);
+    // The quote that opens may sit on a later line than the record's start; CRLF, a BOM and
+    // any chunking give the same rows. (A second stray quote would close the first: CSV
+    // cannot tell those apart from one field over several lines.)
+    for size in [1, 2, 3, 7, 64] {
+        let text = b"\xef\xbb\xbfmodel,file,prompt\r\nm,\"x\r\ny.png\",\"Say\r\nm,y.png,p\r\n\r\nm,w.png,r";
+        let (rows, _) = read_chunked(text, size);
+        let lines: Vec<u64> = rows.iter().map(Entry::line).collect();
+        assert_eq!(lines, [2, 4, 6], "chunks of {size}: {rows:?}");
+        let b = bad(&rows[0]);
+        assert!(b.message.contains("opened on line 3"), "{}", b.message);
+        assert!(b.message.contains("goes on at line 4"), "{}", b.message);
+        assert!(
+            rows[1..].iter().all(|e| matches!(e, Entry::Row(_))),
+            "{rows:?}"
+        );
+    }
+
+    // A quote opened on the last line: nothing to read on.
+    let (_, rows) = read(b"model,file,prompt\nm,a.png,\"p\n").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(bad(&rows[0]).message.contains("it is the last line"));
 
     // Closed at the very end, with no line end after it: a good row.
     let (_, rows) = read(b"model,file,prompt\nm,a.png,\"p \"\"q\"\"\"").unwrap();
@@ -286,23 +321,30 @@ fn a_header_of_100k_columns_opens_in_linear_time() {
 
 /// A reader that hands out at most `size` bytes per read, as a pipe or a slow disk may.
 struct Chunked<'a> {
-    data: &'a [u8],
+    data: Cursor<&'a [u8]>,
     size: usize,
 }
 
 impl Read for Chunked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.size).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
+        let n = buf.len().min(self.size);
+        self.data.read(&mut buf[..n])
+    }
+}
+
+impl Seek for Chunked<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.data.seek(pos)
     }
 }
 
 /// Reads `text` in chunks of `size` bytes; also returns how many records (header included)
 /// the line counter saw, which must agree with the csv reader.
 fn read_chunked(text: &[u8], size: usize) -> (Vec<Entry>, u64) {
-    let reader = Chunked { data: text, size };
+    let reader = Chunked {
+        data: Cursor::new(text),
+        size,
+    };
     let mut m = Manifest::from_reader(reader, Path::new("m.csv"), PathBuf::from("/base")).unwrap();
     let entries: Vec<Entry> = m.by_ref().collect();
     (entries, m.reader.get_ref().records())
@@ -422,7 +464,7 @@ proptest::proptest! {
         proptest::prop_assert_eq!(lines, expected, "{:?}", String::from_utf8_lossy(&text));
         for entry in &entries {
             if let Entry::Bad(b) = entry {
-                proptest::prop_assert!(!b.message.contains("never closed"), "{}", b.message);
+                proptest::prop_assert!(!b.message.contains("never closes"), "{}", b.message);
             }
         }
     }
@@ -440,14 +482,38 @@ fn the_id_scan_counts_rows_and_finds_repeated_ids() {
     let derived = id_key(&derived_id("m", ["x.png"], "p", None));
     // In memory, and spilled to a temp file and checked in three slices: the same answer.
     for (in_memory, per_pass) in [(100, 100), (2, 100), (2, 2)] {
-        let scan = scan_ids_in(&path, in_memory, per_pass).unwrap();
-        assert_eq!(scan.rows, 5);
+        let scan = scan_ids_in(&path, None, in_memory, per_pass).unwrap();
+        assert_eq!((scan.rows, scan.owned), (5, 5));
         assert_eq!(
             scan.duplicates,
             [id_key("a"), derived].into_iter().collect(),
             "in_memory {in_memory}"
         );
     }
+}
+
+/// Issue 12: under `--shard K/N` the bar's total is the shard's rows, not the manifest's.
+#[test]
+fn the_id_scan_counts_the_rows_of_a_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.csv");
+    let mut text = String::from("id,model,file,prompt\n");
+    for i in 0..60 {
+        text.push_str(&format!("r{i},m,x.png,p\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    let owned: Vec<u64> = (1..=3)
+        .map(|k| {
+            let shard: Shard = format!("{k}/3").parse().unwrap();
+            let scan = scan_ids_of(&path, Some(shard)).unwrap();
+            assert_eq!(scan.rows, 60);
+            let by_hand = (0..60).filter(|i| shard.owns(&format!("r{i}"))).count();
+            assert_eq!(scan.owned, by_hand as u64);
+            scan.owned
+        })
+        .collect();
+    assert_eq!(owned.iter().sum::<u64>(), 60);
+    assert!(owned.iter().all(|&n| n < 60), "{owned:?}");
 }
 
 proptest::proptest! {
@@ -468,7 +534,7 @@ proptest::proptest! {
     ) {
         let mut text = head.to_vec();
         text.extend_from_slice(&body);
-        let reader = Chunked { data: &text, size };
+        let reader = Chunked { data: Cursor::new(&text), size };
         if let Ok(manifest) = Manifest::from_reader(reader, Path::new("m.csv"), PathBuf::from("/b")) {
             for entry in manifest {
                 proptest::prop_assert!(entry.line() >= 2);

@@ -31,6 +31,8 @@ pub enum Event {
     Skipped(u64),
     /// Rows whose earlier `ok` line answered something else, run again.
     Changed(u64),
+    /// `--limit N`: this run does at most N rows, so the bar counts no more.
+    Limit(u64),
 }
 
 /// A sink whose written data can be forced to stable storage.
@@ -57,6 +59,8 @@ pub struct Reporter<W: Durable> {
     started: Instant,
     /// Rows started and not finished yet.
     in_flight: u64,
+    /// `--limit N`, once told ([`Event::Limit`]).
+    limit: Option<u64>,
 }
 
 impl<W: Durable> Reporter<W> {
@@ -67,6 +71,7 @@ impl<W: Durable> Reporter<W> {
             progress,
             started: Instant::now(),
             in_flight: 0,
+            limit: None,
         }
     }
 
@@ -82,6 +87,10 @@ impl<W: Durable> Reporter<W> {
                 self.set_length();
             }
             Event::Changed(changed) => self.stats.rows_changed = changed,
+            Event::Limit(limit) => {
+                self.limit = Some(limit);
+                self.set_length();
+            }
             Event::Started => self.in_flight += 1,
             Event::Row(result) => {
                 self.writer.write(&result)?;
@@ -117,10 +126,15 @@ impl<W: Durable> Reporter<W> {
         }
     }
 
+    /// The manifest's rows (of this shard) less those skipped, at most `--limit`. With a
+    /// limit the reader stops early and never counts the skipped rows after it; by then it
+    /// has sent N rows, so N is the right length.
     fn rows_to_do(&self) -> u64 {
-        self.stats
+        let left = self
+            .stats
             .rows_total
-            .saturating_sub(self.stats.rows_skipped)
+            .saturating_sub(self.stats.rows_skipped);
+        self.limit.map_or(left, |limit| left.min(limit))
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
@@ -315,6 +329,11 @@ mod tests {
             .handle(Event::Row(row("a", Status::Ok, vec![])))
             .unwrap();
         assert_eq!((bar.position(), bar.length()), (1, Some(2160)));
+        // `--limit 500`: the run does 500 of them, and the bar says so.
+        reporter.handle(Event::Limit(500)).unwrap();
+        assert_eq!(bar.length(), Some(500));
+        reporter.handle(Event::Limit(5000)).unwrap();
+        assert_eq!(bar.length(), Some(2160));
         assert_eq!(reporter.stats().rows_skipped, 1840);
         assert_eq!(reporter.in_flight, 1);
         let line = reporter.status();

@@ -172,8 +172,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn second_of(text: &str) -> BadRow {
-        let manifest =
-            Manifest::from_reader(text.as_bytes(), Path::new("m.csv"), PathBuf::new()).unwrap();
+        let manifest = Manifest::from_reader(
+            std::io::Cursor::new(text),
+            Path::new("m.csv"),
+            PathBuf::new(),
+        )
+        .unwrap();
         let second = manifest.into_iter().nth(1).unwrap();
         duplicate(second, Path::new("m.csv"), 2)
     }
@@ -182,8 +186,12 @@ mod tests {
     #[test]
     fn repeats_know_the_line_of_the_first_row() {
         let text = "model,file,prompt\nm,a.png,p\nm,b.png,q\nm,a.png,p\nm,a.png,p\n";
-        let manifest =
-            Manifest::from_reader(text.as_bytes(), Path::new("m.csv"), PathBuf::new()).unwrap();
+        let manifest = Manifest::from_reader(
+            std::io::Cursor::new(text),
+            Path::new("m.csv"),
+            PathBuf::new(),
+        )
+        .unwrap();
         let entries: Vec<Entry> = manifest.into_iter().collect();
         let duplicates: HashSet<u64> = [crate::manifest::id_key(entries[0].id())].into();
         let mut repeats = Repeats::new(&duplicates);

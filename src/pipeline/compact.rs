@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::manifest::{Entry, Manifest, Shard};
+use crate::output::results::format::{Format, starts_with_bom};
 use crate::output::results::resume::{self, LineIndex, Lines, id_key, row_digests};
 use crate::output::{ResultsWriter, Stats};
 use crate::spill::{self, Spill};
@@ -106,8 +107,12 @@ pub fn compact(
         ..Compacted::default()
     };
     let mut repeats = Repeats::new(duplicates);
+    // The file's format is its name's; a BOM it starts with (`--excel-bom`) is kept, and the
+    // side file gets one too.
+    let (format, bom) = (Format::of(out), starts_with_bom(out));
     crate::output::atomic::atomic_rewrite(out, |file| {
-        let mut writer = ResultsWriter::new(file, extra, true).map_err(std::io::Error::other)?;
+        let mut writer = ResultsWriter::with_format(file, extra, true, format, bom)
+            .map_err(std::io::Error::other)?;
         let mut index = LineIndex::default();
         let mut left_in_window = 0usize;
         for entry in entries {
@@ -164,8 +169,8 @@ pub fn compact(
         // The side file is replaced before the new results file replaces the old one: a
         // crash in between leaves a line in both files, never in neither.
         crate::output::atomic::atomic_rewrite(&side, |file| {
-            let mut writer =
-                ResultsWriter::new(file, extra, true).map_err(std::io::Error::other)?;
+            let mut writer = ResultsWriter::with_format(file, extra, true, format, bom)
+                .map_err(std::io::Error::other)?;
             counts.orphaned =
                 all_lines.orphans(&mut taken, spill::PER_PASS, |value| {
                     match lines.read(value, None).map_err(std::io::Error::other)? {
@@ -241,7 +246,7 @@ mod tests {
         results: &[RowResult],
     ) -> Vec<(String, String, String)> {
         let out = dir.join(format!("out-{window}.csv"));
-        let (mut writer, _) = resume::open_for_append(&out, &[], true).unwrap();
+        let (mut writer, _) = resume::open_for_append(&out, &[], true, false).unwrap();
         for r in results {
             writer.write(r).unwrap();
         }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::manifest::{Manifest, scan_ids};
 use crate::output::ResultsWriter;
 use crate::output::atomic::atomic_rewrite;
+use crate::output::results::format::{Format, RecordReader};
 use crate::output::results::{COLUMNS, col, resume};
 
 use super::compact::{self, CompactError, ManifestStamp};
@@ -88,9 +89,12 @@ pub fn merge(manifest: &Path, inputs: &[PathBuf], out: &Path) -> Result<Merged, 
         let path = path.to_owned();
         move |source| MergeError::Io { path, source }
     };
+    // In OUT's format, which compaction keeps: inputs of either format are read by their own
+    // names and written down in it.
+    let suffix = format!(".{}", Format::of(out).extension());
     let joined = tempfile::Builder::new()
         .prefix(".dashbatch-merge-")
-        .suffix(".csv")
+        .suffix(&suffix)
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     let side = resume::side_path(joined.path());
@@ -113,14 +117,17 @@ fn join_and_compact(
     };
     {
         let file = File::create(joined).map_err(io_err(joined))?;
-        let mut writer = ResultsWriter::new(std::io::BufWriter::new(file), extra, true)
-            .map_err(|source| csv_err(joined, source))?;
+        let format = Format::of(joined);
+        let mut writer =
+            ResultsWriter::with_format(std::io::BufWriter::new(file), extra, true, format, false)
+                .map_err(|source| csv_err(joined, source))?;
         for input in inputs {
             let mut reader = resume_reader(input)?;
             let columns = reader
-                .byte_headers()
-                .map_err(|source| csv_err(input, source))?;
-            if columns.iter().ne(header.iter().map(|h| h.as_bytes())) {
+                .header()
+                .map_err(|source| csv_err(input, source))?
+                .unwrap_or_default();
+            if columns.iter().ne(header.iter()) {
                 return Err(MergeError::Columns {
                     path: input.clone(),
                     manifest: manifest.to_owned(),
@@ -128,9 +135,13 @@ fn join_and_compact(
             }
             let mut record = csv::ByteRecord::new();
             while reader
-                .read_byte_record(&mut record)
+                .read(&mut record)
                 .map_err(|source| csv_err(input, source))?
             {
+                // A line of another width (a hand edit) is one compaction would skip.
+                if record.len() != header.len() {
+                    continue;
+                }
                 writer
                     .write_raw(&record)
                     .map_err(|source| csv_err(joined, source))?;
@@ -169,13 +180,19 @@ fn join_and_compact(
 /// The first line compaction left aside, found back in its input for the error message.
 fn name_foreign(manifest: &Path, inputs: &[PathBuf], side: &Path) -> Option<MergeError> {
     let mut aside = resume_reader(side).ok()?;
-    let first = aside.byte_records().next()?.ok()?;
+    aside.header().ok()?;
+    let mut first = csv::ByteRecord::new();
+    aside.read(&mut first).ok()?.then_some(())?;
     let (id, digest) = (&first[col::ID], &first[col::INPUT_DIGEST]);
     let known = scan_manifest_id(manifest, std::str::from_utf8(id).ok()?);
     for input in inputs.iter().rev() {
         let mut reader = resume_reader(input).ok()?;
-        for record in reader.byte_records() {
-            let record = record.ok()?;
+        reader.header().ok()?;
+        let mut record = csv::ByteRecord::new();
+        while reader.read(&mut record).ok()? {
+            if record.len() <= col::INPUT_DIGEST {
+                continue;
+            }
             if &record[col::ID] == id && &record[col::INPUT_DIGEST] == digest {
                 return Some(MergeError::Foreign {
                     path: input.clone(),
@@ -199,11 +216,12 @@ fn scan_manifest_id(manifest: &Path, id: &str) -> bool {
     Manifest::open(manifest).is_ok_and(|mut rows| rows.any(|e| e.id() == id))
 }
 
-fn resume_reader(path: &Path) -> Result<csv::Reader<File>, MergeError> {
-    csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .map_err(|source| csv_err(path, source))
+/// A reader of results file `path`, in the format its name says.
+fn resume_reader(path: &Path) -> Result<RecordReader, MergeError> {
+    RecordReader::open(path).map_err(|source| MergeError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn csv_err(path: &Path, source: csv::Error) -> MergeError {

@@ -77,11 +77,13 @@ pub(super) async fn prepare(
         None => None,
     };
     let account = cache_account(&client);
-    let (manifest_path, output, state_dir, fresh) = (
+    let shard = config.shard;
+    let (manifest_path, output, state_dir, fresh, bom) = (
         config.manifest.clone(),
         config.output.clone(),
         config.state_dir.clone(),
         config.fresh,
+        config.excel_bom,
     );
     let opened = tokio::task::spawn_blocking(move || -> Result<Opened, PipelineError> {
         // Taken before the results file is touched, held until the run returns.
@@ -90,10 +92,10 @@ pub(super) async fn prepare(
         let stamp = ManifestStamp::of(&manifest_path);
         let manifest = Manifest::open(&manifest_path)?;
         let (writer, previous) =
-            resume::open_for_append(&output, &manifest.extra_columns(), fresh)?;
+            resume::open_for_append(&output, &manifest.extra_columns(), fresh, bom)?;
         // One pass before any work: the row count for the progress bar, and the ids that
         // repeat.
-        let ids = manifest::scan_ids(&manifest_path)?;
+        let ids = manifest::scan_ids_of(&manifest_path, shard)?;
         let cache = UploadCache::open(&state_dir, &account, unix_now());
         Ok(Opened {
             lock,
@@ -131,13 +133,16 @@ pub(super) async fn prepare(
     let (events, events_rx) = mpsc::channel(config.concurrency.clamp(64, 1024));
     let reporter = Reporter::new(writer, Stats::default(), Progress::detect(config.quiet));
     let reporter = reporter.spawn(events_rx);
-    let _ = events.send(Event::Total(ids.rows)).await;
+    // The bar counts the rows this run can do: its shard's, at most --limit.
+    let _ = events.send(Event::Total(ids.owned)).await;
+    if let Some(limit) = config.limit {
+        let _ = events.send(Event::Limit(limit)).await;
+    }
 
     // Capacity: the reader runs ahead of the workers by at most this many rows.
     let (rows_tx, rows) = mpsc::channel::<Entry>(config.concurrency.max(16));
     let reader_events = events.clone();
     let reader_duplicates = Arc::clone(&duplicates);
-    let shard = config.shard;
     let limit = config.limit;
     let reader = tokio::task::spawn_blocking(move || {
         reader::read(

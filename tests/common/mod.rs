@@ -88,6 +88,7 @@ impl Job {
             shard: None,
             limit: None,
             redis: None,
+            excel_bom: false,
         }
     }
 }

@@ -60,11 +60,14 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
     };
     // Through any symlink to the file it names: the lock, the appends, the rename at the end
     // and the default state folder all belong to that file, whichever name reached it.
+    let format = layers.given(|s| s.format);
     let output = resolve_links(
         &layers
             .given(|s| s.output.clone())
-            .unwrap_or_else(|| default_output(&manifest)),
+            .unwrap_or_else(|| default_output(&manifest, format)),
     );
+    let excel_bom = layers.flags.excel_bom || layers.job.excel_bom;
+    crate::output::results::format::check_format(&output, format, excel_bom)?;
     let retry = RetryPolicy {
         max_attempts: MAX_ATTEMPTS.pick(&layers, |s| s.max_attempts)?,
         ..RetryPolicy::default()
@@ -100,6 +103,7 @@ pub(super) fn plan(args: RunArgs, quiet: bool) -> anyhow::Result<Plan> {
             }),
             None => None,
         },
+        excel_bom,
         manifest,
         output,
     };

@@ -27,7 +27,7 @@ impl Reports {
             if is_job_file(&args.input) {
                 PathBuf::new()
             } else {
-                default_output(&args.input)
+                default_output(&args.input, args.settings.format)
             }
         });
         Self {

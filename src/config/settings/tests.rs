@@ -69,6 +69,7 @@ fn every_flag_is_a_job_file_key() {
                 "stream" => "\"always\"".to_owned(),
                 "shard" => "\"2/3\"".to_owned(),
                 "redis" => "\"redis://h:6379/0\"".to_owned(),
+                "format" => "\"jsonl\"".to_owned(),
                 _ if is(arg, ValueParser::path_buf()) || is(arg, ValueParser::string()) => {
                     "\"x\"".to_owned()
                 }
@@ -151,6 +152,9 @@ fn every_setting_states_its_default_or_has_none() {
         "shard",
         "limit",
         "redis",
+        // OUT's extension decides it.
+        "format",
+        "excel_bom",
     ];
     for arg in command().get_arguments() {
         let help = arg.get_help().map(ToString::to_string).unwrap_or_default();

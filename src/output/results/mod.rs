@@ -1,6 +1,7 @@
-//! The results CSV: one line per manifest row, in the column order users script against.
+//! The results file: one line per manifest row, in the column order users script against,
+//! as CSV or JSONL ([`format`]).
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -41,9 +42,12 @@ pub const COLUMNS_V1: &[&str] = COLUMNS.split_at(col::INPUT_DIGEST).0;
 /// way.
 pub const COLUMNS_V2: &[&str] = COLUMNS.split_at(col::REASONING).0;
 
-/// Positions of the columns code reads back, from [`COLUMNS`].
+pub mod format;
 pub mod resume;
 
+pub use format::Format;
+
+/// Positions of the columns code reads back, from [`COLUMNS`].
 pub mod col {
     use super::column;
     pub const ID: usize = column("id");
@@ -170,86 +174,147 @@ pub struct Tokens {
 
 /// Writes result lines. Generic over the sink so tests and benches can use memory.
 pub struct ResultsWriter<W: Write> {
-    csv: csv::Writer<W>,
+    sink: Sink<W>,
     extra: usize,
+    /// A line being built, reused.
+    record: csv::ByteRecord,
+}
+
+enum Sink<W: Write> {
+    // Boxed: the csv writer's state is several times the JSONL variant's, and one writer
+    // lives per file, so the extra allocation costs nothing.
+    Csv(Box<csv::Writer<W>>),
+    /// JSONL: the column names are every line's keys.
+    Jsonl {
+        out: BufWriter<W>,
+        names: Vec<String>,
+    },
 }
 
 impl<W: Write> ResultsWriter<W> {
-    /// Starts a results file, writing the header when `write_header` (a new or empty file).
+    /// Starts a CSV results file, writing the header when `write_header` (a new or empty
+    /// file).
     pub fn new(sink: W, extra_columns: &[String], write_header: bool) -> csv::Result<Self> {
-        let mut csv = csv::WriterBuilder::new()
-            .flexible(false)
-            .has_headers(false)
-            .from_writer(sink);
-        if write_header {
-            csv.write_record(
-                COLUMNS
-                    .iter()
-                    .copied()
-                    .chain(extra_columns.iter().map(String::as_str)),
-            )?;
-        }
+        Self::with_format(sink, extra_columns, write_header, Format::Csv, false)
+    }
+
+    /// Starts a results file in `format`. With `write_header` (a new or empty file), CSV gets
+    /// its header line, after a UTF-8 BOM when `bom` (`--excel-bom`); JSONL has no header.
+    pub fn with_format(
+        mut sink: W,
+        extra_columns: &[String],
+        write_header: bool,
+        format: Format,
+        bom: bool,
+    ) -> csv::Result<Self> {
+        let names = || {
+            COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .chain(extra_columns.iter().cloned())
+        };
+        let sink = match format {
+            Format::Csv => {
+                if write_header && bom {
+                    sink.write_all(format::BOM)?;
+                }
+                let mut csv = csv::WriterBuilder::new()
+                    .flexible(false)
+                    .has_headers(false)
+                    .from_writer(sink);
+                if write_header {
+                    csv.write_record(names())?;
+                }
+                Sink::Csv(Box::new(csv))
+            }
+            Format::Jsonl => Sink::Jsonl {
+                out: BufWriter::new(sink),
+                names: names().collect(),
+            },
+        };
         Ok(Self {
-            csv,
+            sink,
             extra: extra_columns.len(),
+            record: csv::ByteRecord::new(),
         })
     }
 
     pub fn write(&mut self, r: &RowResult) -> csv::Result<()> {
         let mut num = itoa::Buffer::new();
-        let c = &mut self.csv;
-        c.write_field(&r.id)?;
-        c.write_field(num.format(r.line))?;
-        c.write_field(&r.model)?;
-        c.write_field(&r.file)?;
-        c.write_field(&r.prompt)?;
-        c.write_field(r.status.as_str())?;
-        c.write_field(&r.response)?;
-        c.write_field(&r.finish_reason)?;
+        let mut c = std::mem::take(&mut self.record);
+        c.clear();
+        c.push_field(r.id.as_bytes());
+        c.push_field(num.format(r.line).as_bytes());
+        c.push_field(r.model.as_bytes());
+        c.push_field(r.file.as_bytes());
+        c.push_field(r.prompt.as_bytes());
+        c.push_field(r.status.as_str().as_bytes());
+        c.push_field(r.response.as_bytes());
+        c.push_field(r.finish_reason.as_bytes());
         match r.tokens {
             Some(t) => {
-                c.write_field(num.format(t.prompt))?;
-                c.write_field(num.format(t.completion))?;
-                c.write_field(num.format(t.total))?;
+                c.push_field(num.format(t.prompt).as_bytes());
+                c.push_field(num.format(t.completion).as_bytes());
+                c.push_field(num.format(t.total).as_bytes());
             }
             None => {
                 for _ in 0..3 {
-                    c.write_field("")?;
+                    c.push_field(b"");
                 }
             }
         }
-        c.write_field(&r.oss_url)?;
-        c.write_field(r.upload.as_str())?;
-        c.write_field(num.format(r.attempts))?;
-        c.write_field(r.error_code.as_ref().map_or("", ErrorCode::as_str))?;
-        c.write_field(&r.error_message)?;
-        c.write_field(&r.request_id)?;
-        c.write_field(num.format(r.latency_ms))?;
-        c.write_field(r.finished_at.to_rfc3339_opts(SecondsFormat::Millis, true))?;
+        c.push_field(r.oss_url.as_bytes());
+        c.push_field(r.upload.as_str().as_bytes());
+        c.push_field(num.format(r.attempts).as_bytes());
+        c.push_field(
+            r.error_code
+                .as_ref()
+                .map_or("", ErrorCode::as_str)
+                .as_bytes(),
+        );
+        c.push_field(r.error_message.as_bytes());
+        c.push_field(r.request_id.as_bytes());
+        c.push_field(num.format(r.latency_ms).as_bytes());
+        c.push_field(
+            r.finished_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+                .as_bytes(),
+        );
         match r.input_digest {
-            Some(digest) => c.write_field(digest.to_string())?,
-            None => c.write_field("")?,
+            Some(digest) => c.push_field(digest.to_string().as_bytes()),
+            None => c.push_field(b""),
         }
-        c.write_field(&r.reasoning)?;
+        c.push_field(r.reasoning.as_bytes());
         // A row always carries one value per pass-through column; pad defensively so a
         // short row can never shift the columns of the file.
         for i in 0..self.extra {
-            c.write_field(r.extra.get(i).map_or("", String::as_str))?;
+            c.push_field(r.extra.get(i).map_or("", String::as_str).as_bytes());
         }
-        c.write_record(None::<&[u8]>)
+        let written = self.write_raw(&c);
+        self.record = c;
+        written
     }
 
-    /// Writes a line copied from an earlier results file.
+    /// Writes a line copied from an earlier results file (fields in column order).
     pub fn write_raw(&mut self, record: &csv::ByteRecord) -> csv::Result<()> {
-        self.csv.write_byte_record(record)
+        match &mut self.sink {
+            Sink::Csv(csv) => csv.write_byte_record(record),
+            Sink::Jsonl { out, names } => Ok(format::write_json_line(out, names, record)?),
+        }
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.csv.flush()
+        match &mut self.sink {
+            Sink::Csv(csv) => csv.flush(),
+            Sink::Jsonl { out, .. } => out.flush(),
+        }
     }
 
     pub fn get_ref(&self) -> &W {
-        self.csv.get_ref()
+        match &self.sink {
+            Sink::Csv(csv) => csv.get_ref(),
+            Sink::Jsonl { out, .. } => out.get_ref(),
+        }
     }
 
     /// Flushes and forces written lines to stable storage.
@@ -257,13 +322,16 @@ impl<W: Write> ResultsWriter<W> {
     where
         W: super::reporter::Durable,
     {
-        self.csv.flush()?;
-        self.csv.get_ref().sync()
+        self.flush()?;
+        self.get_ref().sync()
     }
 
     /// Flushes and returns the sink.
     pub fn into_inner(self) -> std::io::Result<W> {
-        self.csv.into_inner().map_err(|e| e.into_error())
+        match self.sink {
+            Sink::Csv(csv) => (*csv).into_inner().map_err(|e| e.into_error()),
+            Sink::Jsonl { out, .. } => out.into_inner().map_err(|e| e.into_error()),
+        }
     }
 }
 

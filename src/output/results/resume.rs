@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::format::{self, Format, RecordReader};
 use super::{COLUMNS, ResultsWriter};
 use crate::output::atomic::remove_stale_temps;
 use crate::spill::SpillError;
@@ -33,10 +34,12 @@ mod index;
 mod upgrade;
 
 /// The side file of results file `out`: `ok` lines no manifest row took at the last
-/// compaction, in the same columns, named `OUT.orphans.csv`.
+/// compaction, in the same columns and format, named `OUT.orphans.csv` (or
+/// `OUT.orphans.jsonl`).
 pub fn side_path(out: &Path) -> PathBuf {
     let mut name = out.as_os_str().to_owned();
-    name.push(".orphans.csv");
+    name.push(".orphans.");
+    name.push(Format::of(out).extension());
     PathBuf::from(name)
 }
 
@@ -87,11 +90,15 @@ fn expected_header(columns: &[&str], extra: &[String]) -> Vec<String> {
 ///
 /// Call it while holding `out`'s run lock: the temp files it removes would otherwise belong
 /// to a compaction that is still running.
+/// The file's format is its name's ([`Format::of`]); `bom` starts a new CSV file with a
+/// UTF-8 BOM (`--excel-bom`).
 pub fn open_for_append(
     out: &Path,
     extra: &[String],
     fresh: bool,
+    bom: bool,
 ) -> Result<(ResultsWriter<File>, Previous), ResumeError> {
+    let format = Format::of(out);
     let io = |source| ResumeError::Io {
         path: out.to_owned(),
         source,
@@ -147,7 +154,7 @@ pub fn open_for_append(
     let Some((mut previous, valid_len)) = earlier else {
         let file = append().map_err(io)?;
         file.set_len(0).map_err(io)?;
-        let writer = ResultsWriter::new(file, extra, true).map_err(csv_err)?;
+        let writer = ResultsWriter::with_format(file, extra, true, format, bom).map_err(csv_err)?;
         let previous = Previous {
             done: Done::from_unsorted(aside),
             ..Previous::default()
@@ -172,7 +179,7 @@ pub fn open_for_append(
         );
         file = append().map_err(io)?;
     }
-    let writer = ResultsWriter::new(file, extra, false).map_err(csv_err)?;
+    let writer = ResultsWriter::with_format(file, extra, false, format, bom).map_err(csv_err)?;
     Ok((writer, previous))
 }
 
@@ -217,24 +224,23 @@ fn scan_with(
         source,
     };
     let bytes_len = std::fs::metadata(out).map_err(io)?.len();
+    let format = Format::of(out);
     let header = header_line(extra);
-    if bytes_len < header.len() as u64 {
+    if format == Format::Csv && bytes_len < (format::BOM.len() + header.len()) as u64 {
+        // A header cut short, with or without (some of) a BOM before it.
         let bytes = std::fs::read(out).map_err(io)?;
-        if header.starts_with(&bytes) {
+        let with_bom = [format::BOM, &header].concat();
+        if header.starts_with(&bytes) || with_bom.starts_with(&bytes) {
             return Ok((Previous::default(), 0));
         }
     }
-    let mut reader = reader_builder().from_path(out).map_err(csv_err)?;
+    let mut reader = RecordReader::open(out).map_err(io)?;
     let mut record = csv::ByteRecord::new();
     let want = expected_header(&COLUMNS, extra);
-    if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+    let Some(found) = reader.header().map_err(csv_err)? else {
         return Ok((Previous::default(), 0));
-    }
-    let found: Vec<String> = record
-        .iter()
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
-    let legacy = found != want && is_earlier(&found, extra);
+    };
+    let legacy = format == Format::Csv && found != want && is_earlier(&found, extra);
     if found != want && !legacy {
         return Err(ResumeError::Header {
             path: out.to_owned(),
@@ -262,8 +268,8 @@ fn scan_with(
     // against the end of the file below.
     let mut last: Option<ScannedLine> = None;
     loop {
-        let position = reader.position().clone();
-        if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+        let (start, line) = reader.position();
+        if !reader.read(&mut record).map_err(csv_err)? {
             break;
         }
         if let Some(done) = last.take() {
@@ -272,8 +278,8 @@ fn scan_with(
         let fields = record.len();
         let whole = fields == width;
         last = Some(ScannedLine {
-            start: position.byte(),
-            line: position.line(),
+            start,
+            line,
             fields,
             ok: whole && &record[status_at] == b"ok",
             key: if whole {
@@ -296,7 +302,11 @@ fn scan_with(
     let mut valid_len = bytes_len;
     if let Some(last) = last {
         let tail = read_from(out, last.start).map_err(io)?;
-        if ends_a_record(&tail) {
+        let complete = match format {
+            Format::Csv => ends_a_record(&tail),
+            Format::Jsonl => format::jsonl_line_complete(&tail),
+        };
+        if complete {
             kept.settle(out, last, width, warn);
         } else {
             warn(format!(
@@ -368,7 +378,7 @@ pub(super) fn reader_builder() -> csv::ReaderBuilder {
     builder
 }
 
-/// The header line exactly as [`ResultsWriter`] writes it.
+/// The CSV header line exactly as [`ResultsWriter`] writes it (without a BOM).
 fn header_line(extra: &[String]) -> Vec<u8> {
     ResultsWriter::new(Vec::new(), extra, true)
         .ok()

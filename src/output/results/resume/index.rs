@@ -3,12 +3,12 @@
 //! ([`LineIndex`]), the `ok` lines no row took ([`LineOffsets::orphans`]), and reading a line
 //! back ([`Lines`]).
 
-use std::fs::File;
 use std::path::Path;
 
-use super::{ResumeError, line_digest, reader_builder};
+use super::{ResumeError, line_digest};
 use crate::failure::FailureCode;
 use crate::manifest::id_key;
+use crate::output::results::format::RecordReader;
 use crate::output::results::{COLUMNS, col};
 use crate::spill::{Spill, SpillError};
 
@@ -157,18 +157,17 @@ fn read_lines(path: &Path, flag: u64, lines: &mut Spill<3>) -> Result<(), Resume
         path: path.to_owned(),
         source,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .has_headers(true)
-        .from_path(path)
-        .map_err(csv_err)?;
+    let mut reader = RecordReader::open(path).map_err(|source| ResumeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     // Read the header now, so that the position taken before each read below is the start
     // of a data record and never of the header.
-    let fields = reader.byte_headers().map_err(csv_err)?.len();
+    let fields = reader.header().map_err(csv_err)?.map_or(0, |h| h.len());
     let mut record = csv::ByteRecord::new();
     loop {
-        let start = reader.position().byte();
-        if !reader.read_byte_record(&mut record).map_err(csv_err)? {
+        let (start, _) = reader.position();
+        if !reader.read(&mut record).map_err(csv_err)? {
             break;
         }
         // A line with another field count than the header (a hand edit) cannot be copied:
@@ -228,18 +227,21 @@ impl Lines {
 
 /// Reads the line starting at an offset of one file.
 pub struct LineReader {
-    reader: csv::Reader<File>,
+    reader: RecordReader,
     record: csv::ByteRecord,
 }
 
 impl LineReader {
     pub fn open(out: &Path) -> Result<Self, ResumeError> {
-        let reader = reader_builder()
-            .from_path(out)
-            .map_err(|source| ResumeError::Csv {
-                path: out.to_owned(),
-                source,
-            })?;
+        let mut reader = RecordReader::open(out).map_err(|source| ResumeError::Io {
+            path: out.to_owned(),
+            source,
+        })?;
+        // A JSONL file's column names are its first line's keys.
+        reader.header().map_err(|source| ResumeError::Csv {
+            path: out.to_owned(),
+            source,
+        })?;
         Ok(Self {
             reader,
             record: csv::ByteRecord::new(),
@@ -252,10 +254,8 @@ impl LineReader {
         offset: u64,
         line: Option<u64>,
     ) -> csv::Result<Option<csv::ByteRecord>> {
-        let mut pos = csv::Position::new();
-        pos.set_byte(offset);
-        self.reader.seek(pos)?;
-        if !self.reader.read_byte_record(&mut self.record)? {
+        self.reader.seek(offset)?;
+        if !self.reader.read(&mut self.record)? {
             return Ok(None);
         }
         let Some(line) = line else {

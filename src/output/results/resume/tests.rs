@@ -31,7 +31,7 @@ fn row_digest() -> [u64; 2] {
 }
 
 fn write(out: &Path, rows: &[RowResult]) {
-    let (mut w, _) = open_for_append(out, &[], false).unwrap();
+    let (mut w, _) = open_for_append(out, &[], false, false).unwrap();
     for r in rows {
         w.write(r).unwrap();
     }
@@ -49,7 +49,7 @@ fn ok_ids_are_remembered_and_a_cut_off_tail_is_trimmed() {
     let full = std::fs::read(&out).unwrap();
     std::fs::write(&out, &full[..full.len() - 5]).unwrap();
 
-    let (_, previous) = open_for_append(&out, &[], false).unwrap();
+    let (_, previous) = open_for_append(&out, &[], false, false).unwrap();
     assert_eq!(previous.lines, 2);
     assert!(has_ok(&previous, "a"));
     assert!(!has_ok(&previous, "b"));
@@ -62,7 +62,7 @@ fn a_results_file_with_other_columns_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.csv");
     write(&out, &[row("a", Status::Ok)]);
-    let Err(err) = open_for_append(&out, &["extra".into()], false) else {
+    let Err(err) = open_for_append(&out, &["extra".into()], false, false) else {
         panic!("accepted a file with other columns")
     };
     assert!(err.to_string().contains("--fresh"), "{err}");
@@ -73,7 +73,7 @@ fn fresh_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.csv");
     write(&out, &[row("a", Status::Ok)]);
-    let (_, previous) = open_for_append(&out, &[], true).unwrap();
+    let (_, previous) = open_for_append(&out, &[], true, false).unwrap();
     assert!(previous.done.is_empty());
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
 }
@@ -144,7 +144,7 @@ fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
         extra: vec!["n".into()],
         ..row(id, status)
     };
-    let (mut w, _) = open_for_append(&out, &extra, false).unwrap();
+    let (mut w, _) = open_for_append(&out, &extra, false, false).unwrap();
     w.write(&with_note("a", Status::Ok)).unwrap();
     w.flush().unwrap();
     drop(w);
@@ -156,7 +156,7 @@ fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
     short.write(&row("x", Status::Ok)).unwrap();
     bytes.extend(short.into_inner().unwrap());
     std::fs::write(&out, bytes).unwrap();
-    let (mut w, _) = open_for_append(&out, &extra, false).unwrap();
+    let (mut w, _) = open_for_append(&out, &extra, false, false).unwrap();
     w.write(&with_note("c", Status::Ok)).unwrap();
     w.write(&with_note("d", Status::Failed)).unwrap();
     w.flush().unwrap();
@@ -176,7 +176,7 @@ fn a_malformed_line_in_the_middle_is_skipped_and_the_lines_after_it_count() {
     let at = format!("r.csv, line 4 (byte {note_at}): 2 field(s) where 22 were expected");
     assert!(warnings[0].contains(&at), "{warnings:?}");
     assert!(warnings[1].contains("r.csv, line 5 (byte "), "{warnings:?}");
-    open_for_append(&out, &extra, false).unwrap();
+    open_for_append(&out, &extra, false, false).unwrap();
     assert_eq!(
         std::fs::metadata(&out).unwrap().len(),
         len,
@@ -200,7 +200,7 @@ fn a_complete_malformed_last_line_is_kept_but_a_cut_one_is_trimmed() {
     let mut bytes = std::fs::read(&out).unwrap();
     bytes.extend_from_slice(b"a note\n");
     std::fs::write(&out, &bytes).unwrap();
-    let (_, previous) = open_for_append(&out, &[], false).unwrap();
+    let (_, previous) = open_for_append(&out, &[], false, false).unwrap();
     assert_eq!(previous.lines, 1);
     assert_eq!(
         std::fs::read(&out).unwrap(),
@@ -211,7 +211,7 @@ fn a_complete_malformed_last_line_is_kept_but_a_cut_one_is_trimmed() {
     bytes.truncate(good_len as usize);
     bytes.extend_from_slice(b"b,2,m,f.png,\"multi\n");
     std::fs::write(&out, &bytes).unwrap();
-    let (_, previous) = open_for_append(&out, &[], false).unwrap();
+    let (_, previous) = open_for_append(&out, &[], false, false).unwrap();
     assert_eq!(previous.lines, 1);
     assert_eq!(std::fs::metadata(&out).unwrap().len(), good_len);
 }
@@ -242,7 +242,7 @@ fn stale_temp_files_of_this_output_are_removed_on_open() {
     for name in stale.iter().chain(&others) {
         std::fs::write(dir.path().join(name), "half a file").unwrap();
     }
-    open_for_append(&out, &[], false).unwrap();
+    open_for_append(&out, &[], false, false).unwrap();
     for name in stale {
         assert!(!dir.path().join(name).exists(), "{name} left");
     }

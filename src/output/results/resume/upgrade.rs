@@ -100,7 +100,7 @@ mod tests {
         std::fs::write(&out, format!("{header}{}\n", line("a"))).unwrap();
         std::fs::write(side_path(&out), format!("{header}{}\n", line("s"))).unwrap();
 
-        let (_, previous) = open_for_append(&out, &extra, false).unwrap();
+        let (_, previous) = open_for_append(&out, &extra, false, false).unwrap();
         assert_eq!(previous.done.0.len(), 2, "both ok lines count");
         for (file, id) in [(out.clone(), "a"), (side_path(&out), "s")] {
             let mut reader = csv::Reader::from_path(&file).unwrap();
