@@ -14,6 +14,12 @@
 //! limit up front; the rate then stays at or below it. Without it a model starts slowly
 //! ([`aimd::START_RATE`], doubling each second; issue 11), and a growth-rate 429
 //! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate.
+//!
+//! With `--redis`, what each model's state machine decides is shared with the other
+//! processes of the account ([`SharedPace`], see `shared::pace` for the design): a change
+//! is applied here at once and proposed to Redis, compare-and-set on the epoch this process
+//! last saw; a process whose proposal lost, or that reads a newer epoch (a few times a
+//! second), adopts the stored rate. Without `--redis` nothing of this runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +30,8 @@ use tokio::sync::watch;
 use crate::dashscope::ApiError;
 use crate::dashscope::error::ThrottleScope;
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
+use crate::shared::SharedPace;
+use crate::shared::pace::{SYNC, Seen};
 use aimd::{Aimd, Change};
 
 mod aimd;
@@ -46,6 +54,10 @@ struct Model {
     /// Tokens per call, learnt from the usage of its answers (a moving average); 0 until
     /// the first answer.
     tokens_per_call: f64,
+    /// The shared pace's epoch this process last saw (`--redis`; 0: none yet).
+    epoch: u64,
+    /// When this process last asked for the shared pace; `None`: never.
+    synced: Option<Instant>,
 }
 
 /// Weight of the newest answer in the tokens-per-call average: recent calls count most,
@@ -111,8 +123,10 @@ pub struct Pacing {
     /// Spaces the calls of each model (key: the model) at its current rate.
     limiter: Arc<dyn Limiter>,
     /// Locked briefly per call to subscribe to a model's pace or to record an outcome;
-    /// never held across an await.
-    models: Mutex<HashMap<String, Model>>,
+    /// never held across an await. Shared with the tasks that talk to Redis (`--redis`).
+    models: Arc<Mutex<HashMap<String, Model>>>,
+    /// `--redis`: the pace shared with the account's other processes.
+    shared: Option<SharedPace>,
 }
 
 /// Tokio's clock, so that tests on a paused clock drive the pacing and the limiter alike.
@@ -129,8 +143,64 @@ impl Pacing {
             tokens_per_second: model_tpm.filter(|t| *t > 0).map(|t| t as f64 / 60.0),
             cap: model_rps.filter(|r| *r > 0.0),
             limiter: Arc::new(LocalLimiter::new()),
-            models: Mutex::new(HashMap::new()),
+            models: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// The same pacing, its decisions shared with the account's other processes through
+    /// Redis (`--redis`; see the module notes).
+    pub fn with_shared(self, shared: SharedPace) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
+        }
+    }
+
+    /// Reads the shared pace of `model` if it is time to (at most every [`SYNC`]), in a task
+    /// of its own: a caller never waits for Redis here.
+    fn sync(&self, model: &str) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let due = self.with_model(model, |m| {
+            let now = now();
+            let due = m
+                .synced
+                .is_none_or(|t| now.saturating_duration_since(t) >= SYNC);
+            if due {
+                m.synced = Some(now);
+            }
+            due
+        });
+        if due {
+            let (shared, models, model) =
+                (shared.clone(), Arc::clone(&self.models), model.to_owned());
+            tokio::spawn(async move {
+                // Lost: the run is stopping; the pace stays as it is.
+                if let Ok(seen) = shared.sync(&model).await {
+                    reconcile(&models, &model, seen);
+                }
+            });
+        }
+    }
+
+    /// Proposes a change this process decided for `model` at `epoch` (`--redis`), in a task
+    /// of its own; the answer is reconciled (the stored rate adopted if another process
+    /// changed it first).
+    fn propose(&self, model: &str, epoch: u64, change: Change) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let (shared, models, model) = (shared.clone(), Arc::clone(&self.models), model.to_owned());
+        tokio::spawn(async move {
+            if let Ok(seen) = shared
+                .propose(&model, epoch, change.rate, change.pause)
+                .await
+            {
+                reconcile(&models, &model, seen);
+            }
+        });
     }
 
     /// The same pacing, its waits spaced by `limiter` (one shared with other processes of
@@ -156,6 +226,8 @@ impl Pacing {
                     aimd,
                     pace,
                     tokens_per_call: 0.0,
+                    epoch: 0,
+                    synced: None,
                 },
             );
         }
@@ -171,6 +243,7 @@ impl Pacing {
     /// caller that queued at 1/s thus goes out at 60/s once the rate rises, and one that
     /// queued before a cut honours the cut's pause.
     pub async fn acquire(&self, model: &str, cost: Cost) -> Permit {
+        self.sync(model);
         let (mut pace, tokens) =
             self.with_model(model, |m| (m.pace.subscribe(), m.tokens_per_call));
         if let Some(per_second) = self.tokens_per_second
@@ -223,13 +296,16 @@ impl Pacing {
 
     /// A call to `model` sent at `sent` succeeded.
     fn on_success(&self, model: &str, sent: Instant) {
-        self.with_model(model, |m| {
+        let proposal = self.with_model(model, |m| {
             let now = now();
-            if let Some(change) = m.aimd.on_success(sent, now) {
-                tracing::debug!(model, rate = change.rate, "model pace set");
-                m.apply(change, now);
-            }
+            let change = m.aimd.on_success(sent, now)?;
+            tracing::debug!(model, rate = change.rate, "model pace set");
+            m.apply(change, now);
+            Some((m.epoch, change))
         });
+        if let Some((epoch, change)) = proposal {
+            self.propose(model, epoch, change);
+        }
     }
 
     /// A call to `model` sent at `sent` was answered 429.
@@ -240,22 +316,24 @@ impl Pacing {
     /// window drain instead: one window after the first 429 (which follows the unpaced
     /// start's burst), [`aimd::DRAIN`] after a later one. Other models are not paused.
     fn on_throttled(&self, model: &str, sent: Instant, scope: ThrottleScope) {
-        self.with_model(model, |m| {
+        let proposal = self.with_model(model, |m| {
             let now = now();
             let change = match scope {
                 ThrottleScope::Burst => m.aimd.on_burst(sent, now),
                 _ => m.aimd.on_throttled(sent, now),
-            };
-            if let Some(change) = change {
-                tracing::debug!(
-                    model,
-                    rate = change.rate,
-                    scope = scope.as_str(),
-                    "model throttled: pacing calls"
-                );
-                m.apply(change, now);
-            }
+            }?;
+            tracing::debug!(
+                model,
+                rate = change.rate,
+                scope = scope.as_str(),
+                "model throttled: pacing calls"
+            );
+            m.apply(change, now);
+            Some((m.epoch, change))
         });
+        if let Some((epoch, change)) = proposal {
+            self.propose(model, epoch, change);
+        }
     }
 
     /// Teaches `model`'s token pacing the tokens an answered call used.
@@ -289,5 +367,33 @@ impl Pacing {
     }
 }
 
+/// Takes in what Redis holds for `model` (`--redis`): the number of processes pacing it,
+/// and a rate another process set since this one last looked, adopted as if decided here.
+fn reconcile(models: &Mutex<HashMap<String, Model>>, model: &str, seen: Seen) {
+    let mut models = models.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(m) = models.get_mut(model) else {
+        return;
+    };
+    m.aimd.set_scale(seen.live);
+    if seen.epoch <= m.epoch {
+        return;
+    }
+    m.epoch = seen.epoch;
+    // Our own proposal, stored: applied here already.
+    if seen.changed {
+        return;
+    }
+    if let Some(rate) = seen.rate
+        && m.aimd.rate() != Some(rate)
+    {
+        let now = now();
+        let change = m.aimd.adopt(rate, seen.pause, now);
+        tracing::debug!(model, rate = change.rate, "model pace adopted from Redis");
+        m.apply(change, now);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;

@@ -27,9 +27,11 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
+pub mod pace;
 mod uploads;
 mod url;
 
+pub use pace::{PACE_SCRIPT, SharedPace};
 pub use uploads::{Claim, LOCK_TTL, Lock, SharedUploads};
 pub use url::RedisUrl;
 
