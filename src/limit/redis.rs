@@ -60,22 +60,27 @@ end
 local state = redis.call('HMGET', KEYS[1], 'tat', 'period')
 local tat = tonumber(state[1]) or now
 local was = tonumber(state[2]) or period
--- What is owed, counted in units, is owed at the new rate.
-if tat > now and was ~= period then
-  tat = now + (tat - now) * period / was
-end
-if tat < now then
-  tat = now
+-- What is owed, in µs, counted from now: never as a difference of two instants near 1.7e15,
+-- whose doubles are 0.25 µs apart, so that `now + period - now` can exceed `period` and a
+-- call on an idle key would be refused forever (answered "wait 1 µs"). What is owed,
+-- counted in units, is owed at the new rate.
+local owed = 0
+if tat > now then
+  owed = tat - now
+  if was ~= period then
+    owed = owed * period / was
+  end
 end
 -- A cost over the burst would never fit; it goes once nothing is owed.
 local room = period * math.max(burst, cost)
-local after = tat + period * cost
-if after - now > room then
-  return math.max(1, math.ceil(after - room - now))
+local need = owed + period * cost
+if need > room then
+  return math.max(1, math.ceil(need - room))
 end
+local after = now + need
 redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', after), 'period', string.format('%.17g', period))
 -- Full again at `after`: from then on the key means what no key means.
-redis.call('PEXPIRE', KEYS[1], math.ceil((after - now) / 1000) + 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(need / 1000) + 1)
 return 0
 "#;
 
