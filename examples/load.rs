@@ -414,8 +414,9 @@ fn shards(
         let stats = emulator_stats(&emulator.url)?;
         emulator.stop()?;
         let count = |k: &str| stats[k].as_f64().unwrap_or(0.0);
-        let calls = count("chat_calls");
+        // The emulator counts answered calls and refusals apart.
         let refused = count("chat_throttled_rate") + count("chat_throttled_burst");
+        let calls = count("chat_calls") + refused;
         let rows_per_s = rows as f64 / wall.as_secs_f64();
         println!(
             "{:>9} {:>9.1} {:>7} {:>6.3} {:>7} {:>5.1}% {:>9.2}",

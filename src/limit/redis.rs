@@ -24,12 +24,10 @@
 //! stopped this way is resumed by the next run, which loses nothing.
 //!
 //! # What one process learns
-//! The rate a caller passes is decided in its own process (`pipeline::pacing`: a cut after
-//! a 429, the slow-start ramp), and the script enforces whatever rate the latest call
-//! passed, re-timing what the key owes. Sharing what was learnt, so that N processes back
-//! off once rather than N times, is the next layer: the pacing state (its rate and pause)
-//! published under `Shared::key("pace-state", model)` and read before deciding a rate.
-//! This module does not need to change for it.
+//! The rate a caller passes is decided by `pipeline::pacing`, and the script enforces
+//! whatever rate the latest call passed, re-timing what the key owes. What one process
+//! learns (a cut after a 429, the slow-start ramp) is shared by `shared::pace`, so that every
+//! process passes the same rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
