@@ -11,6 +11,7 @@
 //! target/release/examples/load pacing --model-rps 20 --concurrency 64 --models 1,2
 //! target/release/examples/load burst --burst-floor 10 --burst-growth 2 --concurrency 64
 //! target/release/examples/load tokens --fit 19 --concurrency 64
+//! target/release/examples/load shards --procs 4 --rows 1200 --model-rps 40
 //! ```
 //!
 //! Why separate processes: the client's CPU time and peak RSS come from `wait4(2)` on the
@@ -139,6 +140,26 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         chat_ms: u64,
     },
+    /// Several processes, each on its own shard of one manifest, against one emulator that
+    /// limits the model to `--model-rps` (unknown to the clients): with one Redis
+    /// (`redis-server` on a unix socket in a temp dir) and without. The bound is
+    /// `--model-rps`; also the share of calls refused and uploads per distinct file.
+    Shards {
+        #[arg(long, default_value_t = 4)]
+        procs: usize,
+        #[arg(long, default_value_t = 1200)]
+        rows: usize,
+        /// Distinct files; rows reuse them, across shards too.
+        #[arg(long, default_value_t = 100)]
+        files: usize,
+        /// Rows in flight per process.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 40)]
+        model_rps: u32,
+        #[arg(long, default_value_t = 100)]
+        chat_ms: u64,
+    },
     /// Peak RSS of the client uploading large distinct files (streamed uploads).
     BigFiles {
         #[arg(long, default_value_t = 20)]
@@ -219,6 +240,14 @@ fn main() -> Result<()> {
             size_mb,
             concurrency,
         } => big_files(&bin, files, size_mb, concurrency),
+        Scenario::Shards {
+            procs,
+            rows,
+            files,
+            concurrency,
+            model_rps,
+            chat_ms,
+        } => shards(&bin, procs, rows, files, concurrency, model_rps, chat_ms),
     }
 }
 
@@ -340,6 +369,161 @@ fn pacing(
         );
     }
     Ok(())
+}
+
+fn shards(
+    bin: &Path,
+    procs: usize,
+    rows: usize,
+    files: usize,
+    concurrency: usize,
+    model_rps: u32,
+    chat_ms: u64,
+) -> Result<()> {
+    println!(
+        "{procs} processes, each --shard K/{procs} of {rows} rows ({files} files reused), C = \
+         {concurrency} each, chat {chat_ms} ms, emulator --model-rps {model_rps} (not told \
+         to the clients)"
+    );
+    println!(
+        "{:>9} {:>9} {:>7} {:>6} {:>7} {:>6} {:>9}",
+        "redis", "rows/s", "bound", "ratio", "calls", "429%", "up/file"
+    );
+    for with_redis in [true, false] {
+        let job = Job::new(rows, files, 1024)?;
+        let redis = if with_redis {
+            Some(Redis::start()?)
+        } else {
+            None
+        };
+        let emulator = Emulator::start(
+            bin,
+            &[
+                format!("--chat-latency-ms={chat_ms}"),
+                format!("--model-rps={model_rps}"),
+            ],
+        )?;
+        let started = Instant::now();
+        let children = (1..=procs)
+            .map(|k| {
+                let mut cmd = Command::new(bin);
+                cmd.arg("run")
+                    .arg(job.dir.path().join("manifest.csv"))
+                    .args(["--base-url", &emulator.url, "--fresh", "-q"])
+                    .arg(format!("--shard={k}/{procs}"))
+                    .arg(format!("--concurrency={concurrency}"))
+                    .arg("-o")
+                    .arg(job.dir.path().join(format!("out-{k}.csv")))
+                    .arg("--state-dir")
+                    .arg(job.dir.path().join(format!("state-{k}")))
+                    .args(CLIENT_ARGS.get().into_iter().flatten())
+                    .env("DASHSCOPE_API_KEY", "sk-load")
+                    .env_remove("DASHSCOPE_HTTP_BASE_URL")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                if let Some(redis) = &redis {
+                    cmd.arg(format!("--redis={}", redis.url()));
+                }
+                cmd.spawn().context("cannot start dashbatch run")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for child in children {
+            let (status, _) = wait(child)?;
+            if status != 0 {
+                bail!("dashbatch run exited {status}");
+            }
+        }
+        let wall = started.elapsed();
+        let stats = emulator_stats(&emulator.url)?;
+        emulator.stop()?;
+        let count = |k: &str| stats[k].as_f64().unwrap_or(0.0);
+        // The emulator counts answered calls and refusals apart.
+        let refused = count("chat_throttled_rate") + count("chat_throttled_burst");
+        let calls = count("chat_calls") + refused;
+        let rows_per_s = rows as f64 / wall.as_secs_f64();
+        println!(
+            "{:>9} {:>9.1} {:>7} {:>6.3} {:>7} {:>5.1}% {:>9.2}",
+            if with_redis { "one" } else { "none" },
+            rows_per_s,
+            model_rps,
+            rows_per_s / f64::from(model_rps),
+            calls,
+            100.0 * refused / calls.max(1.0),
+            count("uploads") / files as f64,
+        );
+    }
+    Ok(())
+}
+
+/// The emulator's counters (`GET /__emulator/stats`), over a plain HTTP/1.0 request.
+fn emulator_stats(url: &str) -> Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split('/').next())
+        .context("emulator URL")?;
+    let mut stream = std::net::TcpStream::connect(host)?;
+    write!(
+        stream,
+        "GET /__emulator/stats HTTP/1.0\r\nHost: {host}\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let body = reply.split("\r\n\r\n").nth(1).context("stats reply")?;
+    Ok(serde_json::from_str(body)?)
+}
+
+/// A private `redis-server` on a unix socket in a temp dir, no persistence, killed on drop.
+struct Redis {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(dir.path().join("redis.sock"))
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (apt-get install redis-server)")?;
+        let redis = Self { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(redis.dir.path().join("redis.sock")).is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "redis+unix://{}",
+            self.dir.path().join("redis.sock").display()
+        )
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Calls made and refused: each row ends with one successful call, every 429 is one more.

@@ -33,7 +33,10 @@ fn dashbatch(base_url: &str, manifest: &Path) -> Command {
 fn job(prefix: &str, rows: u64) -> Job {
     let mut job = Job::new();
     for i in 0..rows {
-        let f = job.file(&format!("m/{prefix}{i}.png"), &bytes(i + 1000, 32));
+        // Content of its own per prefix: processes with the same files would share their
+        // uploads (the shared upload cache), and so their getPolicy requests.
+        let seed = prefix.bytes().fold(1000, |h, b| h * 31 + u64::from(b));
+        let f = job.file(&format!("m/{prefix}{i}.png"), &bytes(seed + i, 32));
         job.row(&format!("{prefix}{i},qwen-vl-plus,{f},prompt {i}"));
     }
     job

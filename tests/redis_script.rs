@@ -73,6 +73,30 @@ async fn the_kth_grant_at_rate_r_comes_k_minus_1_over_r_after_the_first() {
     }
 }
 
+/// Rates whose period is not a whole number of µs (a cut from 40/s to 36/s, 14.25/s, ...)
+/// at an instant the size of `TIME`'s: the first call on an idle key is granted. Once the
+/// script took `now + period - now` for the period, doubles 0.25 µs apart made it exceed
+/// the room, and the key answered "wait 1 µs" for ever: a run under --redis stalled after
+/// its first 429 cut.
+#[tokio::test]
+async fn a_period_with_a_fraction_of_a_microsecond_is_granted_on_an_idle_key() {
+    let Some(server) = RedisServer::start("gcra_fractional_period") else {
+        return;
+    };
+    let mut conn = connection(&server).await;
+    for (i, rate) in [36.0, 14.25, 32.4, 72.2, 9.5, 3.8].into_iter().enumerate() {
+        let key = format!("frac{i}");
+        assert_eq!(
+            take(&mut conn, &key, rate, 1, 1, Some(T0 + 3)).await,
+            0,
+            "{rate}/s"
+        );
+        // And by Redis's own clock.
+        let key = format!("time{i}");
+        assert_eq!(take(&mut conn, &key, rate, 1, 1, None).await, 0, "{rate}/s");
+    }
+}
+
 #[tokio::test]
 async fn a_burst_goes_at_once_and_a_cost_counts_as_that_many_units() {
     let Some(server) = RedisServer::start("gcra_burst_cost") else {

@@ -237,7 +237,17 @@ impl Credentials {
         let (result, attempts) = retry(
             &self.inner.options.retry,
             || async {
-                self.inner.limiter.acquire(model, rate, Cost::REQUEST).await;
+                let grant = self.inner.limiter.acquire(model, rate, Cost::REQUEST);
+                // A shared limiter whose Redis was lost never grants (it fails closed); the
+                // run's stop, passed on by the watch, ends the wait, so that the row is
+                // refused at once rather than held until `--drain-timeout-s`.
+                match &self.inner.options.retry.watch {
+                    Some(watch) => tokio::select! {
+                        () = grant => {}
+                        refused = watch.refused() => return Err(refused),
+                    },
+                    None => grant.await,
+                }
                 self.inner.fetches.fetch_add(1, Ordering::Relaxed);
                 self.inner.client.get_policy(model).await
             },

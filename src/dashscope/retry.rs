@@ -89,6 +89,14 @@ pub trait Watch: Send + Sync + fmt::Debug {
     /// a loop in a long backoff must not miss its turn to probe). Owns what it needs
     /// (`'static`), since the backoff sleeper cannot lend from itself.
     fn wake(&self) -> BoxFuture<'static, ()>;
+
+    /// Resolves, with the error an attempt gets, once attempts are refused for good (the
+    /// run stopped). An attempt that waits for something that may never come (a grant from
+    /// a Redis that was lost: the limiter fails closed) races its wait against this. The
+    /// default never resolves.
+    fn refused(&self) -> BoxFuture<'static, ApiError> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Full-jitter exponential backoff: the n-th wait (n from 0) is uniform in

@@ -24,12 +24,10 @@
 //! stopped this way is resumed by the next run, which loses nothing.
 //!
 //! # What one process learns
-//! The rate a caller passes is decided in its own process (`pipeline::pacing`: a cut after
-//! a 429, the slow-start ramp), and the script enforces whatever rate the latest call
-//! passed, re-timing what the key owes. Sharing what was learnt, so that N processes back
-//! off once rather than N times, is the next layer: the pacing state (its rate and pause)
-//! published under `Shared::key("pace-state", model)` and read before deciding a rate.
-//! This module does not need to change for it.
+//! The rate a caller passes is decided by `pipeline::pacing`, and the script enforces
+//! whatever rate the latest call passed, re-timing what the key owes. What one process
+//! learns (a cut after a 429, the slow-start ramp) is shared by `shared::pace`, so that every
+//! process passes the same rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,22 +58,27 @@ end
 local state = redis.call('HMGET', KEYS[1], 'tat', 'period')
 local tat = tonumber(state[1]) or now
 local was = tonumber(state[2]) or period
--- What is owed, counted in units, is owed at the new rate.
-if tat > now and was ~= period then
-  tat = now + (tat - now) * period / was
-end
-if tat < now then
-  tat = now
+-- What is owed, in µs, counted from now: never as a difference of two instants near 1.7e15,
+-- whose doubles are 0.25 µs apart, so that `now + period - now` can exceed `period` and a
+-- call on an idle key would be refused forever (answered "wait 1 µs"). What is owed,
+-- counted in units, is owed at the new rate.
+local owed = 0
+if tat > now then
+  owed = tat - now
+  if was ~= period then
+    owed = owed * period / was
+  end
 end
 -- A cost over the burst would never fit; it goes once nothing is owed.
 local room = period * math.max(burst, cost)
-local after = tat + period * cost
-if after - now > room then
-  return math.max(1, math.ceil(after - room - now))
+local need = owed + period * cost
+if need > room then
+  return math.max(1, math.ceil(need - room))
 end
+local after = now + need
 redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', after), 'period', string.format('%.17g', period))
 -- Full again at `after`: from then on the key means what no key means.
-redis.call('PEXPIRE', KEYS[1], math.ceil((after - now) / 1000) + 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(need / 1000) + 1)
 return 0
 "#;
 

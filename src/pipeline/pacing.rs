@@ -19,6 +19,12 @@
 //! at the lower of its request pace and its token pace over the tokens a call uses (learnt
 //! from the usage of its answers). `--model-tpm` sets that token pace, and its cap, from
 //! the start.
+//!
+//! With `--redis`, what each model's state machine decides is shared with the other
+//! processes of the account ([`SharedPace`], see `shared::pace` for the design): a change
+//! is applied here at once and proposed to Redis, compare-and-set on the epoch this process
+//! last saw; a process whose proposal lost, or that reads a newer epoch (a few times a
+//! second), adopts the stored rate. Without `--redis` nothing of this runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +35,8 @@ use tokio::sync::watch;
 use crate::dashscope::ApiError;
 use crate::dashscope::error::ThrottleScope;
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
+use crate::shared::SharedPace;
+use crate::shared::pace::{SYNC, Seen};
 use aimd::{Aimd, Change};
 use tokens::{TokenAimd, TokenChange};
 
@@ -56,6 +64,10 @@ struct Model {
     /// Tokens per call, learnt from the usage of its answers (a moving average); 0 until
     /// the first answer.
     tokens_per_call: f64,
+    /// The shared pace's epoch this process last saw (`--redis`; 0: none yet).
+    epoch: u64,
+    /// When this process last asked for the shared pace; `None`: never.
+    synced: Option<Instant>,
 }
 
 /// Weight of the newest answer in the tokens-per-call average: recent calls count most,
@@ -144,8 +156,10 @@ pub struct Pacing {
     /// Spaces the calls of each model (key: the model) at its current rate.
     limiter: Arc<dyn Limiter>,
     /// Locked briefly per call to subscribe to a model's pace or to record an outcome;
-    /// never held across an await.
-    models: Mutex<HashMap<String, Model>>,
+    /// never held across an await. Shared with the tasks that talk to Redis (`--redis`).
+    models: Arc<Mutex<HashMap<String, Model>>>,
+    /// `--redis`: the pace shared with the account's other processes.
+    shared: Option<SharedPace>,
 }
 
 /// Tokio's clock, so that tests on a paused clock drive the pacing and the limiter alike.
@@ -162,8 +176,64 @@ impl Pacing {
             tokens_per_second: model_tpm.filter(|t| *t > 0).map(|t| t as f64 / 60.0),
             cap: model_rps.filter(|r| *r > 0.0),
             limiter: Arc::new(LocalLimiter::new()),
-            models: Mutex::new(HashMap::new()),
+            models: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// The same pacing, its decisions shared with the account's other processes through
+    /// Redis (`--redis`; see the module notes).
+    pub fn with_shared(self, shared: SharedPace) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
+        }
+    }
+
+    /// Reads the shared pace of `model` if it is time to (at most every [`SYNC`]), in a task
+    /// of its own: a caller never waits for Redis here.
+    fn sync(&self, model: &str) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let due = self.with_model(model, |m| {
+            let now = now();
+            let due = m
+                .synced
+                .is_none_or(|t| now.saturating_duration_since(t) >= SYNC);
+            if due {
+                m.synced = Some(now);
+            }
+            due
+        });
+        if due {
+            let (shared, models, model) =
+                (shared.clone(), Arc::clone(&self.models), model.to_owned());
+            tokio::spawn(async move {
+                // Lost: the run is stopping; the pace stays as it is.
+                if let Ok(seen) = shared.sync(&model).await {
+                    reconcile(&models, &model, seen);
+                }
+            });
+        }
+    }
+
+    /// Proposes a change this process decided for `model` at `epoch` (`--redis`), in a task
+    /// of its own; the answer is reconciled (the stored rate adopted if another process
+    /// changed it first).
+    fn propose(&self, model: &str, epoch: u64, change: Change) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let (shared, models, model) = (shared.clone(), Arc::clone(&self.models), model.to_owned());
+        tokio::spawn(async move {
+            if let Ok(seen) = shared
+                .propose(&model, epoch, change.rate, change.pause)
+                .await
+            {
+                reconcile(&models, &model, seen);
+            }
+        });
     }
 
     /// The same pacing, its waits spaced by `limiter` (one shared with other processes of
@@ -192,6 +262,8 @@ impl Pacing {
                     tokens,
                     pace,
                     tokens_per_call: 0.0,
+                    epoch: 0,
+                    synced: None,
                 },
             );
         }
@@ -215,6 +287,7 @@ impl Pacing {
     /// queued before a cut honours the cut's pause. No burst: the service counts every
     /// one-second window, and a burst after a quiet spell would put two seconds' worth in one.
     pub async fn acquire(&self, model: &str, cost: Cost) -> Permit {
+        self.sync(model);
         let mut pace = self.with_model(model, |m| m.pace.subscribe());
         loop {
             let current = *pace.borrow_and_update();
@@ -254,13 +327,16 @@ impl Pacing {
 
     /// A call to `model` sent at `sent` succeeded.
     fn on_success(&self, model: &str, sent: Instant) {
-        self.with_model(model, |m| {
+        let proposal = self.with_model(model, |m| {
             let now = now();
-            if let Some(change) = m.aimd.on_success(sent, now) {
-                tracing::debug!(model, rate = change.rate, "model pace set");
-                m.apply(change, now);
-            }
+            let change = m.aimd.on_success(sent, now)?;
+            tracing::debug!(model, rate = change.rate, "model pace set");
+            m.apply(change, now);
+            Some((m.epoch, change))
         });
+        if let Some((epoch, change)) = proposal {
+            self.propose(model, epoch, change);
+        }
     }
 
     /// A call to `model` sent at `sent` was answered 429.
@@ -271,7 +347,7 @@ impl Pacing {
     /// window drain instead: one window after the first 429 (which follows the unpaced
     /// start's burst), [`aimd::DRAIN`] after a later one. Other models are not paused.
     fn on_throttled(&self, model: &str, sent: Instant, scope: ThrottleScope) {
-        self.with_model(model, |m| {
+        let proposal = self.with_model(model, |m| {
             let now = now();
             let change = match scope {
                 ThrottleScope::Burst => m.aimd.on_burst(sent, now),
@@ -285,17 +361,19 @@ impl Pacing {
                     None
                 }
                 _ => m.aimd.on_throttled(sent, now),
-            };
-            if let Some(change) = change {
-                tracing::debug!(
-                    model,
-                    rate = change.rate,
-                    scope = scope.as_str(),
-                    "model throttled: pacing calls"
-                );
-                m.apply(change, now);
-            }
+            }?;
+            tracing::debug!(
+                model,
+                rate = change.rate,
+                scope = scope.as_str(),
+                "model throttled: pacing calls"
+            );
+            m.apply(change, now);
+            Some((m.epoch, change))
         });
+        if let Some((epoch, change)) = proposal {
+            self.propose(model, epoch, change);
+        }
     }
 
     /// Teaches `model`'s token pacing the tokens an answered call used: its tokens per call,
@@ -344,5 +422,33 @@ impl Pacing {
     }
 }
 
+/// Takes in what Redis holds for `model` (`--redis`): the number of processes pacing it,
+/// and a rate another process set since this one last looked, adopted as if decided here.
+fn reconcile(models: &Mutex<HashMap<String, Model>>, model: &str, seen: Seen) {
+    let mut models = models.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(m) = models.get_mut(model) else {
+        return;
+    };
+    m.aimd.set_scale(seen.live);
+    if seen.epoch <= m.epoch {
+        return;
+    }
+    m.epoch = seen.epoch;
+    // Our own proposal, stored: applied here already.
+    if seen.changed {
+        return;
+    }
+    if let Some(rate) = seen.rate
+        && m.aimd.rate() != Some(rate)
+    {
+        let now = now();
+        let change = m.aimd.adopt(rate, seen.pause, now);
+        tracing::debug!(model, rate = change.rate, "model pace adopted from Redis");
+        m.apply(change, now);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use crate::output::lock::RunLock;
 use crate::output::reporter::ReportError;
 use crate::output::results::resume::{self, Previous};
 use crate::output::{Event, Progress, Reporter, ResultsWriter, Stats};
-use crate::shared::Shared;
+use crate::shared::{Shared, SharedPace, SharedUploads};
 use crate::upload_cache::{UploadCache, unix_now};
 
 use super::compact::ManifestStamp;
@@ -225,19 +225,32 @@ fn wire(
     let worker = Arc::new(Worker {
         manifest: config.manifest.clone(),
         client: client.clone(),
-        uploads: Uploads::new(
-            client,
-            credentials.clone(),
-            cache,
-            watched(vec![Scope::Uploads]),
-            config.upload_concurrency,
-        ),
+        uploads: {
+            let uploads = Uploads::new(
+                client.clone(),
+                credentials.clone(),
+                cache,
+                watched(vec![Scope::Uploads]),
+                config.upload_concurrency,
+            );
+            match shared {
+                Some(shared) => {
+                    uploads.with_shared(SharedUploads::new(shared.clone(), &cache_account(&client)))
+                }
+                None => uploads,
+            }
+        },
         api: config.api,
         params: config.params.clone(),
         retry: config.retry.clone(),
-        pacing: Arc::new(
-            pacing::Pacing::new(config.model_rps, config.model_tpm).with_limiter(limiter("pace")),
-        ),
+        pacing: Arc::new({
+            let pacing = pacing::Pacing::new(config.model_rps, config.model_tpm)
+                .with_limiter(limiter("pace"));
+            match shared {
+                Some(shared) => pacing.with_shared(SharedPace::new(shared.clone())),
+                None => pacing,
+            }
+        }),
         stop,
         gate: Arc::clone(&gate),
         model_retry: Mutex::new(HashMap::new()),

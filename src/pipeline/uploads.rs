@@ -38,6 +38,7 @@ use super::failure::Failure;
 use crate::dashscope::{self, ApiError, Client, Credentials, ErrorKind, Policy, RetryPolicy, Sent};
 use crate::failure::FailureCode;
 use crate::output::UploadOutcome;
+use crate::shared::{Claim, Lost, SharedUploads};
 use crate::upload_cache::{UploadCache, unix_now};
 
 /// How many fresh policies one upload may go through after "Policy expired" answers.
@@ -64,6 +65,9 @@ pub struct Uploads {
     credentials: Credentials,
     /// Uploads of earlier runs, still young enough to use.
     cache: Arc<UploadCache>,
+    /// The second level, with `--redis`: other processes' uploads, and the lock that lets
+    /// one of them upload a file while the others wait. Asked only when `cache` misses.
+    shared: Option<SharedUploads>,
     retry: RetryPolicy,
     /// Bounds uploads in flight separately from rows in flight.
     slots: Semaphore,
@@ -152,11 +156,20 @@ impl Uploads {
             client,
             credentials,
             cache,
+            shared: None,
             retry,
             slots: Semaphore::new(upload_slots.max(1)),
             reads: Semaphore::new(upload_slots.max(1)),
             cells: Mutex::new(HashMap::new()),
             hashes: HashCache::default(),
+        }
+    }
+
+    /// The same, with `shared` as the upload cache's second level (`--redis`).
+    pub fn with_shared(self, shared: SharedUploads) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
         }
     }
 
@@ -326,6 +339,12 @@ impl Uploads {
         };
         if let Some(stale) = replace {
             self.cache.forget(model, &sha256, stale);
+            if let Some(shared) = &self.shared {
+                shared
+                    .forget(model, &sha256, stale)
+                    .await
+                    .map_err(not_attempted)?;
+            }
         }
         // Set by whichever row initialises the cell; rows that find it set reuse its URL.
         let mut outcome = UploadOutcome::Reused;
@@ -335,11 +354,45 @@ impl Uploads {
                     outcome = UploadOutcome::Cached;
                     return Ok::<_, Miss>(url);
                 }
+                // Second level: another process's upload, or the lock to upload it ourselves
+                // while the others wait.
+                let lock = match &self.shared {
+                    None => None,
+                    Some(shared) => match shared.claim(model, &sha256).await {
+                        Ok(Claim::Found { url, at }) => {
+                            self.cache.record(model, &sha256, &url, at);
+                            outcome = UploadOutcome::Cached;
+                            return Ok(url);
+                        }
+                        Ok(Claim::Upload(lock)) => Some((shared, lock)),
+                        Err(lost) => return Err(not_attempted(lost).into()),
+                    },
+                };
                 outcome = UploadOutcome::New;
-                let url = self.upload(model, path, size, &sha256, held, log).await?;
-                // Only here, after a verified upload: the cache never names bytes nobody
-                // checked.
-                self.cache.record(model, &sha256, &url, unix_now());
+                let uploading = self.upload(model, path, size, &sha256, held, log);
+                let uploaded = match &lock {
+                    Some((shared, lock)) => shared.holding(lock, uploading).await,
+                    None => uploading.await,
+                };
+                let url = match (uploaded, lock) {
+                    (Ok(url), lock) => {
+                        // Only here, after a verified upload: neither cache ever names bytes
+                        // nobody checked.
+                        let at = unix_now();
+                        self.cache.record(model, &sha256, &url, at);
+                        // Redis lost: the run is stopping, but this URL is good for this row.
+                        if let Some((shared, lock)) = lock {
+                            let _ = shared.publish(lock, &url, at).await;
+                        }
+                        url
+                    }
+                    (Err(miss), lock) => {
+                        if let Some((shared, lock)) = lock {
+                            let _ = shared.release(lock).await;
+                        }
+                        return Err(miss);
+                    }
+                };
                 Ok(url)
             })
             .await?;
@@ -498,6 +551,12 @@ fn changed(path: &Path, why: &str) -> Failure {
             path.display()
         ),
     )
+}
+
+/// A row whose upload needed Redis after it was lost: the run is stopping, and the next run
+/// does the row.
+fn not_attempted(lost: Lost) -> Failure {
+    Failure::local(FailureCode::NotAttempted, format!("not attempted: {lost}"))
 }
 
 fn closed() -> Failure {

@@ -9,9 +9,9 @@
 //! and [`Shared::call`], which retries an operation while Redis is unreachable for at most
 //! `--redis-timeout-s` and then declares Redis lost.
 //!
-//! Deliberately not here: what is shared. The limiter (`limit::redis`) is one user; a
-//! shared upload cache is another, built the same way: its own kind of key under
-//! [`Shared::key`], every command through [`Shared::call`].
+//! Deliberately not here: what is shared. The limiter (`limit::redis`) is one user; the
+//! shared upload cache ([`uploads`]) is another, built the same way: its own kind of key
+//! under [`Shared::key`], every command through [`Shared::call`].
 //!
 //! # When Redis fails
 //! Unreachable at the start: the run does not start (exit 2), before any request. Mid-run,
@@ -27,8 +27,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
+pub mod pace;
+mod uploads;
 mod url;
 
+pub use pace::{PACE_SCRIPT, SharedPace};
+pub use uploads::{Claim, LOCK_TTL, Lock, SharedUploads};
 pub use url::RedisUrl;
 
 /// The layout of every key under the prefix. Bumped when a key's meaning changes, so that

@@ -276,3 +276,95 @@ async fn default_rate_stays_under_100_per_second_per_model() {
     limiter.acquire("model-b", rate, Cost::REQUEST).await;
     assert!(t1.elapsed() > Duration::ZERO);
 }
+
+/// A limiter that never grants: a Redis limiter after Redis was lost (it fails closed).
+struct NeverGrants;
+
+impl Limiter for NeverGrants {
+    fn acquire<'a>(
+        &'a self,
+        _: &'a str,
+        _: crate::limit::Rate,
+        _: Cost,
+    ) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A watch that admits every attempt and refuses them all once `stop` is cancelled: the
+/// run's stop, as the outage gate passes it on.
+#[derive(Debug, Default)]
+struct StopsOnCancel {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl crate::dashscope::retry::Watch for StopsOnCancel {
+    fn admit(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<crate::dashscope::retry::Ticket, ApiError>> {
+        Box::pin(async { Ok(crate::dashscope::retry::Ticket::default()) })
+    }
+
+    fn answered(&self, _: crate::dashscope::retry::Ticket, _: Result<(), &ApiError>) -> bool {
+        false
+    }
+
+    fn wake(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
+
+    fn refused(&self) -> futures::future::BoxFuture<'static, ApiError> {
+        let stop = self.stop.clone();
+        Box::pin(async move {
+            stop.cancelled().await;
+            ApiError::local(
+                ErrorKind::Rejected,
+                crate::failure::FailureCode::NotAttempted,
+                "not attempted: Redis lost",
+            )
+        })
+    }
+}
+
+/// A getPolicy waiting for a grant that will never come (Redis lost) ends as soon as the
+/// run stops, with the refusal, instead of holding its row until `--drain-timeout-s`.
+#[tokio::test]
+async fn a_wait_for_a_grant_ends_when_the_run_stops() {
+    let (fake, base, _rx) = start("300", vec![], false).await;
+    let watch = Arc::new(StopsOnCancel::default());
+    let stop = watch.stop.clone();
+    let client = Client::new(
+        ApiKey::new("sk-test").unwrap(),
+        ClientConfig {
+            base_url: base,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let creds = Credentials::with_limiter(
+        Arc::new(NeverGrants),
+        client,
+        CredentialOptions {
+            retry: RetryPolicy {
+                watch: Some(watch),
+                ..RetryPolicy::default()
+            },
+            ..CredentialOptions::default()
+        },
+    );
+    let fetching = tokio::spawn(async move { creds.get("qwen-vl-plus").await });
+    stop.cancel();
+    // A hang guard, not a timing check: before the fix this never ended.
+    let err = tokio::time::timeout(Duration::from_secs(30), fetching)
+        .await
+        .expect("the wait ends with the run's stop")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Rejected, "{err}");
+    assert!(err.to_string().contains("not attempted"), "{err}");
+    assert_eq!(
+        fake.hits.load(Ordering::SeqCst),
+        0,
+        "nothing sent without a grant"
+    );
+}

@@ -250,4 +250,15 @@ impl Watch for Scoped {
         let (gate, scopes) = (Arc::clone(&self.gate), Arc::clone(&self.scopes));
         Box::pin(async move { gate.paused_or_stopped(&scopes).await })
     }
+
+    fn refused(&self) -> BoxFuture<'static, ApiError> {
+        let gate = Arc::clone(&self.gate);
+        Box::pin(async move {
+            gate.stop.refused().await;
+            gate.stop
+                .reason()
+                .unwrap_or(&StopReason::Interrupted)
+                .refusal()
+        })
+    }
 }

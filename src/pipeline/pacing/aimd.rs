@@ -210,6 +210,9 @@ pub struct Aimd {
     before_burst: f64,
     /// Growth a second while no limit is met: [`SLOW_START`], less after growth-rate 429s.
     ramp: f64,
+    /// How many processes share this model's pace (`--redis`, see `shared::pace`): the calls
+    /// this one counts stand for this many times as many, when it judges throughput.
+    scale: f64,
 }
 
 impl Aimd {
@@ -232,6 +235,7 @@ impl Aimd {
             fresh: cap.is_none(),
             before_burst: 0.0,
             ramp: SLOW_START,
+            scale: 1.0,
         }
     }
 
@@ -260,6 +264,39 @@ impl Aimd {
 
     pub fn rate(&self) -> Option<f64> {
         self.rate
+    }
+
+    /// `processes` share this model's pace (`--redis`): each counts about 1/`processes` of
+    /// the calls, so what it counts of throughput is scaled up by that.
+    pub fn set_scale(&mut self, processes: u32) {
+        self.scale = f64::from(processes.max(1));
+    }
+
+    /// Adopts a rate another process set (`shared::pace`), as if this one had decided it:
+    /// a lower one as a cut (answers to calls sent before it cut nothing more, and a first
+    /// 429 is no longer judged as a first burst: the limit has been met), a higher one as an
+    /// increase (the next comes a window later). `pause`: what is left of the cut's pause.
+    pub fn adopt(&mut self, rate: f64, pause: Duration, now: Instant) -> Change {
+        let rate = self.capped(rate);
+        match self.rate {
+            Some(old) if rate < old => {
+                self.fresh = false;
+                self.first_burst = None;
+                self.unpaced_ok = VecDeque::new();
+                self.ceiling = Some(Ceiling { rate: old, at: now });
+                self.held = rate;
+                self.last_decrease = Some(now);
+                self.active_since = now + pause;
+                self.check = None;
+            }
+            Some(old) if rate > old => {
+                self.held = old;
+                self.last_increase = now;
+            }
+            _ => {}
+        }
+        self.rate = Some(rate);
+        Change { rate, pause }
     }
 
     /// A call sent at `sent` succeeded. Returns the change of pace, if any.
@@ -427,7 +464,7 @@ impl Aimd {
             to: now,
             tally,
         });
-        let rate = self.capped(f64::from(tally.ok.max(1)) * NEAR_CEILING);
+        let rate = self.capped(f64::from(tally.ok.max(1)) * self.scale * NEAR_CEILING);
         self.rate = Some(rate);
         self.held = rate;
         self.last_decrease = Some(now);
@@ -462,7 +499,7 @@ impl Aimd {
         }
         let tally = burst.tally;
         self.first_burst = None;
-        let got = f64::from(tally.ok.max(1));
+        let got = f64::from(tally.ok.max(1)) * self.scale;
         // Most of a real burst refused: it met a limit, and what got through is that limit.
         // A few refusals in a fraction of a second are no such evidence: the successes only
         // set a starting pace, with no ceiling, and slow start takes it up from there.
@@ -561,10 +598,13 @@ impl Aimd {
                 <= NOISE_MARGIN * noise * f64::from(tally.calls()) + NOISE_BURST
     }
 
-    /// Successes and calls a second over the last second, once that is a fair sample.
+    /// Successes and calls a second over the last second, once that is a fair sample; for
+    /// all the processes that share the pace (see [`Aimd::set_scale`]).
     fn load(&self, now: Instant) -> Option<(f64, f64)> {
-        (now.saturating_duration_since(self.active_since) >= FULL_SPAN)
-            .then(|| self.answers.per_second(now))
+        (now.saturating_duration_since(self.active_since) >= FULL_SPAN).then(|| {
+            let (ok, calls) = self.answers.per_second(now);
+            (ok * self.scale, calls * self.scale)
+        })
     }
 
     /// A decrease from `rate` to `next`. The limit lies at or under the rate, and, if the
