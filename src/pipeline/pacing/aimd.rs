@@ -29,11 +29,14 @@ use super::sample::{LastSecond, Tally};
 
 /// Multiplicative decrease on a 429.
 pub const DECREASE: f64 = 0.9;
-/// Below this share of the ceiling the rate climbs quickly; above it, it probes slowly.
-/// Services that count refused calls in their window (the strict reading) refuse
-/// *everything* while a client stays over the limit, so overshooting is expensive and the
-/// climb must slow down where the limit was last found.
-const NEAR_CEILING: f64 = 0.97;
+/// Below this share of the ceiling the rate climbs quickly; above it, it holds, then
+/// probes slowly. Services that count refused calls in their window (the strict reading)
+/// refuse *everything* while a client stays over the limit, so overshooting is expensive
+/// and the climb must stop where the limit was last found. The ceiling is the count the
+/// service itself made (our calls in the second before the refused one), so evenly spaced
+/// calls at 99% of it leave a tenth of a call's interval free per call for jitter, where
+/// 0.97 cost issue 11's request-limit run 0.6 rows/s of its 20.
+const NEAR_CEILING: f64 = 0.99;
 /// After a cut, how long the model sends nothing: two tenths of a window empty a window
 /// that was at the limit by 20%, more than the 10% cut needs to stay under it.
 pub(super) const DRAIN: Duration = Duration::from_millis(200);
@@ -49,15 +52,16 @@ const MIN_RATE: f64 = 1.0;
 /// How long after a change the rate is left alone: one of the service's counting windows,
 /// so the effect of the last change is seen before the next one.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
-/// How long after the last cut the slow probe past the ceiling stays at 0.5% a second.
-/// From then on the ceiling decays: the probe's step doubles each second up to [`GROWTH`],
-/// since the limit may have been raised, or the 429s that set it were a passing storm. At
-/// a real limit the probe crosses it while the step is still a few percent, which costs a
-/// few 429s once in about eight seconds (at 4 s it was every six, with a quarter more
-/// 429s); a ceiling left by a storm is climbed past within seconds after it.
-const PROBE_AFTER: Duration = Duration::from_secs(6);
+/// How long after the last cut the rate holds at [`NEAR_CEILING`] of the ceiling before it
+/// probes past it. From then on the ceiling decays: the probe's step starts at 0.5% and
+/// doubles each second up to [`GROWTH`], since the limit may have been raised, or the 429s
+/// that set it were a passing storm. At a real limit the probe crosses it while the step is
+/// still a few percent, which costs a few 429s once in about nine seconds (a probe of 0.5%
+/// a second from the cut on crossed a measured limit every three to four); a ceiling left
+/// by a storm is climbed past within seconds after it.
+const PROBE_AFTER: Duration = Duration::from_secs(10);
 /// Once the probe's step reaches [`GROWTH`], the ceiling is forgotten.
-const FORGET: Duration = Duration::from_secs(12);
+const FORGET: Duration = Duration::from_secs(16);
 /// Growth a second with no ceiling once a limit has been met in this run. An overshoot
 /// costs one cut, from the rate before the step, and the 429s of the tenth of a second or
 /// so before the first 429 comes back.
@@ -79,6 +83,11 @@ pub const START_RATE: f64 = 9.0;
 const MIN_RAMP: f64 = 1.1;
 /// What is left of the ramp's step after a growth-rate 429.
 const RAMP_SLOWDOWN: f64 = 0.75;
+/// How long a slow start's first 429 pauses the model. Its ramp took at most twice a rate
+/// that held, so a limit of L saw at most 2L calls a second, and half a second of them is
+/// at most L: after this pause the window holds no more than the calls sent since, at a
+/// pace under L. A whole window (as after an unpaced start's burst) cost a second's calls.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
 /// Calls a sample needs before its share of 429s means anything: a first burst before what
 /// got through is taken for a limit, the last second before its share overrides a check.
 const MIN_CALLS: u32 = 10;
@@ -121,8 +130,10 @@ pub struct Change {
 /// found `age` ago), then a probe past it, slow at first; with no ceiling, multiplicatively.
 fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool, ramp: f64) -> f64 {
     match ceiling {
+        // Just under the limit last found: held there, then probed past.
+        Some((c, age)) if age < PROBE_AFTER && rate >= c * NEAR_CEILING => rate,
         Some((c, age)) if rate >= c * NEAR_CEILING => {
-            let doublings = age.saturating_sub(PROBE_AFTER).as_secs_f64();
+            let doublings = (age - PROBE_AFTER).as_secs_f64();
             rate * (1.0 + (0.005 * doublings.exp2()).min(GROWTH - 1.0))
         }
         // Below the limit last found: half the way back up each second, stopping where the
@@ -203,6 +214,10 @@ pub struct Aimd {
     /// ones answered before the first 429 count towards its burst too.
     unpaced_ok: VecDeque<Instant>,
     answers: LastSecond,
+    /// Send times of the answered calls of the last two seconds (bounded by twice the
+    /// rate), whatever their outcome: the service counts each call in its window, so the
+    /// calls sent in the second before a refused one are the count it refused at.
+    sends: VecDeque<Instant>,
     /// No 429 of a request or token limit yet: the first one is judged as a first burst.
     fresh: bool,
     /// The rate before the first burst (0 if unpaced): it held without a 429, so the
@@ -229,6 +244,7 @@ impl Aimd {
             check: None,
             unpaced_ok: VecDeque::new(),
             answers: LastSecond::new(now),
+            sends: VecDeque::new(),
             fresh: cap.is_none(),
             before_burst: 0.0,
             ramp: SLOW_START,
@@ -239,15 +255,20 @@ impl Aimd {
     /// the rate is used and nothing is refused. Its first 429 is judged as an unpaced
     /// start's first burst is (what got through in the second before it).
     ///
-    /// The first step waits two windows, not one: a growth-rate limit compares each second
-    /// with the one before, and before the first there was none, so the second second may
-    /// take no more than the floor either (measured: a 429 there, and the ramp that it
-    /// slowed cost 3 s of a 2,000-row run, 1.5 times the ideal ramp's time).
+    /// The first step waits a window and a half, not one: a growth-rate limit compares
+    /// each second with the one before, and before the first there was none, so a window
+    /// that ends in the second second may take no more than the floor either (measured at
+    /// one: a 429 there, and the ramp that it slowed cost 3 s of a 2,000-row run). From
+    /// half-way through the second second, the window before holds half a second at the
+    /// start rate, and twice that is the floor: a step to under twice the start rate keeps
+    /// under max(floor, 2 × the window before) from then on (floor 10, growth 2: at most
+    /// 9.4 calls in any window of the step's first tenth of a second). Two whole windows,
+    /// as before, cost issue 11's request-limit run 0.4 s.
     pub fn slow_start(now: Instant) -> Self {
         Self {
             rate: Some(START_RATE),
             held: START_RATE,
-            last_increase: now + SETTLE,
+            last_increase: now + SETTLE / 2,
             ..Self::new(None, now)
         }
     }
@@ -265,6 +286,7 @@ impl Aimd {
     /// A call sent at `sent` succeeded. Returns the change of pace, if any.
     pub fn on_success(&mut self, sent: Instant, now: Instant) -> Option<Change> {
         self.answers.add(now, false);
+        self.record_send(sent);
         if self.first_burst.is_some() {
             return self.count_first_burst(sent, now, false);
         }
@@ -333,10 +355,14 @@ impl Aimd {
     /// checks the last decision (unless most calls are refused), does not cut.
     pub fn on_throttled(&mut self, sent: Instant, now: Instant) -> Option<Change> {
         self.answers.add(now, true);
+        self.record_send(sent);
         if self.first_burst.is_some() {
             return self.count_first_burst(sent, now, true);
         }
         self.judge_check(sent, true);
+        if self.fresh && self.rate.is_some() {
+            return Some(self.first_limit(sent, now));
+        }
         if self.fresh {
             return Some(self.start_first_burst(now));
         }
@@ -371,7 +397,7 @@ impl Aimd {
         } else {
             rate * DECREASE
         };
-        Some(self.cut(next, rate, before, now))
+        Some(self.cut(next, rate, before, sent, now))
     }
 
     /// A growth-rate 429 (`Throttling.BurstRate`, `limit_burst_rate`) to a call sent at
@@ -385,6 +411,7 @@ impl Aimd {
             return self.on_throttled(sent, now);
         };
         self.answers.add(now, true);
+        self.record_send(sent);
         self.judge_check(sent, true);
         if self
             .last_decrease
@@ -406,6 +433,66 @@ impl Aimd {
             rate: next,
             pause: Duration::ZERO,
         })
+    }
+
+    /// Remembers when an answered call was sent, for [`Self::window_before`].
+    fn record_send(&mut self, sent: Instant) {
+        self.sends.push_back(sent);
+        while self
+            .sends
+            .front()
+            .is_some_and(|t| sent.saturating_duration_since(*t) >= SETTLE * 2)
+        {
+            self.sends.pop_front();
+        }
+    }
+
+    /// Calls sent in the second before `sent` (answered by now; with one latency for all,
+    /// that is near enough all of them): under a limit that counts every call, the count
+    /// the service refused `sent` at, so the limit itself.
+    fn window_before(&self, sent: Instant) -> u32 {
+        let from = sent.checked_sub(SETTLE).unwrap_or(sent);
+        let n = self
+            .sends
+            .iter()
+            .filter(|t| **t >= from && **t < sent)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The first 429 of a slow start. The ramp had no 429 until the second before this call
+    /// held as many calls as it did, so that count is the limit if there is one: the pace
+    /// goes just under it after [`FIRST_PAUSE`], and that count is the ceiling to test. The
+    /// second after the pause is the test, and a strict one: under a limit that pace is
+    /// never refused, so any 429 in it says the first one was noise (a busy service refuses
+    /// in bursts at any pace), the ceiling is dropped and the ramp goes on doubling.
+    fn first_limit(&mut self, sent: Instant, now: Instant) -> Change {
+        self.fresh = false;
+        self.unpaced_ok = VecDeque::new();
+        let count = f64::from(self.window_before(sent).max(1));
+        let rate = self.capped(count * NEAR_CEILING);
+        self.ceiling = Some(Ceiling {
+            rate: count,
+            at: now,
+        });
+        self.rate = Some(rate);
+        self.held = rate;
+        self.last_increase = now;
+        self.last_decrease = Some(now);
+        let resume = now + FIRST_PAUSE;
+        self.active_since = resume;
+        self.check = Some(Check {
+            window: Window {
+                from: resume,
+                to: resume + SETTLE,
+                tally: Tally::default(),
+            },
+            before: 0.0,
+        });
+        Change {
+            rate,
+            pause: FIRST_PAUSE,
+        }
     }
 
     /// First 429 after an unpaced start: the limit is not known yet. Pause for a window
@@ -570,9 +657,14 @@ impl Aimd {
     /// A decrease from `rate` to `next`. The limit lies at or under the rate, and, if the
     /// rate had just been raised, over the one before; what got through in the last second
     /// says where: the new ceiling.
-    fn cut(&mut self, next: f64, rate: f64, share: f64, now: Instant) -> Change {
+    fn cut(&mut self, next: f64, rate: f64, share: f64, sent: Instant, now: Instant) -> Change {
         let below = if self.held < rate { self.held } else { rate };
-        let got = self.load(now).map_or(rate, |(got, _)| got);
+        // The count the service refused at, once enough calls were answered to tell; else
+        // the successes of the last second.
+        let got = match self.window_before(sent) {
+            n if n >= MIN_CALLS => f64::from(n),
+            _ => self.load(now).map_or(rate, |(got, _)| got),
+        };
         let next = self.capped(next);
         self.ceiling = Some(Ceiling {
             rate: got.clamp(below, rate),
