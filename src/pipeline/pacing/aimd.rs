@@ -385,7 +385,11 @@ impl Aimd {
         // Refused at a count the service accepted a moment ago: no limit's doing, and no
         // reason to slow down (measured: such 429s held `--fault-rate 0.2` at under 20
         // calls a second for seconds). The open check still counts it as a 429.
-        if self.rate.is_some() && self.accepted_before(sent) {
+        let most_refused = {
+            let recent = self.answers.tally(now);
+            recent.calls() >= MIN_CALLS && recent.share() >= RATE_DRIVEN
+        };
+        if self.rate.is_some() && !most_refused && self.accepted_before(sent) {
             self.stray.push_back(now);
             while self
                 .stray
@@ -527,14 +531,18 @@ impl Aimd {
         }
     }
 
-    /// Whether the service refused a call sent at `sent` at a count it accepted in the last
-    /// two seconds. A limit that counts calls refuses from one count on, so that 429 was not
-    /// the limit's (a busy service's burst of refusals, or jitter at the limit).
+    /// Whether the service refused a call sent at `sent` at a count under one it accepted
+    /// in the last two seconds. A limit that counts calls refuses from one count on, so that
+    /// 429 was not the limit's (a busy service's burst of refusals). The counts are ours, by
+    /// send time; the service counts arrivals, which the network spaces a little
+    /// differently, so an equal count is no proof (measured: calls at a count of 20 were
+    /// both accepted and refused under a limit of 20, and taking those 429s for noise left
+    /// a probe over the limit for two seconds, every call refused).
     fn accepted_before(&self, sent: Instant) -> bool {
         let count = self.window_before(sent);
         self.accepted
             .front()
-            .is_some_and(|(t, c)| *c >= count && sent.saturating_duration_since(*t) < SETTLE * 2)
+            .is_some_and(|(t, c)| *c > count && sent.saturating_duration_since(*t) < SETTLE * 2)
     }
 
     /// The first 429 of a slow start. The ramp had no 429 until the second before this call
