@@ -442,14 +442,16 @@ impl Aimd {
         // The share that led to the cut, for its check; unknown (0) from a small sample.
         let before = if sampled { recent.share() } else { 0.0 };
         // Answering a call sent after the last increase: the increase overshot, and the
-        // rate before it, held a window without a 429, was under the limit. Back to just
-        // under that (the pause drains what the step added); else the AIMD cut.
-        let next = if sent >= self.last_increase && self.held < rate {
-            self.held * NEAR_CEILING
+        // rate before it, held a window without a 429, was under the limit. Back to that,
+        // or just under the count refused if lower (the pause drains what the step
+        // added); else the AIMD cut.
+        let overshoot = sent >= self.last_increase && self.held < rate;
+        let next = if overshoot {
+            self.held
         } else {
             rate * DECREASE
         };
-        Some(self.cut(next, rate, before, sent, now))
+        Some(self.cut(next, overshoot, rate, before, sent, now))
     }
 
     /// A growth-rate 429 (`Throttling.BurstRate`, `limit_burst_rate`) to a call sent at
@@ -777,16 +779,35 @@ impl Aimd {
     /// A decrease from `rate` to `next`. The limit lies at or under the rate, and, if the
     /// rate had just been raised, over the one before; what got through in the last second
     /// says where: the new ceiling.
-    fn cut(&mut self, next: f64, rate: f64, share: f64, sent: Instant, now: Instant) -> Change {
+    fn cut(
+        &mut self,
+        next: f64,
+        overshoot: bool,
+        rate: f64,
+        share: f64,
+        sent: Instant,
+        now: Instant,
+    ) -> Change {
         let below = if self.held < rate { self.held } else { rate };
         // The count the service refused at, once enough calls were answered to tell; else
         // the successes of the last second.
-        let got = match self.window_before(sent) {
-            n if n >= MIN_CALLS => f64::from(n),
-            _ => self.load(now).map_or(rate, |(got, _)| got),
-        };
-        let next = self.capped(next);
+        let counted = Some(self.window_before(sent)).filter(|n| *n >= MIN_CALLS);
+        let got = counted.map_or_else(|| self.load(now).map_or(rate, |(got, _)| got), f64::from);
         let found = got.clamp(below, rate);
+        let next = self.capped(if overshoot {
+            next.min(found * NEAR_CEILING)
+        } else {
+            next
+        });
+        // With the count known, the pause lasts until the window it left admits the new
+        // pace; else a fixed drain.
+        let pause = match counted {
+            Some(_) => {
+                let in_flight = rate * now.saturating_duration_since(sent).as_secs_f64();
+                self.drained(found, next, in_flight, now)
+            }
+            None => DRAIN,
+        };
         // A probe that met the limit where it was last found: the limit stays put, so the
         // next probe can wait longer. Any other cut starts the hold afresh.
         let confirmed = self.limit_seen
@@ -806,12 +827,9 @@ impl Aimd {
         self.rate = Some(next);
         self.held = next;
         self.last_decrease = Some(now);
-        self.active_since = now + DRAIN;
+        self.active_since = now + pause;
         self.check = Some(Check::after(now, share));
-        Change {
-            rate: next,
-            pause: DRAIN,
-        }
+        Change { rate: next, pause }
     }
 
     fn capped(&self, rate: f64) -> f64 {
