@@ -413,6 +413,13 @@ impl Aimd {
             return None;
         }
         if self.fresh && self.rate.is_some() {
+            // At no more calls than the start rate sends, which is far under any published
+            // limit: noise (measured: a ceiling taken from it held `--fault-rate 0.2` at 9
+            // calls a second for seconds), unless most calls are refused (a limit under the
+            // start rate). The ramp goes on.
+            if f64::from(self.window_before(sent)) <= START_RATE && !most_refused {
+                return None;
+            }
             return Some(self.first_limit(sent, now));
         }
         if self.fresh {
@@ -568,13 +575,6 @@ impl Aimd {
         self.last_decrease = Some(now);
         let resume = now + pause;
         self.active_since = resume;
-        if count <= START_RATE {
-            // Still at the start rate, which is far under any published limit: a 429 of
-            // noise (measured: a ceiling taken from it held `--fault-rate 0.2` at 9 calls a
-            // second for seconds). The pace doubles on from what got through; a limit under
-            // the start rate is met again, and cut, as any later one is.
-            return Change { rate, pause };
-        }
         // The best measured ceiling there is (the service's own count, at a ramp that met
         // nothing before): held twice as long as one found by a cut before the first probe.
         self.hold = PROBE_AFTER * 2;
