@@ -92,7 +92,14 @@ async fn calls_queued_during_the_first_pause_go_out_at_the_pace_found_after_it()
     let summary = outcome.stats.summary_line();
     assert_eq!(outcome.stats.rows_ok, ROWS as u64, "{summary}");
     assert_eq!(outcome.stats.throttled_seen, REFUSED, "{summary}");
-    let pace = outcome.stats.model_pace["qwen-vl-plus"];
+    // Since issue 11's tuning, 429s at no more calls than the slow start's rate are taken
+    // for noise and set no pace at all (the model is then not listed): that also passes.
+    let pace = outcome
+        .stats
+        .model_pace
+        .get("qwen-vl-plus")
+        .copied()
+        .unwrap_or(f64::INFINITY);
     assert!(
         pace > 10.0,
         "the pace rose from 1/s: {pace} ({summary}, {:?})",

@@ -105,3 +105,32 @@ async fn a_cost_over_the_burst_goes_once_nothing_is_owed() {
     // It spent five periods.
     assert_eq!(one(&limiter, "m", rate, t0).await, ms(500));
 }
+
+#[test]
+fn a_late_wake_keeps_the_schedule() {
+    // Each caller wakes 1 ms after its slot, as tokio's timer does: the units still go out
+    // at the rate (ten in a second at 10/s), not at one per 101 ms.
+    let t0 = Instant::now();
+    let rate = Rate::per_second(10.0);
+    let mut cell = Cell {
+        tat: t0,
+        period: rate.period(),
+    };
+    let mut at = t0;
+    for _ in 0..10 {
+        let slot = match cell.take(rate, 1, at) {
+            Ok(()) => at,
+            Err(free) => {
+                at = free + ms(1);
+                cell.take(rate, 1, at).expect("free by then");
+                at
+            }
+        };
+        at = slot;
+    }
+    assert_eq!(cell.tat, t0 + ms(1000), "{:?}", cell.tat - t0);
+    // Late by a period or more (a quiet spell): the schedule starts afresh from now.
+    let later = cell.tat + ms(500);
+    cell.take(rate, 1, later).unwrap();
+    assert_eq!(cell.tat, later + ms(100));
+}

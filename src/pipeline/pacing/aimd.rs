@@ -29,11 +29,14 @@ use super::sample::{LastSecond, Tally};
 
 /// Multiplicative decrease on a 429.
 pub const DECREASE: f64 = 0.9;
-/// Below this share of the ceiling the rate climbs quickly; above it, it probes slowly.
-/// Services that count refused calls in their window (the strict reading) refuse
-/// *everything* while a client stays over the limit, so overshooting is expensive and the
-/// climb must slow down where the limit was last found.
-const NEAR_CEILING: f64 = 0.97;
+/// Below this share of the ceiling the rate climbs quickly; above it, it holds, then
+/// probes slowly. Services that count refused calls in their window (the strict reading)
+/// refuse *everything* while a client stays over the limit, so overshooting is expensive
+/// and the climb must stop where the limit was last found. The ceiling is the count the
+/// service itself made (our calls in the second before the refused one), so evenly spaced
+/// calls at 99% of it leave a tenth of a call's interval free per call for jitter, where
+/// 0.97 cost issue 11's request-limit run 0.6 rows/s of its 20.
+const NEAR_CEILING: f64 = 0.995;
 /// After a cut, how long the model sends nothing: two tenths of a window empty a window
 /// that was at the limit by 20%, more than the 10% cut needs to stay under it.
 pub(super) const DRAIN: Duration = Duration::from_millis(200);
@@ -49,12 +52,13 @@ const MIN_RATE: f64 = 1.0;
 /// How long after a change the rate is left alone: one of the service's counting windows,
 /// so the effect of the last change is seen before the next one.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
-/// How long after the last cut the slow probe past the ceiling stays at 0.5% a second.
-/// From then on the ceiling decays: the probe's step doubles each second up to [`GROWTH`],
-/// since the limit may have been raised, or the 429s that set it were a passing storm. At
-/// a real limit the probe crosses it while the step is still a few percent, which costs a
-/// few 429s once in about eight seconds (at 4 s it was every six, with a quarter more
-/// 429s); a ceiling left by a storm is climbed past within seconds after it.
+/// How long after the last cut the rate holds at [`NEAR_CEILING`] of the ceiling before it
+/// probes past it. From then on the ceiling decays: the probe's step starts at 0.5% and
+/// doubles each second up to [`GROWTH`], since the limit may have been raised, or the 429s
+/// that set it were a passing storm. At a real limit the probe crosses it while the step is
+/// still a few percent, which costs a few 429s once in about nine seconds (a probe of 0.5%
+/// a second from the cut on crossed a measured limit every three to four); a ceiling left
+/// by a storm is climbed past within seconds after it.
 const PROBE_AFTER: Duration = Duration::from_secs(6);
 /// Once the probe's step reaches [`GROWTH`], the ceiling is forgotten.
 const FORGET: Duration = Duration::from_secs(12);
@@ -79,6 +83,18 @@ pub const START_RATE: f64 = 9.0;
 const MIN_RAMP: f64 = 1.1;
 /// What is left of the ramp's step after a growth-rate 429.
 const RAMP_SLOWDOWN: f64 = 0.75;
+/// The longest a slow start's first 429 pauses the model. Its ramp took at most twice a
+/// rate that held, so a limit of L saw at most 2L calls a second, and half a second of them
+/// is at most L: after this pause the window holds no more than the calls sent since, at a
+/// pace under L. The pause is shorter when the calls it knows of allow ([`Aimd::drained`]).
+/// A whole window (as after an unpaced start's burst) cost a second's calls.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// Steps in which [`Aimd::drained`] looks for the end of a pause.
+const PAUSE_STEP: Duration = Duration::from_millis(10);
+/// The longest hold below a ceiling: each probe that meets the limit where it was found
+/// doubles the hold from [`PROBE_AFTER`], up to this (a limit that stays put costs one
+/// overshoot a minute, not one every ten seconds).
+const MAX_HOLD: Duration = Duration::from_secs(60);
 /// Calls a sample needs before its share of 429s means anything: a first burst before what
 /// got through is taken for a limit, the last second before its share overrides a check.
 const MIN_CALLS: u32 = 10;
@@ -97,6 +113,10 @@ const NOISE_MARGIN: f64 = 2.0;
 const NOISE_BURST: f64 = 3.0;
 /// ...and only noise of at least this share is tolerated at all...
 const NOISE_MIN: f64 = 0.02;
+/// Share of the last second's calls refused at counts accepted before (and at least
+/// [`NOISE_BURST`] of them) that says a ceiling is noise's: the emulator's fault bursts are
+/// a fifth of the calls; 5% of calls refused at random stay well under it.
+const STRAY_SHARE: f64 = 0.15;
 /// ...and at most this share is ever taken for noise: a limit that refuses only the calls
 /// over it (not the strict reading) refuses half the calls of a rate twice over it, and
 /// that must still cut.
@@ -121,8 +141,10 @@ pub struct Change {
 /// found `age` ago), then a probe past it, slow at first; with no ceiling, multiplicatively.
 fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool, ramp: f64) -> f64 {
     match ceiling {
+        // Just under the limit last found: held there, then probed past.
+        Some((c, age)) if age < PROBE_AFTER && rate >= c * NEAR_CEILING => rate,
         Some((c, age)) if rate >= c * NEAR_CEILING => {
-            let doublings = age.saturating_sub(PROBE_AFTER).as_secs_f64();
+            let doublings = (age - PROBE_AFTER).as_secs_f64();
             rate * (1.0 + (0.005 * doublings.exp2()).min(GROWTH - 1.0))
         }
         // Below the limit last found: half the way back up each second, stopping where the
@@ -203,6 +225,15 @@ pub struct Aimd {
     /// ones answered before the first 429 count towards its burst too.
     unpaced_ok: VecDeque<Instant>,
     answers: LastSecond,
+    /// Send times of the answered calls of the last two seconds (bounded by twice the
+    /// rate), whatever their outcome: the service counts each call in its window, so the
+    /// calls sent in the second before a refused one are the count it refused at.
+    sends: VecDeque<Instant>,
+    /// The largest counts successful calls were accepted at ([`Self::window_before`] their
+    /// send), with their send times, over the last two seconds: decreasing counts.
+    accepted: VecDeque<(Instant, u32)>,
+    /// When the 429s of the last second at counts accepted before were answered.
+    stray: VecDeque<Instant>,
     /// No 429 of a request or token limit yet: the first one is judged as a first burst.
     fresh: bool,
     /// The rate before the first burst (0 if unpaced): it held without a 429, so the
@@ -213,6 +244,8 @@ pub struct Aimd {
     /// How many processes share this model's pace (`--redis`, see `shared::pace`): the calls
     /// this one counts stand for this many times as many, when it judges throughput.
     scale: f64,
+    /// How long the rate holds under a new ceiling before it probes past it.
+    hold: Duration,
 }
 
 impl Aimd {
@@ -232,10 +265,14 @@ impl Aimd {
             check: None,
             unpaced_ok: VecDeque::new(),
             answers: LastSecond::new(now),
+            sends: VecDeque::new(),
+            accepted: VecDeque::new(),
+            stray: VecDeque::new(),
             fresh: cap.is_none(),
             before_burst: 0.0,
             ramp: SLOW_START,
             scale: 1.0,
+            hold: PROBE_AFTER,
         }
     }
 
@@ -243,15 +280,20 @@ impl Aimd {
     /// the rate is used and nothing is refused. Its first 429 is judged as an unpaced
     /// start's first burst is (what got through in the second before it).
     ///
-    /// The first step waits two windows, not one: a growth-rate limit compares each second
-    /// with the one before, and before the first there was none, so the second second may
-    /// take no more than the floor either (measured: a 429 there, and the ramp that it
-    /// slowed cost 3 s of a 2,000-row run, 1.5 times the ideal ramp's time).
+    /// The first step waits a window and a half, not one: a growth-rate limit compares
+    /// each second with the one before, and before the first there was none, so a window
+    /// that ends in the second second may take no more than the floor either (measured at
+    /// one: a 429 there, and the ramp that it slowed cost 3 s of a 2,000-row run). From
+    /// half-way through the second second, the window before holds half a second at the
+    /// start rate, and twice that is the floor: a step to under twice the start rate keeps
+    /// under max(floor, 2 × the window before) from then on (floor 10, growth 2: at most
+    /// 9.4 calls in any window of the step's first tenth of a second). Two whole windows,
+    /// as before, cost issue 11's request-limit run 0.4 s.
     pub fn slow_start(now: Instant) -> Self {
         Self {
             rate: Some(START_RATE),
             held: START_RATE,
-            last_increase: now + SETTLE,
+            last_increase: now + SETTLE / 2,
             ..Self::new(None, now)
         }
     }
@@ -302,6 +344,8 @@ impl Aimd {
     /// A call sent at `sent` succeeded. Returns the change of pace, if any.
     pub fn on_success(&mut self, sent: Instant, now: Instant) -> Option<Change> {
         self.answers.add(now, false);
+        self.record_send(sent);
+        self.record_accepted(sent);
         if self.first_burst.is_some() {
             return self.count_first_burst(sent, now, false);
         }
@@ -370,10 +414,51 @@ impl Aimd {
     /// checks the last decision (unless most calls are refused), does not cut.
     pub fn on_throttled(&mut self, sent: Instant, now: Instant) -> Option<Change> {
         self.answers.add(now, true);
+        self.record_send(sent);
         if self.first_burst.is_some() {
             return self.count_first_burst(sent, now, true);
         }
         self.judge_check(sent, true);
+        // Refused at a count the service accepted a moment ago: no limit's doing, and no
+        // reason to slow down (measured: such 429s held `--fault-rate 0.2` at under 20
+        // calls a second for seconds). The open check still counts it as a 429.
+        let most_refused = {
+            let recent = self.answers.tally(now);
+            recent.calls() >= MIN_CALLS && recent.share() >= RATE_DRIVEN
+        };
+        if self.rate.is_some() && !most_refused && self.accepted_before(sent) {
+            self.stray.push_back(now);
+            while self
+                .stray
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= SETTLE)
+            {
+                self.stray.pop_front();
+            }
+            // Several in a second, and a good share of its calls, are a busy service's
+            // burst, not the odd call that jitter pushed over a limit: the ceiling the rate is
+            // held under says nothing about a limit either, if calls are refused as often
+            // under it. Dropped, so the rate climbs on (a limit is met again at a count never
+            // accepted, and cut as any). A few percent refused at random leave it.
+            let stray = self.stray.len() as f64;
+            let calls = f64::from(self.answers.tally(now).calls());
+            if stray >= NOISE_BURST && stray >= STRAY_SHARE * calls && self.ceiling.is_some() {
+                self.ceiling = None;
+                self.limit_seen = false;
+                self.hold = PROBE_AFTER;
+            }
+            return None;
+        }
+        if self.fresh && self.rate.is_some() {
+            // At no more calls than the start rate sends, which is far under any published
+            // limit: noise (measured: a ceiling taken from it held `--fault-rate 0.2` at 9
+            // calls a second for seconds), unless most calls are refused (a limit under the
+            // start rate). The ramp goes on.
+            if self.shared_window_before(sent) <= START_RATE && !most_refused {
+                return None;
+            }
+            return Some(self.first_limit(sent, now));
+        }
         if self.fresh {
             return Some(self.start_first_burst(now));
         }
@@ -401,14 +486,16 @@ impl Aimd {
         // The share that led to the cut, for its check; unknown (0) from a small sample.
         let before = if sampled { recent.share() } else { 0.0 };
         // Answering a call sent after the last increase: the increase overshot, and the
-        // rate before it, held a window without a 429, was under the limit. Back to just
-        // under that (the pause drains what the step added); else the AIMD cut.
-        let next = if sent >= self.last_increase && self.held < rate {
-            self.held * NEAR_CEILING
+        // rate before it, held a window without a 429, was under the limit. Back to that,
+        // or just under the count refused if lower (the pause drains what the step
+        // added); else the AIMD cut.
+        let overshoot = sent >= self.last_increase && self.held < rate;
+        let next = if overshoot {
+            self.held
         } else {
             rate * DECREASE
         };
-        Some(self.cut(next, rate, before, now))
+        Some(self.cut(next, overshoot, rate, before, sent, now))
     }
 
     /// A growth-rate 429 (`Throttling.BurstRate`, `limit_burst_rate`) to a call sent at
@@ -422,6 +509,7 @@ impl Aimd {
             return self.on_throttled(sent, now);
         };
         self.answers.add(now, true);
+        self.record_send(sent);
         self.judge_check(sent, true);
         if self
             .last_decrease
@@ -443,6 +531,134 @@ impl Aimd {
             rate: next,
             pause: Duration::ZERO,
         })
+    }
+
+    /// Remembers when an answered call was sent, for [`Self::window_before`].
+    /// Kept in send order; answers come nearly in that order, so the insertion is near
+    /// the back and cheap.
+    fn record_send(&mut self, sent: Instant) {
+        let at = self.sends.partition_point(|t| *t <= sent);
+        self.sends.insert(at, sent);
+        let newest = *self.sends.back().expect("inserted above");
+        while self
+            .sends
+            .front()
+            .is_some_and(|t| newest.saturating_duration_since(*t) >= SETTLE * 2)
+        {
+            self.sends.pop_front();
+        }
+    }
+
+    /// Calls sent in the second before `sent` (answered by now; with one latency for all,
+    /// that is near enough all of them): under a limit that counts every call, the count
+    /// the service refused `sent` at, so the limit itself.
+    fn window_before(&self, sent: Instant) -> u32 {
+        let from = sent.checked_sub(SETTLE).unwrap_or(sent);
+        let n =
+            self.sends.partition_point(|t| *t < sent) - self.sends.partition_point(|t| *t < from);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// [`Aimd::window_before`] for the pace as a whole: with `--redis` this process sends
+    /// about 1/N of a shared pace's calls, so its count stands for N times as many (see
+    /// [`Aimd::set_scale`]). A ceiling taken from the bare count would cut the shared pace
+    /// to this process's share of it.
+    fn shared_window_before(&self, sent: Instant) -> f64 {
+        f64::from(self.window_before(sent)) * self.scale
+    }
+
+    /// Remembers the count a successful call sent at `sent` was accepted at.
+    fn record_accepted(&mut self, sent: Instant) {
+        let count = self.window_before(sent);
+        // The largest count of the last two seconds, as a monotonic queue: an entry is
+        // dropped once a later one accepted as many.
+        while self.accepted.back().is_some_and(|(_, c)| *c <= count) {
+            self.accepted.pop_back();
+        }
+        self.accepted.push_back((sent, count));
+        while self
+            .accepted
+            .front()
+            .is_some_and(|(t, _)| sent.saturating_duration_since(*t) >= SETTLE * 2)
+        {
+            self.accepted.pop_front();
+        }
+    }
+
+    /// Whether the service refused a call sent at `sent` at a count under one it accepted
+    /// in the last two seconds. A limit that counts calls refuses from one count on, so that
+    /// 429 was not the limit's (a busy service's burst of refusals). The counts are ours, by
+    /// send time; the service counts arrivals, which the network spaces a little
+    /// differently, so an equal count is no proof (measured: calls at a count of 20 were
+    /// both accepted and refused under a limit of 20, and taking those 429s for noise left
+    /// a probe over the limit for two seconds, every call refused).
+    fn accepted_before(&self, sent: Instant) -> bool {
+        let count = self.window_before(sent);
+        self.accepted
+            .front()
+            .is_some_and(|(t, c)| *c > count && sent.saturating_duration_since(*t) < SETTLE * 2)
+    }
+
+    /// The first 429 of a slow start. The ramp had no 429 until the second before this call
+    /// held as many calls as it did, so that count is the limit if there is one: the pace
+    /// goes just under it after [`FIRST_PAUSE`], and that count is the ceiling to test. The
+    /// second after the pause is the test, and a strict one: under a limit that pace is
+    /// never refused, so any 429 in it says the first one was noise (a busy service refuses
+    /// in bursts at any pace), the ceiling is dropped and the ramp goes on doubling.
+    fn first_limit(&mut self, sent: Instant, now: Instant) -> Change {
+        self.fresh = false;
+        self.unpaced_ok = VecDeque::new();
+        let count = self.shared_window_before(sent).max(1.0);
+        let in_flight = self.rate.map_or(0.0, |r| {
+            r * now.saturating_duration_since(sent).as_secs_f64()
+        });
+        let rate = self.capped(count * NEAR_CEILING);
+        let pause = self.drained(count, rate, in_flight, now);
+        self.rate = Some(rate);
+        self.held = rate;
+        self.last_increase = now;
+        self.last_decrease = Some(now);
+        let resume = now + pause;
+        self.active_since = resume;
+        // The best measured ceiling there is (the service's own count, at a ramp that met
+        // nothing before): held twice as long as one found by a cut before the first probe.
+        self.hold = PROBE_AFTER * 2;
+        self.ceiling = Some(Ceiling {
+            rate: count,
+            at: now + (self.hold - PROBE_AFTER),
+        });
+        self.check = Some(Check {
+            window: Window {
+                from: resume,
+                to: resume + SETTLE,
+                tally: Tally::default(),
+            },
+            before: 0.0,
+        });
+        Change { rate, pause }
+    }
+
+    /// How long to send nothing before calls at `rate` fit under a limit of `limit` in every
+    /// window that still holds calls sent before `now` (with one call to spare for jitter),
+    /// counting the answered calls sent since a second ago and `in_flight` more at `now`.
+    /// At most [`FIRST_PAUSE`].
+    fn drained(&self, limit: f64, rate: f64, in_flight: f64, now: Instant) -> Duration {
+        let old = |t: Instant| {
+            let from = t.checked_sub(SETTLE).unwrap_or(t);
+            let sent = self.sends.iter().filter(|s| **s > from).count() as f64;
+            sent + if from < now { in_flight } else { 0.0 }
+        };
+        let fits = |resume: Instant| {
+            (0..)
+                .map(|k| (k, resume + Duration::from_secs_f64(f64::from(k) / rate)))
+                .take_while(|(_, t)| t.checked_sub(SETTLE).is_none_or(|from| from < now))
+                .all(|(k, t)| old(t) + f64::from(k) + 1.0 <= limit - 1.0)
+        };
+        let mut pause = Duration::ZERO;
+        while pause < FIRST_PAUSE && !fits(now + pause) {
+            pause += PAUSE_STEP;
+        }
+        pause.min(FIRST_PAUSE)
     }
 
     /// First 429 after an unpaced start: the limit is not known yet. Pause for a window
@@ -578,6 +794,7 @@ impl Aimd {
             // (a second without a fault burst is common at a few dozen calls a second).
             self.ceiling = None;
             self.limit_seen = false;
+            self.hold = PROBE_AFTER;
         }
     }
 
@@ -610,23 +827,57 @@ impl Aimd {
     /// A decrease from `rate` to `next`. The limit lies at or under the rate, and, if the
     /// rate had just been raised, over the one before; what got through in the last second
     /// says where: the new ceiling.
-    fn cut(&mut self, next: f64, rate: f64, share: f64, now: Instant) -> Change {
+    fn cut(
+        &mut self,
+        next: f64,
+        overshoot: bool,
+        rate: f64,
+        share: f64,
+        sent: Instant,
+        now: Instant,
+    ) -> Change {
         let below = if self.held < rate { self.held } else { rate };
-        let got = self.load(now).map_or(rate, |(got, _)| got);
-        let next = self.capped(next);
+        // The count the service refused at, once enough calls were answered to tell; else
+        // the successes of the last second.
+        let counted = Some(self.window_before(sent)).filter(|n| *n >= MIN_CALLS);
+        let got = counted.map_or_else(|| self.load(now).map_or(rate, |(got, _)| got), f64::from);
+        let found = got.clamp(below, rate);
+        let next = self.capped(if overshoot {
+            next.min(found * NEAR_CEILING)
+        } else {
+            next
+        });
+        // With the count known, the pause lasts until the window it left admits the new
+        // pace; else a fixed drain.
+        let pause = match counted {
+            Some(_) => {
+                let in_flight = rate * now.saturating_duration_since(sent).as_secs_f64();
+                self.drained(found, next, in_flight, now)
+            }
+            None => DRAIN,
+        };
+        // A probe that met the limit where it was last found: the limit stays put, so the
+        // next probe can wait longer. Any other cut starts the hold afresh.
+        let confirmed = self.limit_seen
+            && self
+                .ceiling
+                .is_some_and(|c| rate >= c.rate * NEAR_CEILING && (found - c.rate).abs() <= 1.0);
+        self.hold = if confirmed {
+            (self.hold * 2).min(MAX_HOLD)
+        } else {
+            PROBE_AFTER
+        };
         self.ceiling = Some(Ceiling {
-            rate: got.clamp(below, rate),
-            at: now,
+            rate: found,
+            // The hold and the probe count from here ([`next_rate`]).
+            at: now + (self.hold - PROBE_AFTER),
         });
         self.rate = Some(next);
         self.held = next;
         self.last_decrease = Some(now);
-        self.active_since = now + DRAIN;
+        self.active_since = now + pause;
         self.check = Some(Check::after(now, share));
-        Change {
-            rate: next,
-            pause: DRAIN,
-        }
+        Change { rate: next, pause }
     }
 
     fn capped(&self, rate: f64) -> f64 {
