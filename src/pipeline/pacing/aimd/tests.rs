@@ -668,3 +668,25 @@ fn a_slow_start_under_fault_bursts_is_not_held_back_by_them() {
     }
     assert!(total >= 2500, "{total} calls in 4 runs of 10 s");
 }
+
+#[test]
+fn with_a_shared_pace_the_first_ceiling_counts_every_process() {
+    // `--redis`: this process sends a quarter of a shared pace's calls. The service's count
+    // in the second before the first 429 is four times what this process saw.
+    let first_ceiling = |processes: u32| {
+        let t0 = Instant::now();
+        let mut a = Aimd::slow_start(t0);
+        a.set_scale(processes);
+        // 12 calls a second of this process's own, answered, for two seconds.
+        for i in 0..24 {
+            let sent = t0 + secs(f64::from(i) / 12.0);
+            a.on_success(sent, sent + secs(0.05));
+        }
+        let sent = t0 + secs(2.0);
+        a.on_throttled(sent, sent + secs(0.05)).map(|c| c.rate)
+    };
+    let alone = first_ceiling(1).expect("a limit met");
+    let shared = first_ceiling(4).expect("a limit met");
+    assert!((11.0..=12.0).contains(&alone), "{alone}");
+    assert!((44.0..=48.0).contains(&shared), "{shared}");
+}
