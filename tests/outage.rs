@@ -19,17 +19,7 @@ const KEY: &str = "sk-outage.KEYCANARY42";
 const UNAVAILABLE: i32 = dashbatch::exit::UNAVAILABLE as i32;
 
 fn dashbatch(base_url: &str, manifest: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dashbatch"));
-    // A sealed environment: only what the test sets.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DASHSCOPE_API_KEY", KEY)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .arg("run")
-        .arg(manifest)
-        .args(["--base-url", base_url]);
-    cmd
+    sealed_run(KEY, base_url, manifest)
 }
 
 /// A URL at which nothing listens: a port the kernel just handed out and took back.

@@ -17,17 +17,7 @@ const KEY: &str = "sk-redis.KEYCANARY99";
 const PASSWORD: &str = "PWCANARY31";
 
 fn dashbatch(base_url: &str, manifest: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dashbatch"));
-    // A sealed environment: only what the test sets.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DASHSCOPE_API_KEY", KEY)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .arg("run")
-        .arg(manifest)
-        .args(["--base-url", base_url]);
-    cmd
+    sealed_run(KEY, base_url, manifest)
 }
 
 fn job(prefix: &str, rows: u64) -> Job {
@@ -121,24 +111,6 @@ async fn an_unreachable_redis_stops_the_run_before_any_request_and_never_shows_i
         !job.output().exists() || results(&job.output()).iter().all(|r| r["status"] != "ok"),
         "no row ran"
     );
-}
-
-/// The ids of the rows ok in the results file so far, a torn last line left out.
-fn finished_ids(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-    let mut reader = csv::Reader::from_reader(whole.as_bytes());
-    let header = reader.headers().cloned().unwrap_or_default();
-    let column = |name: &str| header.iter().position(|h| h == name);
-    let (Some(id), Some(status)) = (column("id"), column("status")) else {
-        return Vec::new();
-    };
-    reader
-        .records()
-        .map(|r| r.expect("a whole line parses"))
-        .filter(|r| &r[status] == "ok")
-        .map(|r| r[id].to_owned())
-        .collect()
 }
 
 #[tokio::test]

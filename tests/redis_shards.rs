@@ -19,14 +19,7 @@ use tokio::process::{Child, Command};
 const KEY: &str = "sk-redis.KEYCANARY42";
 
 fn dashbatch() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dashbatch"));
-    // A sealed environment: only what the test sets.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DASHSCOPE_API_KEY", KEY)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+    sealed(KEY)
 }
 
 /// `rows` rows over `files` distinct files (row i uses file i mod files).
@@ -138,24 +131,6 @@ async fn four_shards_on_one_redis_upload_each_file_once_and_merge_in_order() {
     merge_all_ok(&job, &outs, ROWS).await;
 }
 
-/// The ids of the rows ok in a results file so far, a torn last line left out.
-fn finished_ids(path: &Path) -> HashSet<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-    let mut reader = csv::Reader::from_reader(whole.as_bytes());
-    let header = reader.headers().cloned().unwrap_or_default();
-    let column = |name: &str| header.iter().position(|h| h == name);
-    let (Some(id), Some(status)) = (column("id"), column("status")) else {
-        return HashSet::new();
-    };
-    reader
-        .records()
-        .map(|r| r.expect("a whole line parses"))
-        .filter(|r| &r[status] == "ok")
-        .map(|r| r[id].to_owned())
-        .collect()
-}
-
 async fn until_finished(path: &Path, at_least: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while finished_ids(path).len() < at_least {
@@ -201,7 +176,7 @@ async fn a_shard_killed_after_a_redis_restart_loses_no_finished_row_and_its_reru
     victim.start_kill().unwrap();
     let status = victim.wait().await.unwrap();
     assert!(!status.success(), "killed");
-    let done_before = finished_ids(&out1);
+    let done_before: HashSet<String> = finished_ids(&out1).into_iter().collect();
     assert!(done_before.len() < ROWS / 2, "killed mid-run");
 
     let (code, stderr) = wait(survivor).await;

@@ -141,16 +141,8 @@ async fn a_rejected_url_is_removed_only_while_it_is_the_stored_one() {
 }
 
 fn dashbatch(base_url: &str, manifest: &Path, redis: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dashbatch"));
-    // A sealed environment: only what the test sets.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DASHSCOPE_API_KEY", KEY)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .arg("run")
-        .arg(manifest)
-        .args(["--base-url", base_url, "--redis", redis, "-q"]);
+    let mut cmd = sealed_run(KEY, base_url, manifest);
+    cmd.args(["--redis", redis, "-q"]);
     cmd
 }
 

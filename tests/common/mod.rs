@@ -177,3 +177,41 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The real binary with a sealed environment (only `PATH` and `key` as `DASHSCOPE_API_KEY`),
+/// no standard input, killed when dropped.
+pub fn sealed(key: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dashbatch"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DASHSCOPE_API_KEY", key)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// `dashbatch run MANIFEST --base-url URL`, sealed as [`sealed`].
+pub fn sealed_run(key: &str, base_url: &str, manifest: &Path) -> tokio::process::Command {
+    let mut cmd = sealed(key);
+    cmd.arg("run").arg(manifest).args(["--base-url", base_url]);
+    cmd
+}
+
+/// The ids of the rows `ok` in a CSV results file so far, a torn last line left out: what
+/// a run in progress has finished.
+pub fn finished_ids(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    let mut reader = csv::Reader::from_reader(whole.as_bytes());
+    let header = reader.headers().cloned().unwrap_or_default();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (Some(id), Some(status)) = (column("id"), column("status")) else {
+        return Vec::new();
+    };
+    reader
+        .records()
+        .map(|r| r.expect("a whole line parses"))
+        .filter(|r| &r[status] == "ok")
+        .map(|r| r[id].to_owned())
+        .collect()
+}
