@@ -29,7 +29,8 @@
 //!   manifest and decides which rows were never reached, is orchestration: `pipeline/compact.rs`.
 //! - [`shared`]: what several processes share through Redis (`--redis`): the connection,
 //!   the key names (version, account fingerprint, kind, model) and the bounded wait for
-//!   Redis, past which the run stops.
+//!   Redis, past which the run stops; each model's learnt pace (`shared/pace.rs`) and the
+//!   second level of the upload cache with its per-file lock (`shared/uploads.rs`).
 //! - [`upload_cache`]: the record of uploads kept across runs (`.dashbatch/uploads.jsonl`),
 //!   appended by a thread of its own.
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
