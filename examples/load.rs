@@ -12,6 +12,7 @@
 //! target/release/examples/load burst --burst-floor 10 --burst-growth 2 --concurrency 64
 //! target/release/examples/load tokens --fit 19 --concurrency 64
 //! target/release/examples/load shards --procs 4 --rows 1200 --model-rps 40
+//! target/release/examples/load --client-log /tmp/logs pacing   # keep each client's debug log
 //! ```
 //!
 //! Why separate processes: the client's CPU time and peak RSS come from `wait4(2)` on the
@@ -40,6 +41,30 @@ use clap::{Parser, Subcommand};
 static CLIENT_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 /// Set under injected faults, where a row may exhaust its retries: exit 1 (rows failed) is
 /// then a result to report, not a broken run.
+/// `--client-log`, set once in `main`.
+static CLIENT_LOG: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// Numbers the clients' logs.
+static CLIENT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Where a client's stderr goes: nowhere, or a fresh log file under `--client-log` (its
+/// filter then logs the pacing's debug events).
+fn client_stderr(cmd: &mut Command) -> Result<()> {
+    match CLIENT_LOG.get().and_then(Option::as_ref) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let n = CLIENT_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("{n:03}.log"));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            cmd.env("RUST_LOG", "dashbatch=debug").stderr(file);
+        }
+        None => {
+            cmd.stderr(Stdio::null());
+        }
+    }
+    Ok(())
+}
+
 static FAILED_ROWS_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Parser)]
@@ -53,6 +78,10 @@ struct Args {
     /// (`--client-arg=--stream=always`), to compare a setting's cost.
     #[arg(long = "client-arg", global = true, allow_hyphen_values = true)]
     client_args: Vec<String>,
+    /// Keep each client's debug log (its pacing decisions, with timestamps) in this folder,
+    /// as `<run>.log`, instead of discarding its stderr.
+    #[arg(long, global = true)]
+    client_log: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -188,6 +217,7 @@ fn main() -> Result<()> {
         );
     }
     CLIENT_ARGS.get_or_init(|| args.client_args.clone());
+    CLIENT_LOG.get_or_init(|| args.client_log.clone());
     match args.scenario {
         Scenario::Throughput {
             concurrency,
@@ -419,8 +449,8 @@ fn shards(
                     .args(CLIENT_ARGS.get().into_iter().flatten())
                     .env("DASHSCOPE_API_KEY", "sk-load")
                     .env_remove("DASHSCOPE_HTTP_BASE_URL")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                    .stdout(Stdio::null());
+                client_stderr(&mut cmd)?;
                 if let Some(redis) = &redis {
                     cmd.arg(format!("--redis={}", redis.url()));
                 }
@@ -716,8 +746,8 @@ impl Job {
     fn run(&self, bin: &Path, url: &str, concurrency: usize, uploads: usize) -> Result<Run> {
         let summary = self.dir.path().join("summary.json");
         let started = Instant::now();
-        let child = Command::new(bin)
-            .arg("run")
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
             .arg(self.dir.path().join("manifest.csv"))
             .args(["--base-url", url, "--fresh", "-q"])
             .arg(format!("--concurrency={concurrency}"))
@@ -728,10 +758,9 @@ impl Job {
             .env("DASHSCOPE_API_KEY", "sk-load")
             .env_remove("DASHSCOPE_HTTP_BASE_URL")
             // The summary line goes to stderr; the figures come from --summary-json.
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start dashbatch run")?;
+            .stdout(Stdio::null());
+        client_stderr(&mut cmd)?;
+        let child = cmd.spawn().context("cannot start dashbatch run")?;
         let (status, usage) = wait(child)?;
         let wall = started.elapsed();
         if status != 0

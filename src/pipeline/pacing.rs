@@ -12,8 +12,10 @@
 //! Each model has its own state, so one throttled model never slows another, and nothing
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
 //! limit up front; the rate then stays at or below it. Without it a model starts slowly
-//! ([`aimd::START_RATE`], doubling each second; issue 11), and a growth-rate 429
-//! (`Throttling.BurstRate`) slows that ramp rather than cutting the rate. A token-rate 429
+//! (issue 11): its calls go through a gate ([`ramp`]) that lets at most
+//! [`aimd::START_RATE`] go in the first second and a little under twice the second before
+//! in each one after, until the first 429 sets a rate; a growth-rate 429
+//! (`Throttling.BurstRate`) slows that ramp rather than setting a rate. A token-rate 429
 //! (`Throttling.AllocationQuota`, compatible `insufficient_quota`) paces the model's tokens
 //! instead, leaving its request pace alone ([`tokens`]): from then on the model's calls go
 //! at the lower of its request pace and its token pace over the tokens a call uses (learnt
@@ -37,10 +39,11 @@ use crate::dashscope::error::ThrottleScope;
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
 use crate::shared::SharedPace;
 use crate::shared::pace::{SYNC, Seen};
-use aimd::{Aimd, Change};
+use aimd::{Aimd, Change, Turn};
 use tokens::{TokenAimd, TokenChange};
 
 mod aimd;
+mod ramp;
 mod sample;
 mod tokens;
 
@@ -54,6 +57,8 @@ struct Pace {
     tokens: Option<f64>,
     /// No call before this instant: the pause that comes with a cut.
     not_before: Option<Instant>,
+    /// A slow start: calls go when its gate lets them ([`Aimd::turn`]), not at `rate`.
+    ramping: bool,
 }
 
 /// One model's pacer: its AIMD state and the pace it publishes to the callers.
@@ -77,8 +82,10 @@ const TOKENS_WEIGHT: f64 = 0.2;
 impl Model {
     fn apply(&mut self, change: Change, now: Instant) {
         // `send_modify` updates the value even while no caller is subscribed.
+        let ramping = self.aimd.ramping();
         self.pace.send_modify(|pace| {
             pace.rate = Some(change.rate);
+            pace.ramping = ramping;
             if !change.pause.is_zero() {
                 pace.not_before = Some(now + change.pause);
             }
@@ -137,14 +144,19 @@ impl Pace {
     /// Calls a second: the request pace, or the token pace over `per_call` tokens a call
     /// (once known), whichever is lower; `None`: neither is paced.
     fn calls_per_second(&self, per_call: f64) -> Option<f64> {
-        let by_tokens = self
-            .tokens
-            .filter(|_| per_call >= 1.0)
-            .map(|t| t / per_call);
-        match (self.rate, by_tokens) {
+        match (self.rate, self.by_tokens(per_call)) {
             (Some(rate), Some(by_tokens)) => Some(rate.min(by_tokens)),
             (rate, by_tokens) => rate.or(by_tokens),
         }
+    }
+}
+
+impl Pace {
+    /// Calls a second that the token pace allows at `per_call` tokens a call (once known).
+    fn by_tokens(&self, per_call: f64) -> Option<f64> {
+        self.tokens
+            .filter(|_| per_call >= 1.0)
+            .map(|t| t / per_call)
     }
 }
 
@@ -254,6 +266,7 @@ impl Pacing {
                 rate: aimd.rate(),
                 tokens: tokens.rate(),
                 not_before: None,
+                ramping: aimd.ramping(),
             });
             models.insert(
                 model.to_owned(),
@@ -292,6 +305,33 @@ impl Pacing {
         loop {
             let current = *pace.borrow_and_update();
             let per_call = self.with_model(model, |m| m.tokens_per_call);
+            if current.ramping {
+                // A token cut's pause holds a ramp's calls too.
+                if let Some(at) = current.not_before.filter(|at| *at > now()) {
+                    tokio::select! {
+                        biased;
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        Ok(()) = pace.changed() => {}
+                    }
+                    continue;
+                }
+                match self.with_model(model, |m| m.aimd.turn(now())) {
+                    Turn::Now => {
+                        self.token_turn(model, cost, &mut pace).await;
+                        break;
+                    }
+                    Turn::At(at) => {
+                        tokio::select! {
+                            biased;
+                            () = tokio::time::sleep_until(at.into()) => {}
+                            Ok(()) = pace.changed() => {}
+                        }
+                        continue;
+                    }
+                    // The ramp ended since the pace was read: at the rate, below.
+                    Turn::Paced => {}
+                }
+            }
             let Some(rate) = current.calls_per_second(per_call) else {
                 break;
             };
@@ -313,6 +353,26 @@ impl Pacing {
             }
         }
         Permit { sent: now() }
+    }
+
+    /// After a slow start's gate let a call go: a token pace (`--model-tpm`, or learnt from
+    /// a token 429) still spaces it. Waited at the token pace in force, and again at the new
+    /// one whenever it changes, as [`Pacing::acquire`] does: calls that passed the gate before
+    /// a token cut must not go out at the pace before it (measured: 27 token 429s in a run
+    /// where 7 is usual).
+    async fn token_turn(&self, model: &str, cost: Cost, pace: &mut watch::Receiver<Pace>) {
+        loop {
+            let current = *pace.borrow_and_update();
+            let per_call = self.with_model(model, |m| m.tokens_per_call);
+            let Some(rate) = current.by_tokens(per_call) else {
+                return;
+            };
+            tokio::select! {
+                biased;
+                () = self.limiter.acquire(model, Rate::per_second(rate), cost) => return,
+                Ok(()) = pace.changed() => {}
+            }
+        }
     }
 
     /// Teaches the pace of `model` the outcome of a call sent at `sent` (its permit's
@@ -350,6 +410,10 @@ impl Pacing {
         let proposal = self.with_model(model, |m| {
             let now = now();
             let change = match scope {
+                ThrottleScope::Burst if m.aimd.ramping() => {
+                    tracing::debug!(model, "growth-rate 429: the slow start ramps more slowly");
+                    m.aimd.on_burst(sent, now)
+                }
                 ThrottleScope::Burst => m.aimd.on_burst(sent, now),
                 // A token limit: the token pace is cut, the request pace left as it is
                 // (cutting both would take two cuts' worth off the rate).

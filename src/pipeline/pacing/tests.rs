@@ -71,13 +71,8 @@ async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
     let pacing = Arc::new(Pacing::new(None, None));
     let t0 = tokio::time::Instant::now();
     pacing.with_model("m", |m| {
-        m.apply(
-            Change {
-                rate: 1.0,
-                pause: SETTLE,
-            },
-            now(),
-        )
+        let change = m.aimd.adopt(1.0, SETTLE, now());
+        m.apply(change, now())
     });
     let (sent, mut sends) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..QUEUED {
@@ -93,13 +88,8 @@ async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
         assert_eq!(sends.recv().await, Some(secs(expected)));
     }
     pacing.with_model("m", |m| {
-        m.apply(
-            Change {
-                rate: 60.0,
-                pause: Duration::ZERO,
-            },
-            now(),
-        )
+        let change = m.aimd.adopt(60.0, Duration::ZERO, now());
+        m.apply(change, now())
     });
     let mut last = secs(3.0);
     let mut rest = 0;
@@ -123,13 +113,8 @@ async fn a_cut_holds_back_calls_already_queued_for_its_pause() {
     let t0 = tokio::time::Instant::now();
     let set = |rate: f64, pause: f64| {
         pacing.with_model("m", |m| {
-            m.apply(
-                Change {
-                    rate,
-                    pause: secs(pause),
-                },
-                now(),
-            )
+            let change = m.aimd.adopt(rate, secs(pause), now());
+            m.apply(change, now())
         })
     };
     set(1.0, 0.0);
