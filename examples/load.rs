@@ -457,10 +457,15 @@ fn shards(
                 cmd.spawn().context("cannot start dashbatch run")
             })
             .collect::<Result<Vec<_>>>()?;
+        // Without Redis the processes fight over the limit, and a row may run out of
+        // retries: exit 1 (rows failed) is then part of what this compares.
+        let mut failed_runs = 0;
         for child in children {
             let (status, _) = wait(child)?;
-            if status != 0 {
-                bail!("dashbatch run exited {status}");
+            match status {
+                0 => {}
+                1 if !with_redis => failed_runs += 1,
+                _ => bail!("dashbatch run exited {status}"),
             }
         }
         let wall = started.elapsed();
@@ -481,6 +486,9 @@ fn shards(
             100.0 * refused / calls.max(1.0),
             count("uploads") / files as f64,
         );
+        if failed_runs > 0 {
+            println!("          ({failed_runs} of {procs} processes ended with rows failed)");
+        }
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The Redis limiter's GCRA script alone, against a real redis-server: its arithmetic (with
-//! the time passed in, so every figure is exact), cost, burst, expiry, and the key names.
+//! the time passed in, so every figure is exact), cost, burst, expiry, and the key names;
+//! and the slow start's shared gate.
 //! Skipped with a printed reason where redis-server is not installed.
 
 mod common;
@@ -226,4 +227,71 @@ async fn with_redis_gone_an_acquisition_waits_and_the_run_is_told_once_the_timeo
     let later = limiter.acquire("other", rate, Cost::REQUEST);
     tokio::pin!(later);
     assert!(futures::poll!(&mut later).is_pending());
+}
+
+/// A slow start's gate shared by processes (`shared::ramp`): two processes' calls count in
+/// one window, so together they take the floor in the first second, not twice it; a grant
+/// answers the count of every process's calls; the keys expire.
+#[tokio::test]
+async fn the_shared_ramp_counts_every_processs_calls_in_one_window() {
+    use dashbatch::shared::{RampRule, RampTurn, SharedPace};
+    let Some(server) = RedisServer::start("ramp_window") else {
+        return;
+    };
+    let key = ApiKey::new(RAW_KEY).unwrap();
+    let options = SharedOptions {
+        url: RedisUrl::parse(&server.url()).unwrap(),
+        timeout: Duration::from_secs(5),
+    };
+    let shared = Shared::connect(&options, &key.fingerprint()).await.unwrap();
+    let (one, two) = (SharedPace::new(shared.clone()), SharedPace::new(shared));
+    // A spread so wide that spacing never holds a call back here: only the window does.
+    let rule = RampRule {
+        floor: 9.0,
+        growth: 1.9,
+        spread: 1e6,
+    };
+    let mut counts = vec![];
+    for turn in 0..9 {
+        let process = if turn % 2 == 0 { &one } else { &two };
+        match process.ramp_turn("qwen-vl-max", rule).await.unwrap() {
+            RampTurn::Go { count } => counts.push(count),
+            RampTurn::Wait(wait) => panic!("turn {turn} told to wait {wait:?}"),
+        }
+    }
+    assert_eq!(counts, (1..=9).collect::<Vec<u32>>());
+    // The tenth call, from either process, waits for the first to leave the window: most
+    // of a second, since the nine went within milliseconds.
+    for process in [&one, &two] {
+        match process.ramp_turn("qwen-vl-max", rule).await.unwrap() {
+            RampTurn::Wait(wait) => assert!(
+                wait > Duration::from_millis(500) && wait <= Duration::from_millis(1001),
+                "{wait:?}"
+            ),
+            go => panic!("over the floor: {go:?}"),
+        }
+    }
+    // Spacing: at a spread of 1 and a floor of 10, calls go 100 ms apart.
+    let spaced = RampRule {
+        floor: 10.0,
+        growth: 1.9,
+        spread: 1.0,
+    };
+    assert!(matches!(
+        one.ramp_turn("qwen-vl-plus", spaced).await.unwrap(),
+        RampTurn::Go { count: 1 }
+    ));
+    match two.ramp_turn("qwen-vl-plus", spaced).await.unwrap() {
+        RampTurn::Wait(wait) => assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        ),
+        go => panic!("not spaced: {go:?}"),
+    }
+    let secret = RAW_KEY.trim_start_matches("sk-");
+    for k in server.cli(&["--scan"]).lines() {
+        assert!(!k.contains(secret), "{k}");
+        let pttl: i64 = server.cli(&["PTTL", k]).parse().unwrap();
+        assert!(pttl > 0 && pttl <= 3000, "{k}: {pttl}");
+    }
 }

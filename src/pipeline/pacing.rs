@@ -37,8 +37,8 @@ use tokio::sync::watch;
 use crate::dashscope::ApiError;
 use crate::dashscope::error::ThrottleScope;
 use crate::limit::{Cost, Limiter, LocalLimiter, Rate};
-use crate::shared::SharedPace;
-use crate::shared::pace::{SYNC, Seen};
+use crate::shared::pace::{Proposal, SYNC, Seen};
+use crate::shared::{RampTurn, SharedPace};
 use aimd::{Aimd, Change, Turn};
 use tokens::{TokenAimd, TokenChange};
 
@@ -90,6 +90,16 @@ impl Model {
                 pace.not_before = Some(now + change.pause);
             }
         });
+    }
+
+    /// `change`, as proposed to the other processes (`--redis`), with the ceiling it was
+    /// decided under.
+    fn proposal(&self, change: Change) -> Proposal {
+        Proposal {
+            rate: change.rate,
+            pause: change.pause,
+            ceiling: self.aimd.ceiling(),
+        }
     }
 
     fn apply_tokens(&mut self, change: TokenChange, now: Instant) {
@@ -233,16 +243,13 @@ impl Pacing {
     /// Proposes a change this process decided for `model` at `epoch` (`--redis`), in a task
     /// of its own; the answer is reconciled (the stored rate adopted if another process
     /// changed it first).
-    fn propose(&self, model: &str, epoch: u64, change: Change) {
+    fn propose(&self, model: &str, epoch: u64, change: Proposal) {
         let Some(shared) = &self.shared else {
             return;
         };
         let (shared, models, model) = (shared.clone(), Arc::clone(&self.models), model.to_owned());
         tokio::spawn(async move {
-            if let Ok(seen) = shared
-                .propose(&model, epoch, change.rate, change.pause)
-                .await
-            {
+            if let Ok(seen) = shared.propose(&model, epoch, change).await {
                 reconcile(&models, &model, seen);
             }
         });
@@ -306,30 +313,11 @@ impl Pacing {
             let current = *pace.borrow_and_update();
             let per_call = self.with_model(model, |m| m.tokens_per_call);
             if current.ramping {
-                // A token cut's pause holds a ramp's calls too.
-                if let Some(at) = current.not_before.filter(|at| *at > now()) {
-                    tokio::select! {
-                        biased;
-                        () = tokio::time::sleep_until(at.into()) => {}
-                        Ok(()) = pace.changed() => {}
-                    }
-                    continue;
-                }
-                match self.with_model(model, |m| m.aimd.turn(now())) {
-                    Turn::Now => {
-                        self.token_turn(model, cost, &mut pace).await;
-                        break;
-                    }
-                    Turn::At(at) => {
-                        tokio::select! {
-                            biased;
-                            () = tokio::time::sleep_until(at.into()) => {}
-                            Ok(()) = pace.changed() => {}
-                        }
-                        continue;
-                    }
+                match self.ramp_step(model, cost, &current, &mut pace).await {
+                    Step::Went => break,
+                    Step::Again => continue,
                     // The ramp ended since the pace was read: at the rate, below.
-                    Turn::Paced => {}
+                    Step::Paced => {}
                 }
             }
             let Some(rate) = current.calls_per_second(per_call) else {
@@ -353,6 +341,53 @@ impl Pacing {
             }
         }
         Permit { sent: now() }
+    }
+
+    /// One try at a slow start's gate for a call to `model`: this process's, or with
+    /// `--redis` the one every process of the account shares (`shared::ramp`).
+    async fn ramp_step(
+        &self,
+        model: &str,
+        cost: Cost,
+        current: &Pace,
+        pace: &mut watch::Receiver<Pace>,
+    ) -> Step {
+        // A token cut's pause holds a ramp's calls too.
+        if let Some(at) = current.not_before.filter(|at| *at > now()) {
+            wait_or_change(at.into(), pace).await;
+            return Step::Again;
+        }
+        let shared = self.shared.as_ref().and_then(|shared| {
+            self.with_model(model, |m| m.aimd.shared_rule())
+                .map(|rule| (shared, rule))
+        });
+        if let Some((shared, rule)) = shared {
+            return match shared.ramp_turn(model, rule).await {
+                Ok(RampTurn::Go { count }) => {
+                    self.with_model(model, |m| m.aimd.granted(now(), count));
+                    self.token_turn(model, cost, pace).await;
+                    Step::Went
+                }
+                Ok(RampTurn::Wait(wait)) => {
+                    wait_or_change(tokio::time::Instant::now() + wait, pace).await;
+                    Step::Again
+                }
+                // Fail closed, as the shared limiter does: the run is stopping, and its
+                // callers race this wait against that stop.
+                Err(_) => std::future::pending().await,
+            };
+        }
+        match self.with_model(model, |m| m.aimd.turn(now())) {
+            Turn::Now => {
+                self.token_turn(model, cost, pace).await;
+                Step::Went
+            }
+            Turn::At(at) => {
+                wait_or_change(at.into(), pace).await;
+                Step::Again
+            }
+            Turn::Paced => Step::Paced,
+        }
     }
 
     /// After a slow start's gate let a call go: a token pace (`--model-tpm`, or learnt from
@@ -392,7 +427,7 @@ impl Pacing {
             let change = m.aimd.on_success(sent, now)?;
             tracing::debug!(model, rate = change.rate, "model pace set");
             m.apply(change, now);
-            Some((m.epoch, change))
+            Some((m.epoch, m.proposal(change)))
         });
         if let Some((epoch, change)) = proposal {
             self.propose(model, epoch, change);
@@ -433,7 +468,7 @@ impl Pacing {
                 "model throttled: pacing calls"
             );
             m.apply(change, now);
-            Some((m.epoch, change))
+            Some((m.epoch, m.proposal(change)))
         });
         if let Some((epoch, change)) = proposal {
             self.propose(model, epoch, change);
@@ -486,6 +521,25 @@ impl Pacing {
     }
 }
 
+/// What became of one try at a slow start's gate.
+enum Step {
+    /// The call goes.
+    Went,
+    /// Waited (for a turn, a pause, or a change of pace): try again.
+    Again,
+    /// Not ramping any more: paced at the rate.
+    Paced,
+}
+
+/// Waits until `at`, or until the pace changes, whichever comes first.
+async fn wait_or_change(at: tokio::time::Instant, pace: &mut watch::Receiver<Pace>) {
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep_until(at) => {}
+        Ok(()) = pace.changed() => {}
+    }
+}
+
 /// Takes in what Redis holds for `model` (`--redis`): the number of processes pacing it,
 /// and a rate another process set since this one last looked, adopted as if decided here.
 fn reconcile(models: &Mutex<HashMap<String, Model>>, model: &str, seen: Seen) {
@@ -506,7 +560,7 @@ fn reconcile(models: &Mutex<HashMap<String, Model>>, model: &str, seen: Seen) {
         && m.aimd.rate() != Some(rate)
     {
         let now = now();
-        let change = m.aimd.adopt(rate, seen.pause, now);
+        let change = m.aimd.adopt(rate, seen.pause, seen.ceiling, now);
         tracing::debug!(model, rate = change.rate, "model pace adopted from Redis");
         m.apply(change, now);
     }

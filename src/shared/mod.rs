@@ -28,10 +28,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
 pub mod pace;
+mod ramp;
 mod uploads;
 mod url;
 
 pub use pace::{PACE_SCRIPT, SharedPace};
+pub use ramp::{RAMP_SCRIPT, RampRule, RampTurn};
 pub use uploads::{Claim, LOCK_TTL, Lock, SharedUploads};
 pub use url::RedisUrl;
 

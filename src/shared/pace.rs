@@ -49,29 +49,32 @@ pub const TTL: Duration = Duration::from_secs(600);
 /// `KEYS[1]` the state hash, `KEYS[2]` the processes' heartbeats; `ARGV[1]` this process's
 /// id, `ARGV[2]` the key TTL (ms), `ARGV[3]` the process heartbeat window (µs); to change
 /// the rate, also `ARGV[4]` the epoch the change was decided at, `ARGV[5]` the new rate
-/// (calls/s), `ARGV[6]` its pause (µs). Answers `{epoch, rate ('' if none), µs of pause
-/// left, live processes, 1 if this call changed the rate}`.
+/// (calls/s), `ARGV[6]` its pause (µs), `ARGV[7]` where the limit was last found ('' if
+/// nowhere yet). Answers `{epoch, rate ('' if none), µs of pause left, live processes, 1 if
+/// this call changed the rate, ceiling ('' if none)}`.
 pub const PACE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
 local live = redis.call('ZCARD', KEYS[2])
-local s = redis.call('HMGET', KEYS[1], 'epoch', 'rate', 'until')
+local s = redis.call('HMGET', KEYS[1], 'epoch', 'rate', 'until', 'ceiling')
 local epoch = tonumber(s[1]) or 0
 local rate = s[2] or ''
 local till = tonumber(s[3]) or 0
+local ceiling = s[4] or ''
 local changed = 0
 if ARGV[5] and tonumber(ARGV[4]) == epoch then
   epoch = epoch + 1
   rate = ARGV[5]
   till = now + tonumber(ARGV[6])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'rate', rate, 'until', string.format('%.17g', till))
+  ceiling = ARGV[7] or ''
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'rate', rate, 'until', string.format('%.17g', till), 'ceiling', ceiling)
   changed = 1
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {epoch, rate, math.max(0, math.floor(till - now)), live, changed}
+return {epoch, rate, math.max(0, math.floor(till - now)), live, changed, ceiling}
 "#;
 
 /// The shared pace of a model, as one call of the script found it.
@@ -86,12 +89,22 @@ pub struct Seen {
     pub live: u32,
     /// This call's change was stored (the epoch was still the one it was decided at).
     pub changed: bool,
+    /// Where the process that set the rate last found the limit.
+    pub ceiling: Option<f64>,
+}
+
+/// A change of a model's pace that one process proposes to the others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Proposal {
+    pub rate: f64,
+    pub pause: Duration,
+    pub ceiling: Option<f64>,
 }
 
 /// One process's handle on the shared pace of its account's models. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SharedPace {
-    shared: Shared,
+    pub(super) shared: Shared,
     /// Names this process in the heartbeats: random, so two hosts never collide.
     id: String,
 }
@@ -117,22 +130,16 @@ impl SharedPace {
         self.run(model, None).await
     }
 
-    /// Sets `model`'s rate to `rate` with `pause`, if the epoch is still `epoch`; else
-    /// changes nothing. Either way, answers what is stored now.
-    pub async fn propose(
-        &self,
-        model: &str,
-        epoch: u64,
-        rate: f64,
-        pause: Duration,
-    ) -> Result<Seen, Lost> {
-        self.run(model, Some((epoch, rate, pause))).await
+    /// Sets `model`'s rate to `rate` with `pause` (and the ceiling it was decided under), if
+    /// the epoch is still `epoch`; else changes nothing. Either way, answers what is stored.
+    pub async fn propose(&self, model: &str, epoch: u64, change: Proposal) -> Result<Seen, Lost> {
+        self.run(model, Some((epoch, change))).await
     }
 
-    async fn run(&self, model: &str, change: Option<(u64, f64, Duration)>) -> Result<Seen, Lost> {
+    async fn run(&self, model: &str, change: Option<(u64, Proposal)>) -> Result<Seen, Lost> {
         let (state, procs) = self.keys(model);
         let script = Script::new(PACE_SCRIPT);
-        let (epoch, rate, left, live, changed): (u64, String, u64, u32, u8) = self
+        let (epoch, rate, left, live, changed, ceiling): (u64, String, u64, u32, u8, String) = self
             .shared
             .call(|mut conn| {
                 let mut call = script.key(&state);
@@ -140,20 +147,20 @@ impl SharedPace {
                     .arg(&self.id)
                     .arg(TTL.as_millis() as u64)
                     .arg(LIVE.as_micros() as u64);
-                if let Some((epoch, rate, pause)) = change {
+                if let Some((epoch, change)) = change {
                     call.arg(epoch)
-                        .arg(format!("{rate}"))
-                        .arg(pause.as_micros() as u64);
+                        .arg(format!("{}", change.rate))
+                        .arg(change.pause.as_micros() as u64)
+                        .arg(change.ceiling.map(|c| format!("{c}")).unwrap_or_default());
                 }
                 async move { call.invoke_async(&mut conn).await }
             })
             .await?;
+        let positive = |s: &str| s.parse().ok().filter(|r: &f64| r.is_finite() && *r > 0.0);
         Ok(Seen {
             epoch,
-            rate: rate
-                .parse()
-                .ok()
-                .filter(|r: &f64| r.is_finite() && *r > 0.0),
+            rate: positive(&rate),
+            ceiling: positive(&ceiling),
             pause: Duration::from_micros(left),
             live: live.max(1),
             changed: changed == 1,

@@ -140,12 +140,27 @@ pub struct Change {
 
 /// The rate after a second without a cut: quickly back towards the last limit found (`c`,
 /// found `age` ago), then a probe past it, slow at first; with no ceiling, multiplicatively.
-fn next_rate(rate: f64, ceiling: Option<(f64, Duration)>, limit_seen: bool, ramp: f64) -> f64 {
+///
+/// `shared`: the pace is shared with other processes (`--redis`), which each time their
+/// probes by their own clocks: the step stays at its first size, since steps that double by
+/// each process's own count compounded (measured: 40 to 44 a second within a second and a
+/// half, against a limit of 40).
+fn next_rate(
+    rate: f64,
+    ceiling: Option<(f64, Duration)>,
+    limit_seen: bool,
+    ramp: f64,
+    shared: bool,
+) -> f64 {
     match ceiling {
         // Just under the limit last found: held there, then probed past.
         Some((c, age)) if age < PROBE_AFTER && rate >= c * NEAR_CEILING => rate,
         Some((c, age)) if rate >= c * NEAR_CEILING => {
-            let doublings = (age - PROBE_AFTER).as_secs_f64();
+            let doublings = if shared {
+                0.0
+            } else {
+                (age - PROBE_AFTER).as_secs_f64()
+            };
             rate * (1.0 + (0.005 * doublings.exp2()).min(GROWTH - 1.0))
         }
         // Below the limit last found: half the way back up each second, stopping where the
@@ -250,6 +265,9 @@ pub struct Aimd {
     /// A slow start's gate, until its first limit: calls go when it lets them, not at the
     /// rate.
     gate: Option<Ramp>,
+    /// With a gate shared through Redis: this process's grants of the last two seconds, each
+    /// with the count of every process's calls in the second it closed (`shared::ramp`).
+    grants: VecDeque<(Instant, u32)>,
 }
 
 /// When a call may go.
@@ -289,6 +307,7 @@ impl Aimd {
             scale: 1.0,
             hold: PROBE_AFTER,
             gate: None,
+            grants: VecDeque::new(),
         }
     }
 
@@ -309,6 +328,32 @@ impl Aimd {
     /// Whether calls go through the slow start's gate rather than at the rate.
     pub fn ramping(&self) -> bool {
         self.gate.is_some()
+    }
+
+    /// The rule of the gate, for a gate shared through Redis; `None` once out of the ramp.
+    pub fn shared_rule(&self) -> Option<crate::shared::RampRule> {
+        self.gate.as_ref().map(Ramp::shared_rule)
+    }
+
+    /// The shared gate let a call go at `at`, with `count` calls of every process in the
+    /// last second (this one included).
+    pub fn granted(&mut self, at: Instant, count: u32) {
+        self.grants.push_back((at, count));
+        while self
+            .grants
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) >= SETTLE * 2)
+        {
+            self.grants.pop_front();
+        }
+    }
+
+    /// The calls of every process in the second before the call sent at `sent`, if the
+    /// shared gate counted it: its grant (the last one at or before `sent`) less itself.
+    fn shared_count(&self, sent: Instant) -> Option<f64> {
+        let at = self.grants.partition_point(|(t, _)| *t <= sent);
+        let (_, count) = self.grants.get(at.checked_sub(1)?)?;
+        Some(f64::from(count.saturating_sub(1)))
     }
 
     /// A turn for one call at `now`.
@@ -334,20 +379,51 @@ impl Aimd {
     /// the calls, so what it counts of throughput is scaled up by that.
     pub fn set_scale(&mut self, processes: u32) {
         self.scale = f64::from(processes.max(1));
-        if let Some(ramp) = &mut self.gate {
-            ramp.set_processes(processes);
-        }
     }
 
     /// Adopts a rate another process set (`shared::pace`), as if this one had decided it:
     /// a lower one as a cut (answers to calls sent before it cut nothing more, and a first
     /// 429 is no longer judged as a first burst: the limit has been met), a higher one as an
-    /// increase (the next comes a window later). `pause`: what is left of the cut's pause.
-    pub fn adopt(&mut self, rate: f64, pause: Duration, now: Instant) -> Change {
+    /// increase (the next comes a window later). `pause`: what is left of the cut's pause;
+    /// `ceiling`: where the process that set the rate last found the limit, taken as this
+    /// one's (with a ceiling of its own, a process that adopted a lower first limit than the
+    /// one it found climbed back to its own, past the limit, and the others adopted that).
+    pub fn adopt(
+        &mut self,
+        rate: f64,
+        pause: Duration,
+        ceiling: Option<f64>,
+        now: Instant,
+    ) -> Change {
         let rate = self.capped(rate);
+        let change = self.adopt_rate(rate, pause, now);
+        if let Some(found) = ceiling
+            && self.ceiling.is_none_or(|c| (c.rate - found).abs() > 1e-9)
+        {
+            self.ceiling = Some(Ceiling {
+                rate: found,
+                at: now + (self.hold.max(PROBE_AFTER) - PROBE_AFTER),
+            });
+        }
+        change
+    }
+
+    /// The limit last found, if any, for the processes that share this pace.
+    pub fn ceiling(&self) -> Option<f64> {
+        self.ceiling.map(|c| c.rate)
+    }
+
+    fn adopt_rate(&mut self, rate: f64, pause: Duration, now: Instant) -> Change {
         if self.gate.take().is_some() {
             // Another process met the limit first: its pace is this one's, as after a first
-            // limit of its own.
+            // limit of its own, and so is the ceiling it came from (without it, this process
+            // would climb past the limit at its next increase, and the others adopt that).
+            self.hold = PROBE_AFTER * 2;
+            self.ceiling = Some(Ceiling {
+                rate: rate / NEAR_CEILING,
+                at: now + (self.hold - PROBE_AFTER),
+            });
+            self.grants = VecDeque::new();
             self.fresh = false;
             self.unpaced_ok = VecDeque::new();
             self.held = rate;
@@ -414,9 +490,13 @@ impl Aimd {
         // Unpaced (before an unpaced start's first 429), or ramping (the gate sets the
         // pace): nothing to change.
         let rate = self.rate.filter(|_| self.gate.is_none())?;
-        if self
-            .ceiling
-            .is_some_and(|c| now.saturating_duration_since(c.at) >= FORGET)
+        // A shared pace keeps its ceiling and probes past it one small step a second (see
+        // `next_rate`): forgotten, it would grow by a quarter a second, each process's
+        // proposal on top of the others'.
+        if self.scale <= 1.0
+            && self
+                .ceiling
+                .is_some_and(|c| now.saturating_duration_since(c.at) >= FORGET)
         {
             self.ceiling = None;
         }
@@ -435,7 +515,7 @@ impl Aimd {
             .ceiling
             .map(|c| (c.rate, now.saturating_duration_since(c.at)));
         // (A slow start climbs through its gate, and leaves it before it gets here.)
-        let next = next_rate(rate, ceiling, self.limit_seen, self.ramp);
+        let next = next_rate(rate, ceiling, self.limit_seen, self.ramp, self.scale > 1.0);
         let next = self.capped(next);
         self.last_increase = now;
         self.held = rate;
@@ -547,9 +627,11 @@ impl Aimd {
         // past it has met something else (or noise), and is cut as any.
         // And only under a ceiling a check confirmed: one taken from a burst's guess may lie
         // over the limit, and going back to it would never cut below it.
+        // Alone: with a shared pace, the checks that confirm a ceiling judge this process's
+        // share of the calls, too few to trust with this.
         let probe = self
             .ceiling
-            .filter(|c| self.limit_seen && rate <= c.rate * PROBE_NEAR)
+            .filter(|c| self.scale <= 1.0 && self.limit_seen && rate <= c.rate * PROBE_NEAR)
             .map(|c| c.rate * NEAR_CEILING)
             .filter(|near| rate > *near);
         let next = match probe {
@@ -677,9 +759,22 @@ impl Aimd {
     fn first_limit(&mut self, sent: Instant, now: Instant) -> Change {
         self.fresh = false;
         self.unpaced_ok = VecDeque::new();
-        let count = self.shared_window_before(sent).max(1.0);
+        // Every process's calls, as the shared gate counted them; else this process's,
+        // scaled by the processes sharing the pace.
+        let count = self
+            .shared_count(sent)
+            .unwrap_or_else(|| self.shared_window_before(sent))
+            .max(1.0);
+        // Calls of every process since this one: the count at the newest grant (this
+        // process's calls go out among the others') less the count at this one's.
+        let shared_in_flight = self
+            .grants
+            .back()
+            .map(|(_, newest)| (f64::from(*newest) - 1.0 - count).max(0.0));
+        self.grants = VecDeque::new();
         // The calls the gate let go after this one that have not answered yet.
         let in_flight = match self.gate.take() {
+            Some(_) if shared_in_flight.is_some() => shared_in_flight.unwrap_or(0.0),
             Some(ramp) => {
                 let answered = self.sends.len() - self.sends.partition_point(|t| *t <= sent);
                 ramp.sent_after(sent).saturating_sub(answered) as f64
@@ -721,7 +816,8 @@ impl Aimd {
     fn drained(&self, limit: f64, rate: f64, in_flight: f64, now: Instant) -> Duration {
         let old = |t: Instant| {
             let from = t.checked_sub(SETTLE).unwrap_or(t);
-            let sent = self.sends.iter().filter(|s| **s > from).count() as f64;
+            // This process's calls stand for `scale` times as many (`--redis`).
+            let sent = self.sends.iter().filter(|s| **s > from).count() as f64 * self.scale;
             sent + if from < now { in_flight } else { 0.0 }
         };
         let fits = |resume: Instant| {
@@ -864,10 +960,13 @@ impl Aimd {
             // The lower rate ended the 429s, or most of them: the limit is real, and where
             // it was found.
             self.limit_seen |= self.ceiling.is_some();
-        } else {
+        } else if self.scale <= 1.0 {
             // Refused as often at the lower rate: the 429s were not about the rate, and
             // neither, perhaps, were those of an earlier check that seemed to find a limit
             // (a second without a fault burst is common at a few dozen calls a second).
+            // Not with a shared pace: this process's share of a second's calls is too few to
+            // tell (measured: a ceiling dropped that way let one process double the shared
+            // pace to 80 a second against a limit of 40, twice in a run).
             self.ceiling = None;
             self.limit_seen = false;
             self.hold = PROBE_AFTER;

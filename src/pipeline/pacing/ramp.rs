@@ -14,11 +14,13 @@
 //! window's allowance goes out in one burst, and a limit met mid-window sees a few calls
 //! over it, not a whole allowance, before its 429 comes back.
 //!
-//! With `--redis` each process counts only its own calls; its floor is its share of the
-//! floor (a floor of 9 for 4 processes is 2.25 each), and each process's windows grow by
-//! [`GROWTH`] on their own, so together they grow by as much.
+//! With `--redis` the gate's window is kept in Redis and counts the calls of every process
+//! (`shared::ramp`, the same rule in a Lua script); this one is then only asked for the
+//! rule, whose growth its growth-rate 429s slow.
 
 use std::collections::VecDeque;
+
+use crate::shared::RampRule;
 use std::time::{Duration, Instant};
 
 /// Calls in the first second, under the smallest burst floors seen (10 a second): a
@@ -47,8 +49,6 @@ pub struct Ramp {
     /// When the calls of the last two seconds went, in order.
     sent: VecDeque<Instant>,
     growth: f64,
-    /// This process's share of the floor (`--redis`: 1 / the processes sharing the model).
-    share: f64,
 }
 
 impl Default for Ramp {
@@ -56,15 +56,19 @@ impl Default for Ramp {
         Self {
             sent: VecDeque::new(),
             growth: GROWTH,
-            share: 1.0,
         }
     }
 }
 
 impl Ramp {
-    /// `processes` share the model (`--redis`): this one takes its share of the floor.
-    pub fn set_processes(&mut self, processes: u32) {
-        self.share = 1.0 / f64::from(processes.max(1));
+    /// The rule for a gate shared with the account's other processes (`--redis`, see
+    /// `shared::ramp`): the whole floor, since the shared gate counts every process's calls.
+    pub fn shared_rule(&self) -> RampRule {
+        RampRule {
+            floor: FLOOR,
+            growth: self.growth,
+            spread: SPREAD,
+        }
     }
 
     /// A growth-rate 429: the ramp grew faster than the service allows; its step shrinks.
@@ -111,7 +115,7 @@ impl Ramp {
         // at a few calls a second the factor alone leaves less than one to spare (measured:
         // a growth-rate 429 two seconds in, which slowed the rest of the ramp).
         let grown = (self.growth * before as f64).floor() - 1.0;
-        let allowance = (self.share * FLOOR).max(grown);
+        let allowance = FLOOR.max(grown);
         let window = self.count(last, t);
         (window as f64 + 1.0 <= allowance).then_some(allowance)
     }

@@ -71,7 +71,7 @@ async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
     let pacing = Arc::new(Pacing::new(None, None));
     let t0 = tokio::time::Instant::now();
     pacing.with_model("m", |m| {
-        let change = m.aimd.adopt(1.0, SETTLE, now());
+        let change = m.aimd.adopt(1.0, SETTLE, None, now());
         m.apply(change, now())
     });
     let (sent, mut sends) = tokio::sync::mpsc::unbounded_channel();
@@ -88,7 +88,7 @@ async fn calls_queued_during_a_1_per_second_pause_go_out_at_the_new_pace() {
         assert_eq!(sends.recv().await, Some(secs(expected)));
     }
     pacing.with_model("m", |m| {
-        let change = m.aimd.adopt(60.0, Duration::ZERO, now());
+        let change = m.aimd.adopt(60.0, Duration::ZERO, None, now());
         m.apply(change, now())
     });
     let mut last = secs(3.0);
@@ -113,7 +113,7 @@ async fn a_cut_holds_back_calls_already_queued_for_its_pause() {
     let t0 = tokio::time::Instant::now();
     let set = |rate: f64, pause: f64| {
         pacing.with_model("m", |m| {
-            let change = m.aimd.adopt(rate, secs(pause), now());
+            let change = m.aimd.adopt(rate, secs(pause), None, now());
             m.apply(change, now())
         })
     };

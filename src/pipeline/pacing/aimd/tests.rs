@@ -191,8 +191,9 @@ fn an_isolated_429_cuts_by_the_aimd_step_and_the_rate_climbs_back() {
 
 #[test]
 fn past_the_ceiling_the_rate_holds_then_probes_slowly_then_the_ceiling_decays() {
-    let step =
-        |age: f64| next_rate(100.0, Some((100.0, secs(age))), true, SLOW_START) / 100.0 - 1.0;
+    let step = |age: f64| {
+        next_rate(100.0, Some((100.0, secs(age))), true, SLOW_START, false) / 100.0 - 1.0
+    };
     let after = PROBE_AFTER.as_secs_f64();
     assert_eq!(step(0.0), 0.0, "held just under the ceiling at first");
     assert_eq!(step(after - 0.1), 0.0);
@@ -207,10 +208,61 @@ fn past_the_ceiling_the_rate_holds_then_probes_slowly_then_the_ceiling_decays() 
     );
     // Below the ceiling: half-way up each second, whatever its age.
     let half_way = 50.0 + (100.0 * NEAR_CEILING - 50.0) / 2.0;
-    assert!((next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START) - half_way).abs() < 1e-9);
+    assert!(
+        (next_rate(50.0, Some((100.0, secs(60.0))), true, SLOW_START, false) - half_way).abs()
+            < 1e-9
+    );
     // No ceiling: slow start until a limit has been met, then gentler growth.
-    assert!((next_rate(50.0, None, false, SLOW_START) - 100.0).abs() < 1e-9);
-    assert!((next_rate(50.0, None, true, SLOW_START) - 50.0 * GROWTH).abs() < 1e-9);
+    assert!((next_rate(50.0, None, false, SLOW_START, false) - 100.0).abs() < 1e-9);
+    assert!((next_rate(50.0, None, true, SLOW_START, false) - 50.0 * GROWTH).abs() < 1e-9);
+}
+
+#[test]
+fn a_shared_pace_probes_past_its_ceiling_one_small_step_a_second() {
+    // Each process of a shared pace times its probe by its own clock; steps that doubled
+    // compounded. Shared, the step stays at its first size however old the ceiling.
+    for age in [PROBE_AFTER.as_secs_f64(), 10.0, 60.0] {
+        let next = next_rate(100.0, Some((100.0, secs(age))), true, SLOW_START, true);
+        assert!((next / 100.0 - 1.005).abs() < 1e-12, "{age}: {next}");
+    }
+}
+
+#[test]
+fn a_shared_pace_keeps_its_ceiling_whatever_this_processs_checks_say() {
+    // Four processes share the pace: a check that finds this process's few calls still
+    // refused does not drop the ceiling (alone it would, and the pace would double).
+    let t0 = Instant::now();
+    let mut a = Aimd::slow_start(t0);
+    a.set_scale(4);
+    let change = a.adopt(39.8, Duration::ZERO, Some(40.0), t0);
+    assert_eq!(change.rate, 39.8);
+    assert!(!a.ramping(), "another process's first limit ends the ramp");
+    assert_eq!(a.ceiling(), Some(40.0), "and its ceiling is this one's");
+    // A cut, then its check second with as many refused: the ceiling stays.
+    let at = t0 + secs(3.0);
+    for i in 0..12 {
+        let t = at + secs(0.05 * f64::from(i));
+        a.on_success(t, t);
+    }
+    let cut = at + secs(0.7);
+    a.on_throttled(cut, cut);
+    for i in 0..20 {
+        let t = cut + secs(1.0 + 0.05 * f64::from(i));
+        if i % 2 == 0 {
+            a.on_throttled(t, t);
+        } else {
+            a.on_success(t, t);
+        }
+    }
+    assert!(a.ceiling().is_some(), "{:?}", a.ceiling());
+    // Seconds later, still there, and every increase stays within a small step of it.
+    let mut t = cut + secs(3.0);
+    while t < cut + secs(40.0) {
+        a.on_success(t, t);
+        t += secs(1.0 / a.rate().unwrap());
+    }
+    assert!(a.ceiling().is_some());
+    assert!(a.rate().unwrap() < 40.0 * 1.25, "{:?}", a.rate());
 }
 
 #[test]

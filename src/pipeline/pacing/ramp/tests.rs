@@ -82,12 +82,3 @@ fn a_growth_rate_429_slows_the_ramp() {
     let sent = saturate(&mut slowest, t0, 5.0);
     assert!(window(&sent, 4.99) >= 9, "{sent:?}");
 }
-
-#[test]
-fn processes_sharing_a_model_take_their_share_of_the_floor() {
-    let t0 = Instant::now();
-    let mut ramp = Ramp::default();
-    ramp.set_processes(4);
-    let sent = saturate(&mut ramp, t0, 1.0);
-    assert_eq!(sent.len(), 2, "{sent:?}");
-}
