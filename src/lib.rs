@@ -21,16 +21,18 @@
 //! - [`pipeline`]: orchestration, in three steps: prepare, dispatch (each row a task of its
 //!   own, at most `--concurrency` at once, spread over the runtime's threads), finish. One
 //!   event per finished row goes to the reporter. Also the per-run upload de-duplication, the adaptive
-//!   per-model pacing of model calls, outages (pause, probe, give up), and the compaction of
-//!   the results file at the end.
+//!   per-model pacing of model calls (`pipeline/pacing/`: the slow start's gate in `ramp.rs`,
+//!   the decisions after 429s in `aimd.rs` and `aimd/`, tokens in `tokens.rs`), outages
+//!   (pause, probe, give up), and the compaction of the results file at the end.
 //! - [`output`]: the reporter, alone on its thread, that owns the results file, the
 //!   statistics and the progress bar; the results file with its resume (`output/results/`),
 //!   the run lock, and the JSON and Prometheus reports. Compaction, which re-reads the
 //!   manifest and decides which rows were never reached, is orchestration: `pipeline/compact.rs`.
 //! - [`shared`]: what several processes share through Redis (`--redis`): the connection,
 //!   the key names (version, account fingerprint, kind, model) and the bounded wait for
-//!   Redis, past which the run stops; each model's learnt pace (`shared/pace.rs`) and the
-//!   second level of the upload cache with its per-file lock (`shared/uploads.rs`).
+//!   Redis, past which the run stops; each model's learnt pace (`shared/pace.rs`), the slow
+//!   start's window of every process's calls (`shared/ramp.rs`), and the second level of the
+//!   upload cache with its per-file lock (`shared/uploads.rs`).
 //! - [`upload_cache`]: the record of uploads kept across runs (`.dashbatch/uploads.jsonl`),
 //!   appended by a thread of its own.
 //! - [`emulator`]: a local server that behaves like DashScope's temporary storage and model
