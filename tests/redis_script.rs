@@ -43,6 +43,17 @@ async fn take(
     call.invoke_async(conn).await.unwrap()
 }
 
+/// The test key and a `Shared` handle on `server`, as a run with `--redis` makes them.
+async fn connect(server: &RedisServer) -> (ApiKey, Shared) {
+    let key = ApiKey::new(RAW_KEY).unwrap();
+    let options = SharedOptions {
+        url: RedisUrl::parse(&server.url()).unwrap(),
+        timeout: Duration::from_secs(5),
+    };
+    let shared = Shared::connect(&options, &key.fingerprint()).await.unwrap();
+    (key, shared)
+}
+
 /// An instant in µs, far from zero like `TIME`'s.
 const T0: u64 = 1_700_000_000_000_000;
 
@@ -156,12 +167,7 @@ async fn keys_carry_the_version_the_fingerprint_and_the_model_never_the_key() {
     let Some(server) = RedisServer::start("gcra_keys") else {
         return;
     };
-    let key = ApiKey::new(RAW_KEY).unwrap();
-    let options = SharedOptions {
-        url: RedisUrl::parse(&server.url()).unwrap(),
-        timeout: Duration::from_secs(5),
-    };
-    let shared = Shared::connect(&options, &key.fingerprint()).await.unwrap();
+    let (key, shared) = connect(&server).await;
     // Slow rates, so that the keys outlive the test's look at them.
     let credentials = RedisLimiter::new(shared.clone(), "credentials");
     let pace = RedisLimiter::new(shared.clone(), "pace");
@@ -238,12 +244,7 @@ async fn the_shared_ramp_counts_every_processs_calls_in_one_window() {
     let Some(server) = RedisServer::start("ramp_window") else {
         return;
     };
-    let key = ApiKey::new(RAW_KEY).unwrap();
-    let options = SharedOptions {
-        url: RedisUrl::parse(&server.url()).unwrap(),
-        timeout: Duration::from_secs(5),
-    };
-    let shared = Shared::connect(&options, &key.fingerprint()).await.unwrap();
+    let (_, shared) = connect(&server).await;
     let (one, two) = (SharedPace::new(shared.clone()), SharedPace::new(shared));
     // A spread so wide that spacing never holds a call back here: only the window does.
     let rule = RampRule {

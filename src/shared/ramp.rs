@@ -12,6 +12,7 @@
 //! from this process's share of them scaled up (measured with 4 processes: a first ceiling
 //! of 96 against a limit of 40, then 269 calls refused while the cuts brought it down).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
@@ -85,7 +86,9 @@ impl SharedPace {
     /// Asks the shared gate of `model` for one call's turn.
     pub async fn ramp_turn(&self, model: &str, rule: RampRule) -> Result<RampTurn, Lost> {
         let (grants, state) = self.ramp_keys(model);
-        let script = Script::new(RAMP_SCRIPT);
+        // Hashed once: this runs for every call of a ramp.
+        static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RAMP_SCRIPT));
+        let script = &*SCRIPT;
         let (count, wait): (u32, u64) = self
             .shared
             .call(|mut conn| {

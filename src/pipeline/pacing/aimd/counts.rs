@@ -2,6 +2,7 @@
 //! calls were accepted at, and how long a pause takes to drain a window. A limit that counts
 //! every call refuses from one count on, so these counts are the limit's own figures.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{Aimd, FIRST_PAUSE, PAUSE_STEP, SETTLE};
@@ -50,13 +51,7 @@ impl Aimd {
             self.accepted.pop_back();
         }
         self.accepted.push_back((sent, count));
-        while self
-            .accepted
-            .front()
-            .is_some_and(|(t, _)| sent.saturating_duration_since(*t) >= SETTLE * 2)
-        {
-            self.accepted.pop_front();
-        }
+        keep_two_seconds(&mut self.accepted, sent);
     }
 
     /// Whether the service refused a call sent at `sent` at a count under one it accepted
@@ -95,5 +90,15 @@ impl Aimd {
             pause += PAUSE_STEP;
         }
         pause.min(FIRST_PAUSE)
+    }
+}
+
+/// Drops the entries of `queue` (oldest first) sent two seconds or more before `newest`.
+pub(super) fn keep_two_seconds<T>(queue: &mut VecDeque<(Instant, T)>, newest: Instant) {
+    while queue
+        .front()
+        .is_some_and(|(t, _)| newest.saturating_duration_since(*t) >= SETTLE * 2)
+    {
+        queue.pop_front();
     }
 }

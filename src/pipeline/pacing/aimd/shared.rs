@@ -5,7 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{Aimd, Ceiling, Change, NEAR_CEILING, PROBE_AFTER, SETTLE};
+use super::counts::keep_two_seconds;
+use super::{Aimd, Ceiling, Change, NEAR_CEILING, PROBE_AFTER};
 use crate::pipeline::pacing::ramp::Ramp;
 
 impl Aimd {
@@ -97,13 +98,7 @@ impl Aimd {
     /// last second (this one included).
     pub fn granted(&mut self, at: Instant, count: u32) {
         self.grants.push_back((at, count));
-        while self
-            .grants
-            .front()
-            .is_some_and(|(t, _)| at.saturating_duration_since(*t) >= SETTLE * 2)
-        {
-            self.grants.pop_front();
-        }
+        keep_two_seconds(&mut self.grants, at);
     }
 
     /// The calls of every process in the second before the call sent at `sent`, if the

@@ -534,19 +534,7 @@ fn random_429s_without_a_limit_do_not_collapse_the_pace() {
 fn bursts_of_429s_like_the_emulators_faults_do_not_collapse_the_pace() {
     // `--fault-rate 0.2`: 4% of calls start a burst of 3 to 7 429s; 17% of calls refused.
     let mut sim = Sim::new(64, 0.1);
-    let mut roll = uniform(11);
-    let mut burst = 0;
-    sim.run_until(60.0, &mut |_| {
-        if burst > 0 {
-            burst -= 1;
-            return true;
-        }
-        if roll() < 0.04 {
-            burst = 2 + (roll() * 5.0) as usize;
-            return true;
-        }
-        false
-    });
+    sim.run_until(60.0, &mut fault_bursts(11));
     let calls_per_s = (sim.ok + sim.throttled) as f64 / 60.0;
     assert!(calls_per_s >= 300.0, "{calls_per_s}/s: {:?}", sim.rates);
     assert!(sim.lowest_rate_from(20) >= 200.0, "{:?}", sim.rates);
