@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{Aimd, FIRST_PAUSE, PAUSE_STEP, SETTLE};
+use super::{
+    Aimd, Change, FIRST_PAUSE, JOSTLE_MEMORY, JOSTLE_SLOTS, NEAR_CEILING, PAUSE_STEP, SETTLE,
+};
 
 impl Aimd {
     /// Remembers when an answered call was sent, for [`Self::window_before`].
@@ -66,6 +68,50 @@ impl Aimd {
         self.accepted
             .front()
             .is_some_and(|(t, c)| *c > count && sent.saturating_duration_since(*t) < SETTLE * 2)
+    }
+
+    /// Whether a 429 to a call sent at `sent`, the only one of the last second, came while
+    /// the rate held under a ceiling that a check confirmed, at the count that ceiling was
+    /// found at: a call that the network's jitter pushed over the limit (the service counts
+    /// arrivals, a hair apart from our send times), not a lower limit, which refuses at
+    /// fewer calls. The limit is where it was found, so the rate stays; the AIMD cut took
+    /// three seconds to climb back, and its ceiling, the count of our send times, read one
+    /// low and left the pace at 19.8 rather than 19.9 (measured: 0.2 rows/s of issue 11's
+    /// request-limit run, in two runs of six).
+    pub(super) fn jostled_at_ceiling(&self, sent: Instant, rate: f64) -> bool {
+        let Some(ceiling) = self.ceiling.filter(|_| self.limit_seen) else {
+            return false;
+        };
+        // Held a window (no increase since), under the ceiling, not a probe past it.
+        let held = self.held >= rate && rate <= ceiling.rate * NEAR_CEILING + 1e-9;
+        held && f64::from(self.window_before(sent)) >= ceiling.rate - 1.0
+    }
+
+    /// A lone 429 at the ceiling ([`Self::jostled_at_ceiling`]): the rate stays, after a
+    /// pause that gives back the place the refused call holds in the service's window. A
+    /// second one within [`JOSTLE_MEMORY`] says the margin under the ceiling is too thin
+    /// for this network's jitter: ceiling and rate move down by the margin, a twentieth of
+    /// the AIMD cut (measured on a loaded machine: such 429s every 2 to 7 s at 19.9 under a
+    /// limit of 20, each costing three calls' time).
+    pub(super) fn jostled(&mut self, rate: f64, now: Instant) -> Change {
+        let again = self
+            .jostled_at
+            .is_some_and(|t| now.saturating_duration_since(t) < JOSTLE_MEMORY);
+        self.jostled_at = Some(now);
+        let rate = match self.ceiling.as_mut().filter(|_| again) {
+            Some(ceiling) => {
+                ceiling.rate *= NEAR_CEILING;
+                let lower = self.capped(rate * NEAR_CEILING);
+                self.rate = Some(lower);
+                self.held = lower;
+                lower
+            }
+            None => rate,
+        };
+        Change {
+            rate,
+            pause: Duration::from_secs_f64(JOSTLE_SLOTS / rate),
+        }
     }
 
     /// How long to send nothing before calls at `rate` fit under a limit of `limit` in every

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{
-    Aimd, Ceiling, Change, Check, GROWTH, LIMIT_SHARE, MIN_CALLS, NEAR_CEILING, PROBE_AFTER,
-    SETTLE, Window,
+    Aimd, Ceiling, Change, Check, FIRST_HOLD, GROWTH, LIMIT_SHARE, MIN_CALLS, NEAR_CEILING,
+    PROBE_AFTER, SETTLE, Window,
 };
 use crate::pipeline::pacing::sample::Tally;
 
@@ -53,8 +53,8 @@ impl Aimd {
         let resume = now + pause;
         self.active_since = resume;
         // The best measured ceiling there is (the service's own count, at a ramp that met
-        // nothing before): held twice as long as one found by a cut before the first probe.
-        self.hold = PROBE_AFTER * 2;
+        // nothing before).
+        self.hold = FIRST_HOLD;
         self.ceiling = Some(Ceiling {
             rate: count,
             at: now + (self.hold - PROBE_AFTER),

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::counts::keep_two_seconds;
-use super::{Aimd, Ceiling, Change, NEAR_CEILING, PROBE_AFTER};
+use super::{Aimd, Ceiling, Change, FIRST_HOLD, NEAR_CEILING, PROBE_AFTER};
 use crate::pipeline::pacing::ramp::Ramp;
 
 impl Aimd {
@@ -53,7 +53,7 @@ impl Aimd {
             // Another process met the limit first: its pace is this one's, as after a first
             // limit of its own, and so is the ceiling it came from (without it, this process
             // would climb past the limit at its next increase, and the others adopt that).
-            self.hold = PROBE_AFTER * 2;
+            self.hold = FIRST_HOLD;
             self.ceiling = Some(Ceiling {
                 rate: rate / NEAR_CEILING,
                 at: now + (self.hold - PROBE_AFTER),

@@ -165,6 +165,9 @@ fn an_isolated_429_cuts_by_the_aimd_step_and_the_rate_climbs_back() {
     let (mut a, at) = paced(t0, 100); // limit found at 100: rate 95
     // Past the second after the estimate, which checks it.
     succeed(&mut a, at, 0.0, 1.2);
+    // A ceiling no check confirmed: a lone 429 at its count may be a limit's that moved
+    // (at a confirmed one it is jitter, see the next test).
+    a.limit_seen = false;
     // Sent before the last increase: the cut is from the rate.
     let before = a.rate().unwrap();
     let at = t0 + secs(2.5);
@@ -187,6 +190,40 @@ fn an_isolated_429_cuts_by_the_aimd_step_and_the_rate_climbs_back() {
         (cut.rate - before * NEAR_CEILING).abs() < 1e-9,
         "{before} {cut:?}"
     );
+}
+
+#[test]
+fn a_lone_429_at_a_confirmed_ceiling_pauses_two_calls_and_keeps_the_rate() {
+    let t0 = Instant::now();
+    let (mut a, at) = paced(t0, 20);
+    // Past the second after the estimate, which confirms it: held just under it.
+    succeed(&mut a, at, 0.0, 3.0);
+    let rate = a.rate().unwrap();
+    assert!((rate - 20.0 * NEAR_CEILING).abs() < 1e-9, "{rate}");
+    let t = at + secs(3.0);
+    let sent = t - secs(0.05);
+    assert!(a.window_before(sent) >= 19, "{}", a.window_before(sent));
+    let change = a.on_throttled(sent, t).expect("a pause");
+    assert_eq!(change.rate, rate);
+    assert_eq!(change.pause, Duration::from_secs_f64(JOSTLE_SLOTS / rate));
+    // The call sent after the refused one, before the pause, refused in its wake: the same.
+    let t = t + secs(0.05);
+    assert_eq!(a.on_throttled(sent + secs(0.03), t), None);
+    assert_eq!(a.rate(), Some(rate));
+    // Another a few seconds later: the margin is too thin for this jitter, and widens.
+    succeed(&mut a, at, 3.1, 6.0);
+    let t = at + secs(6.0);
+    let sent = t - secs(0.05);
+    let change = a.on_throttled(sent, t).expect("a wider margin");
+    assert!(
+        (change.rate - rate * NEAR_CEILING).abs() < 1e-9,
+        "{change:?}"
+    );
+    assert!((a.ceiling().unwrap() - 20.0 * NEAR_CEILING).abs() < 1e-9);
+    // A second one within the second is no jitter: the AIMD cut.
+    let t = t + secs(0.1);
+    let cut = a.on_throttled(t - secs(0.05), t).expect("a cut");
+    assert!(cut.rate < change.rate * NEAR_CEILING, "{cut:?}");
 }
 
 #[test]
@@ -450,9 +487,10 @@ fn growth_limit(floor: f64, growth: f64) -> impl FnMut(f64) -> bool {
     }
 }
 
-/// xorshift64*: a seeded stream of uniform numbers in [0, 1).
+/// xorshift64*: a seeded stream of uniform numbers in [0, 1), a different one for each seed
+/// (the state must be odd: `seed | 1` gave seeds 2k and 2k + 1 the same stream).
 fn uniform(seed: u64) -> impl FnMut() -> f64 {
-    let mut x = seed | 1;
+    let mut x = (seed << 1) | 1;
     move || {
         x ^= x >> 12;
         x ^= x << 25;
@@ -678,8 +716,10 @@ fn a_slow_start_does_600_rows_under_a_request_limit_of_20_near_the_limit() {
     // This simulation gave 17.2 rows/s before the first 429 of a slow start set its ceiling
     // from the service's own count (the harness measured 17.1), 18.7 after that (the
     // harness 18.6 to 18.9), and 18.8 since the ramp goes through a gate rather than a
-    // doubling rate (the harness 18.98, three runs): a start that a growth limit of floor 10
-    // accepts still costs most of the 1.6 s that 19 rows/s leaves (docs/performance.md).
+    // doubling rate (the harness 18.8 to 19.0), and 18.98 since the first limit holds a
+    // minute before its first probe (the harness 19.1 in five runs of six): a start that a
+    // growth limit of floor 10 accepts still costs most of the 1.6 s that 19 rows/s leaves
+    // (docs/performance.md).
     let mut sim = Sim::slow(64, 0.1);
     let mut service = strict_limit(20);
     let mut end = 0.0;
@@ -693,7 +733,7 @@ fn a_slow_start_does_600_rows_under_a_request_limit_of_20_near_the_limit() {
         sim.share() * 100.0,
         sim.rates
     );
-    assert!(rows_per_s >= 18.75, "{rows_per_s} rows/s: {:?}", sim.rates);
+    assert!(rows_per_s >= 18.95, "{rows_per_s} rows/s: {:?}", sim.rates);
     assert!(
         sim.share() <= 0.02,
         "{} of calls 429: {:?}",
@@ -710,9 +750,10 @@ fn a_slow_start_under_fault_bursts_is_not_held_back_by_them() {
     // Before: 78 to 204 calls in the first 10 s, a ceiling taken from a fault burst held
     // the pace under 20 a second for seconds. Still left: a burst met early in the ramp, at
     // a count near the start rate, looks exactly like a low limit (every call in flight is
-    // refused either way), and its ceiling holds for the first probe's wait (one seed in
-    // four here: 110 calls). Counted over eight seeds, the mean must stay well above the
-    // old runs' best.
+    // refused either way), and its ceiling holds the pace down for a few seconds, until the
+    // 429s at counts accepted before drop it (three seeds in eight here: 143 to 396 calls;
+    // the others 678 to 1,401). Counted over eight seeds, the total must stay far above
+    // the old runs' best (1,632).
     let mut total = 0;
     for seed in 11..=18 {
         let mut sim = Sim::slow(32, 0.1);
@@ -721,7 +762,7 @@ fn a_slow_start_under_fault_bursts_is_not_held_back_by_them() {
         eprintln!("seed {seed}: {calls} calls in 10 s, rates {:?}", sim.rates);
         total += calls;
     }
-    assert!(total >= 1800, "{total} calls in 8 runs of 10 s");
+    assert!(total >= 4000, "{total} calls in 8 runs of 10 s");
 }
 
 #[test]
