@@ -159,9 +159,7 @@ impl Pace {
             (rate, by_tokens) => rate.or(by_tokens),
         }
     }
-}
 
-impl Pace {
     /// Calls a second that the token pace allows at `per_call` tokens a call (once known).
     fn by_tokens(&self, per_call: f64) -> Option<f64> {
         self.tokens
