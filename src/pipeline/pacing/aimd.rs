@@ -213,16 +213,21 @@ struct Check {
 }
 
 impl Check {
-    /// The second that starts a window after a decision made at `at`.
-    fn after(at: Instant, before: f64) -> Self {
+    /// The second from `from` on.
+    fn from(from: Instant, before: f64) -> Self {
         Self {
             window: Window {
-                from: at + SETTLE,
-                to: at + SETTLE * 2,
+                from,
+                to: from + SETTLE,
                 tally: Tally::default(),
             },
             before,
         }
+    }
+
+    /// The second that starts a window after a decision made at `at`.
+    fn after(at: Instant, before: f64) -> Self {
+        Self::from(at + SETTLE, before)
     }
 }
 

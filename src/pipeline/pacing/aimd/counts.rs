@@ -6,10 +6,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{
-    Aimd, Change, Check, FIRST_PAUSE, JOSTLE_MEMORY, JOSTLE_SLOTS, NEAR_CEILING, PAUSE_STEP,
-    SETTLE, Window,
+    Aimd, Change, Check, FIRST_PAUSE, JOSTLE_MEMORY, JOSTLE_SLOTS, NEAR_CEILING, PAUSE_STEP, SETTLE,
 };
-use crate::pipeline::pacing::sample::Tally;
 
 impl Aimd {
     /// Remembers when an answered call was sent, for [`Self::window_before`].
@@ -117,14 +115,7 @@ impl Aimd {
         };
         let pause = Duration::from_secs_f64(JOSTLE_SLOTS / rate);
         if again {
-            self.check = Some(Check {
-                window: Window {
-                    from: now + pause,
-                    to: now + pause + SETTLE,
-                    tally: Tally::default(),
-                },
-                before: share,
-            });
+            self.check = Some(Check::from(now + pause, share));
         }
         Change { rate, pause }
     }

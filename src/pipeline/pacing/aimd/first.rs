@@ -59,14 +59,7 @@ impl Aimd {
             rate: count,
             at: now + (self.hold - PROBE_AFTER),
         });
-        self.check = Some(Check {
-            window: Window {
-                from: resume,
-                to: resume + SETTLE,
-                tally: Tally::default(),
-            },
-            before: 0.0,
-        });
+        self.check = Some(Check::from(resume, 0.0));
         Change { rate, pause }
     }
 

@@ -192,14 +192,20 @@ fn an_isolated_429_cuts_by_the_aimd_step_and_the_rate_climbs_back() {
     );
 }
 
-#[test]
-fn a_lone_429_at_a_confirmed_ceiling_pauses_two_calls_and_keeps_the_rate() {
-    let t0 = Instant::now();
+/// A pace whose first limit (20) a check confirmed, held just under it 3 s on: with the
+/// instant the estimate was made, and the rate.
+fn held_under_a_confirmed_ceiling(t0: Instant) -> (Aimd, Instant, f64) {
     let (mut a, at) = paced(t0, 20);
-    // Past the second after the estimate, which confirms it: held just under it.
+    // Past the second after the estimate, which confirms it.
     succeed(&mut a, at, 0.0, 3.0);
     let rate = a.rate().unwrap();
     assert!((rate - 20.0 * NEAR_CEILING).abs() < 1e-9, "{rate}");
+    (a, at, rate)
+}
+
+#[test]
+fn a_lone_429_at_a_confirmed_ceiling_pauses_two_calls_and_keeps_the_rate() {
+    let (mut a, at, rate) = held_under_a_confirmed_ceiling(Instant::now());
     let t = at + secs(3.0);
     let sent = t - secs(0.05);
     assert!(a.window_before(sent) >= 19, "{}", a.window_before(sent));
@@ -239,10 +245,7 @@ fn a_lone_429_at_a_confirmed_ceiling_pauses_two_calls_and_keeps_the_rate() {
 
 #[test]
 fn a_second_lone_429_whose_check_sees_none_keeps_the_wider_margin() {
-    let t0 = Instant::now();
-    let (mut a, at) = paced(t0, 20);
-    succeed(&mut a, at, 0.0, 3.0);
-    let rate = a.rate().unwrap();
+    let (mut a, at, rate) = held_under_a_confirmed_ceiling(Instant::now());
     let t = at + secs(3.0);
     a.on_throttled(t - secs(0.05), t).expect("a pause");
     succeed(&mut a, at, 3.1, 6.0);
