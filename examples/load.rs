@@ -39,8 +39,8 @@ use clap::{Parser, Subcommand};
 
 /// `--client-arg`s, set once in `main` (a global rather than a parameter of every scenario).
 static CLIENT_ARGS: OnceLock<Vec<String>> = OnceLock::new();
-/// Set under injected faults, where a row may exhaust its retries: exit 1 (rows failed) is
-/// then a result to report, not a broken run.
+/// `--emulator-arg`s, set once in `main`.
+static EMULATOR_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 /// `--client-log`, set once in `main`.
 static CLIENT_LOG: OnceLock<Option<PathBuf>> = OnceLock::new();
 /// Numbers the clients' logs.
@@ -65,6 +65,8 @@ fn client_stderr(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Set under injected faults, where a row may exhaust its retries: exit 1 (rows failed) is
+/// then a result to report, not a broken run.
 static FAILED_ROWS_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Parser)]
@@ -78,6 +80,11 @@ struct Args {
     /// (`--client-arg=--stream=always`), to compare a setting's cost.
     #[arg(long = "client-arg", global = true, allow_hyphen_values = true)]
     client_args: Vec<String>,
+    /// An argument added to every `dashbatch emulator`, repeatable
+    /// (`--emulator-arg=--latency-jitter-ms=5`: the network's jitter, which a strict limit
+    /// sees as calls bunched closer than they were sent).
+    #[arg(long = "emulator-arg", global = true, allow_hyphen_values = true)]
+    emulator_args: Vec<String>,
     /// Keep each client's debug log (its pacing decisions, with timestamps) in this folder,
     /// as `<run>.log`, instead of discarding its stderr.
     #[arg(long, global = true)]
@@ -217,6 +224,7 @@ fn main() -> Result<()> {
         );
     }
     CLIENT_ARGS.get_or_init(|| args.client_args.clone());
+    EMULATOR_ARGS.get_or_init(|| args.emulator_args.clone());
     CLIENT_LOG.get_or_init(|| args.client_log.clone());
     match args.scenario {
         Scenario::Throughput {
@@ -810,6 +818,7 @@ impl Emulator {
         let mut child = Command::new(bin)
             .args(["emulator", "--listen", "127.0.0.1:0"])
             .args(flags)
+            .args(EMULATOR_ARGS.get().into_iter().flatten())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
