@@ -249,8 +249,9 @@ async fn the_shared_ramp_counts_every_processs_calls_in_one_window() {
     // A spread so wide that spacing never holds a call back here: only the window does.
     let rule = RampRule {
         floor: 9.0,
-        growth: 1.9,
+        growth: 2.0,
         spread: 1e6,
+        margin: Duration::from_millis(10),
     };
     let mut counts = vec![];
     for turn in 0..9 {
@@ -261,12 +262,12 @@ async fn the_shared_ramp_counts_every_processs_calls_in_one_window() {
         }
     }
     assert_eq!(counts, (1..=9).collect::<Vec<u32>>());
-    // The tenth call, from either process, waits for the first to leave the window: most
-    // of a second, since the nine went within milliseconds.
+    // The tenth call, from either process, waits for the first to leave the window, widened
+    // by the margin: most of a second, since the nine went within milliseconds.
     for process in [&one, &two] {
         match process.ramp_turn("qwen-vl-max", rule).await.unwrap() {
             RampTurn::Wait(wait) => assert!(
-                wait > Duration::from_millis(500) && wait <= Duration::from_millis(1001),
+                wait > Duration::from_millis(500) && wait <= Duration::from_millis(1011),
                 "{wait:?}"
             ),
             go => panic!("over the floor: {go:?}"),
@@ -275,8 +276,9 @@ async fn the_shared_ramp_counts_every_processs_calls_in_one_window() {
     // Spacing: at a spread of 1 and a floor of 10, calls go 100 ms apart.
     let spaced = RampRule {
         floor: 10.0,
-        growth: 1.9,
+        growth: 2.0,
         spread: 1.0,
+        margin: Duration::from_millis(10),
     };
     assert!(matches!(
         one.ramp_turn("qwen-vl-plus", spaced).await.unwrap(),
@@ -288,6 +290,24 @@ async fn the_shared_ramp_counts_every_processs_calls_in_one_window() {
             "{wait:?}"
         ),
         go => panic!("not spaced: {go:?}"),
+    }
+    // The margin widens the window: with 400 ms of it, a full floor waits for the oldest
+    // call to be 1.4 s old, not 1 s.
+    let wide = RampRule {
+        floor: 1.0,
+        margin: Duration::from_millis(400),
+        ..rule
+    };
+    assert!(matches!(
+        one.ramp_turn("qwen-vl-ocr", wide).await.unwrap(),
+        RampTurn::Go { count: 1 }
+    ));
+    match two.ramp_turn("qwen-vl-ocr", wide).await.unwrap() {
+        RampTurn::Wait(wait) => assert!(
+            wait > Duration::from_millis(1300) && wait <= Duration::from_millis(1401),
+            "{wait:?}"
+        ),
+        go => panic!("over the floor: {go:?}"),
     }
     let secret = RAW_KEY.trim_start_matches("sk-");
     for k in server.cli(&["--scan"]).lines() {

@@ -13,8 +13,8 @@
 //! pauses the whole run (unlike a global back-off after any 429). `--model-rps` sets a known
 //! limit up front; the rate then stays at or below it. Without it a model starts slowly
 //! (issue 11): its calls go through a gate ([`ramp`]) that lets at most
-//! [`aimd::START_RATE`] go in the first second and a little under twice the second before
-//! in each one after, until the first 429 sets a rate; a growth-rate 429
+//! [`aimd::START_RATE`] go in the first second and twice the second before in each one
+//! after (with a margin in time for the network's jitter), until the first 429 sets a rate; a growth-rate 429
 //! (`Throttling.BurstRate`) slows that ramp rather than setting a rate. A token-rate 429
 //! (`Throttling.AllocationQuota`, compatible `insufficient_quota`) paces the model's tokens
 //! instead, leaving its request pace alone ([`tokens`]): from then on the model's calls go

@@ -5,8 +5,9 @@
 //! The gate is a sorted set `…:ramp:<model>` of the calls it let go (scored by Redis's
 //! clock, in µs) and a hash `…:ramp-state:<model>` (the last grant, a sequence for unique
 //! members), decided by one Lua script: a call goes if the calls of the last second, with
-//! it, stay within max(floor, growth × those of the second before − 1), and it is spaced
-//! from the last one; else the script answers how long to wait. A grant answers the count
+//! it, stay within max(floor, growth × those of the second before), each window widened by
+//! the margin where a call may fall in it and narrowed where it surely does, and it is
+//! spaced from the last one; else the script answers how long to wait. A grant answers the count
 //! of the last second with the call in it: the count the service will judge the call at, so
 //! that the first 429 of the ramp sets the ceiling from every process's calls rather than
 //! from this process's share of them scaled up (measured with 4 processes: a first ceiling
@@ -21,7 +22,8 @@ use super::{Lost, SharedPace};
 
 /// `KEYS[1]` the grants, `KEYS[2]` the state; `ARGV[1]` the floor (calls), `ARGV[2]` the
 /// growth a second, `ARGV[3]` the spread (calls are spaced at this times the allowance),
-/// `ARGV[4]` the keys' TTL (ms). Answers `{count, 0}` for a grant (the calls of the last
+/// `ARGV[4]` the keys' TTL (ms), `ARGV[5]` the margin (µs) by which a call may reach the
+/// service earlier or later than the others, relative to its grant. Answers `{count, 0}` for a grant (the calls of the last
 /// second, this one included), `{0, µs}` to ask again later.
 ///
 /// Numbers go to Redis through `%.17g`: Lua's own conversion keeps 14 digits, and a time in
@@ -29,16 +31,18 @@ use super::{Lost, SharedPace};
 pub const RAMP_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local margin = tonumber(ARGV[5])
 local function n(x) return string.format('%.17g', x) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', n(now - 2000000))
 local last_second = redis.call('ZCOUNT', KEYS[1], '(' .. n(now - 1000000), '+inf')
-local before = redis.call('ZCOUNT', KEYS[1], '(' .. n(now - 2000000), n(now - 1000000))
-local allowance = math.max(tonumber(ARGV[1]), math.floor(tonumber(ARGV[2]) * before) - 1)
-if last_second + 1 > allowance then
-  -- Full: ask again when the oldest call of the last second leaves it.
-  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. n(now - 1000000), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local window = redis.call('ZCOUNT', KEYS[1], '(' .. n(now - 1000000 - margin), '+inf')
+local before = redis.call('ZCOUNT', KEYS[1], '(' .. n(now - 2000000 + margin), n(now - 1000000 - margin))
+local allowance = math.max(tonumber(ARGV[1]), math.floor(tonumber(ARGV[2]) * before))
+if window + 1 > allowance then
+  -- Full: ask again when the oldest call of the window leaves it.
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. n(now - 1000000 - margin), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   local wait = 1000
-  if oldest[2] then wait = math.max(1, math.ceil(tonumber(oldest[2]) + 1000000 - now) + 1) end
+  if oldest[2] then wait = math.max(1, math.ceil(tonumber(oldest[2]) + 1000000 + margin - now) + 1) end
   return {0, wait}
 end
 local last = tonumber(redis.call('HGET', KEYS[2], 'last')) or 0
@@ -72,6 +76,8 @@ pub struct RampRule {
     pub floor: f64,
     pub growth: f64,
     pub spread: f64,
+    /// How far a call's arrival may move against the others' (see `pipeline::pacing::ramp`).
+    pub margin: Duration,
 }
 
 impl SharedPace {
@@ -97,7 +103,8 @@ impl SharedPace {
                     .arg(format!("{}", rule.floor))
                     .arg(format!("{}", rule.growth))
                     .arg(format!("{}", rule.spread))
-                    .arg(TTL.as_millis() as u64);
+                    .arg(TTL.as_millis() as u64)
+                    .arg(rule.margin.as_micros() as u64);
                 async move { call.invoke_async(&mut conn).await }
             })
             .await?;

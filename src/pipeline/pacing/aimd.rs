@@ -339,8 +339,8 @@ impl Aimd {
     }
 
     /// A model with no known limit, started slowly: its calls go when the [`Ramp`] lets them
-    /// (at most [`START_RATE`] in the first second, then a little under twice the second
-    /// before), until its first 429, which is judged as an unpaced start's first burst is
+    /// (at most [`START_RATE`] in the first second, then twice the second before, with a
+    /// margin in time), until its first 429, which is judged as an unpaced start's first burst is
     /// (what got through in the second before it). Until then the rate is only a reference
     /// (the start rate) for the decisions that take one.
     pub fn slow_start(now: Instant) -> Self {

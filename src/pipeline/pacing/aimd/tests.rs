@@ -752,10 +752,11 @@ fn a_slow_start_does_600_rows_under_a_request_limit_of_20_near_the_limit() {
     // This simulation gave 17.2 rows/s before the first 429 of a slow start set its ceiling
     // from the service's own count (the harness measured 17.1), 18.7 after that (the
     // harness 18.6 to 18.9), and 18.8 since the ramp goes through a gate rather than a
-    // doubling rate (the harness 18.8 to 19.0), and 18.98 since the first limit holds a
-    // minute before its first probe (the harness 19.1 in five runs of six): a start that a
-    // growth limit of floor 10 accepts still costs most of the 1.6 s that 19 rows/s leaves
-    // (docs/performance.md).
+    // doubling rate (the harness 18.8 to 19.0), 18.98 since the first limit holds a minute
+    // before its first probe (the harness 19.1 in five runs of six), and 19.13 since the
+    // ramp's margin for jitter is in time rather than in calls (the harness 19.2 to 19.3):
+    // a start that a growth limit of floor 10 accepts still costs most of the 1.6 s that
+    // 19 rows/s leaves (docs/performance.md).
     let mut sim = Sim::slow(64, 0.1);
     let mut service = strict_limit(20);
     let mut end = 0.0;
@@ -769,7 +770,7 @@ fn a_slow_start_does_600_rows_under_a_request_limit_of_20_near_the_limit() {
         sim.share() * 100.0,
         sim.rates
     );
-    assert!(rows_per_s >= 18.95, "{rows_per_s} rows/s: {:?}", sim.rates);
+    assert!(rows_per_s >= 19.1, "{rows_per_s} rows/s: {:?}", sim.rates);
     assert!(
         sim.share() <= 0.02,
         "{} of calls 429: {:?}",
@@ -787,8 +788,12 @@ fn a_slow_start_under_fault_bursts_is_not_held_back_by_them() {
     // the pace under 20 a second for seconds. Still left: a burst met early in the ramp, at
     // a count near the start rate, looks exactly like a low limit (every call in flight is
     // refused either way), and its ceiling holds the pace down for a few seconds, until the
-    // 429s at counts accepted before drop it (three seeds in eight here: 143 to 396 calls;
-    // the others 678 to 1,401). Counted over eight seeds, the total must stay far above
+    // 429s at counts accepted before drop it. Which seeds meet it moves with the ramp's
+    // timing: three in eight here made 143 to 396 calls (the others 678 to 1,401, 6,864 in
+    // all) with the ramp's count margin, five in eight 106 to 254 with its time margin (the
+    // others 1,068 to 1,398, 4,456 in all), while 24 seeds of 30 s made the same calls
+    // (152,728 and 152,725) and the harness's noise run over five fault seeds gained
+    // (mean 65.8 to 69.0 rows/s). Counted over eight seeds, the total must stay far above
     // the old runs' best (1,632).
     let mut total = 0;
     for seed in 11..=18 {
