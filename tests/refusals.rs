@@ -315,31 +315,38 @@ async fn refused_models_fail_their_rows_without_calls_and_the_others_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_policy_refusal_fails_only_that_models_rows() {
     const EACH: usize = 40;
-    let s = service(u64::MAX).await;
-    let mut job = Job::new();
-    for i in 0..EACH {
-        let file = job.file(&format!("m/{i}.png"), format!("img {i}").as_bytes());
-        job.row(&format!("bad{i},no-such-model,{file},p"));
-        job.row(&format!("good{i},good,{file},p"));
-    }
-    let (code, printed, summary) = run(&job, &s, "native").await;
-    assert_eq!(code, 1, "{printed}");
-    let calls = s.hits("policy no-such-model");
-    assert!(calls <= CONCURRENCY, "{calls} getPolicy calls");
-    assert_eq!(s.hits("model no-such-model"), 0);
-    let rows = results(&job.output());
-    for r in &rows {
-        if r["model"] == "good" {
-            assert_eq!(r["status"], "ok", "{r:?}");
-        } else {
-            assert_eq!(r["error_code"], "InvalidParameter", "{r:?}");
-            assert!(r["error_message"].contains("Model not exist"), "{r:?}");
+    // getPolicy is one endpoint whatever the model API; the good rows' calls go through
+    // each API's own shape.
+    for api in ["native", "compatible"] {
+        let s = service(u64::MAX).await;
+        let mut job = Job::new();
+        for i in 0..EACH {
+            let file = job.file(&format!("m/{i}.png"), format!("img {i}").as_bytes());
+            job.row(&format!("bad{i},no-such-model,{file},p"));
+            job.row(&format!("good{i},good,{file},p"));
         }
+        let (code, printed, summary) = run(&job, &s, api).await;
+        assert_eq!(code, 1, "{api}: {printed}");
+        let calls = s.hits("policy no-such-model");
+        assert!(calls <= CONCURRENCY, "{api}: {calls} getPolicy calls");
+        assert_eq!(s.hits("model no-such-model"), 0, "{api}");
+        let rows = results(&job.output());
+        for r in &rows {
+            if r["model"] == "good" {
+                assert_eq!(r["status"], "ok", "{api}: {r:?}");
+            } else {
+                assert_eq!(r["error_code"], "InvalidParameter", "{api}: {r:?}");
+                assert!(
+                    r["error_message"].contains("Model not exist"),
+                    "{api}: {r:?}"
+                );
+            }
+        }
+        assert!(
+            summary["models_refused"]["no-such-model"].is_string(),
+            "{api}: {summary}"
+        );
     }
-    assert!(
-        summary["models_refused"]["no-such-model"].is_string(),
-        "{summary}"
-    );
 }
 
 /// Finding "content refusal": a moderated row fails after exactly one call, never retried;

@@ -1,7 +1,7 @@
 //! Refusals that no retry fixes (issue 11) against the project's emulator, through the real
-//! binary, in both APIs: an account that falls into arrears mid-run and is settled by the
-//! control endpoint before a rerun; a denied and an unknown model among a good one; moderated
-//! input. The scripted-server twins in `refusals.rs` pin the exact call counts; these check
+//! binary, in both APIs: an account that falls into arrears mid-run (after N calls, or by the
+//! control endpoint) and is settled by the control endpoint before a rerun; a billing 429;
+//! a denied and an unknown model among a good one; moderated input. The scripted-server twins in `refusals.rs` pin the exact call counts; these check
 //! that the client reads the emulator's bodies (written separately from the notes) the same.
 
 mod common;
@@ -10,7 +10,7 @@ use std::process::Output;
 
 use assert_cmd::Command;
 use common::*;
-use dashbatch::emulator::{EmulatorConfig, MODERATE_INPUT, Running};
+use dashbatch::emulator::{BillingStop, EmulatorConfig, MODERATE_INPUT, Running};
 
 const CONCURRENCY: u64 = 6;
 const ACCOUNT: &str = "refusals";
@@ -102,6 +102,97 @@ async fn arrears_stop_the_run_with_exit_2_and_a_rerun_after_paying_finishes() {
         assert_eq!(code, 0, "{api}: {printed}");
         let rows = results(&job.output());
         assert!(rows.iter().all(|r| r["status"] == "ok"), "{api}");
+    }
+}
+
+/// A billing 429 (`PrepaidBillOverdue`) is no throttle: retried, each call in flight would
+/// be refused `--max-attempts` times (4 × 6 here); it stops the run as `Arrearage` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_429_stops_the_run_without_a_retry() {
+    const ROWS: usize = 36;
+    for api in ["native", "compatible"] {
+        let em = start(EmulatorConfig {
+            arrears_after: Some(20),
+            arrears_code: BillingStop::PrepaidBillOverdue,
+            ..EmulatorConfig::default()
+        })
+        .await;
+        let mut job = Job::new();
+        for i in 0..ROWS {
+            let file = job.file(&format!("m/{i}.png"), &bytes(i as u64, 64));
+            job.row(&format!("r{i},qwen-vl-plus,{file},p{i}"));
+        }
+        let (code, printed) = run(&job, &em, api).await;
+        assert_eq!(code, 2, "{api}: {printed}");
+        assert!(
+            printed.contains("PrepaidBillOverdue") && printed.contains("top up"),
+            "{api}: {printed}"
+        );
+        let refused = counter(&stats(&em).await, "refused_arrears");
+        assert!(
+            refused <= 2 * CONCURRENCY,
+            "{api}: {refused} refused requests"
+        );
+        let rows = results(&job.output());
+        assert_eq!(rows.len(), ROWS, "{api}");
+        assert!(
+            rows.iter().filter(|r| r["status"] != "ok").all(|r| {
+                r["error_code"] == "not_attempted" || r["error_code"] == "PrepaidBillOverdue"
+            }),
+            "{api}"
+        );
+        assert!(
+            rows.iter().any(|r| r["error_code"] == "not_attempted"),
+            "{api}: the unreached rows are left for the next run"
+        );
+    }
+}
+
+/// The control endpoint puts the account in arrears while the run goes: the run stops
+/// there, whatever the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrears_set_mid_run_by_the_control_endpoint_stop_the_run() {
+    const ROWS: usize = 400;
+    for api in ["native", "compatible"] {
+        let em = start(EmulatorConfig {
+            chat_latency: std::time::Duration::from_millis(20),
+            ..EmulatorConfig::default()
+        })
+        .await;
+        let mut job = Job::new();
+        for i in 0..ROWS {
+            job.row(&format!(
+                "r{i},qwen-vl-plus,https://example.com/img/{i}.png,p{i}"
+            ));
+        }
+        let running = run(&job, &em, api);
+        let arrears = async {
+            // Once the run is under way (its calls counted), not at a fixed time.
+            while counter(&stats(&em).await, "chat_calls") < 10 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let set = reqwest::Client::new()
+                .post(format!(
+                    "{}/__emulator/arrears?account={ACCOUNT}",
+                    em.base_url()
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert!(set.status().is_success());
+        };
+        let ((code, printed), ()) = tokio::join!(running, arrears);
+        assert_eq!(code, 2, "{api}: {printed}");
+        assert!(printed.contains("Arrearage"), "{api}: {printed}");
+        let rows = results(&job.output());
+        assert_eq!(rows.len(), ROWS, "{api}");
+        let ok = rows.iter().filter(|r| r["status"] == "ok").count();
+        assert!((10..ROWS).contains(&ok), "{api}: {ok} rows ok");
+        let refused = counter(&stats(&em).await, "refused_arrears");
+        assert!(
+            refused <= 2 * CONCURRENCY,
+            "{api}: {refused} refused requests"
+        );
     }
 }
 

@@ -98,17 +98,23 @@ async fn run_under_token_limit(api: Api, tell_the_client: bool) -> Paced {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_token_limit_is_paced_not_met_with_429s() {
-    let run = run_under_token_limit(Api::Native, true).await;
-    let Paced { refused, calls, .. } = run;
-    assert!(
-        refused * 20 <= calls,
-        "{refused} of {calls} calls refused, over 5%: {}",
-        run.summary
-    );
-    let pace = run
-        .pace
-        .expect("a --model-tpm model's token pace is reported");
-    assert!(pace <= run.limit, "paced at {pace}, over {}", run.limit);
+    for api in [Api::Native, Api::Compatible] {
+        let run = run_under_token_limit(api, true).await;
+        let Paced { refused, calls, .. } = run;
+        assert!(
+            refused * 20 <= calls,
+            "{api:?}: {refused} of {calls} calls refused, over 5%: {}",
+            run.summary
+        );
+        let pace = run
+            .pace
+            .expect("a --model-tpm model's token pace is reported");
+        assert!(
+            pace <= run.limit,
+            "{api:?}: paced at {pace}, over {}",
+            run.limit
+        );
+    }
 }
 
 /// No `--model-tpm`: the token limit is learnt from the first token 429, and the model's
