@@ -1,8 +1,9 @@
 //! Refusals that no retry fixes (issue 11) against the project's emulator, through the real
 //! binary, in both APIs: an account that falls into arrears mid-run (after N calls, or by the
 //! control endpoint) and is settled by the control endpoint before a rerun; a billing 429;
-//! a denied and an unknown model among a good one; moderated input. The scripted-server twins in `refusals.rs` pin the exact call counts; these check
-//! that the client reads the emulator's bodies (written separately from the notes) the same.
+//! a denied and an unknown model among a good one; moderated input. The scripted-server
+//! twins in `refusals.rs` pin the exact call counts; these check that the client reads the
+//! emulator's bodies (written separately from the notes) the same.
 
 mod common;
 

@@ -7,11 +7,12 @@
 //! members), decided by one Lua script: a call goes if the calls of the last second, with
 //! it, stay within max(floor, growth × those of the second before), each window widened by
 //! the margin where a call may fall in it and narrowed where it surely does, and it is
-//! spaced from the last one; else the script answers how long to wait. A grant answers the count
-//! of the last second with the call in it: the count the service will judge the call at, so
-//! that the first 429 of the ramp sets the ceiling from every process's calls rather than
-//! from this process's share of them scaled up (measured with 4 processes: a first ceiling
-//! of 96 against a limit of 40, then 269 calls refused while the cuts brought it down).
+//! spaced from the last one; else the script answers how long to wait. A grant answers the
+//! count of the last second with the call in it: the count the service will judge the call
+//! at, so that the first 429 of the ramp sets the ceiling from every process's calls rather
+//! than from this process's share of them scaled up (measured with 4 processes: a first
+//! ceiling of 96 against a limit of 40, then 269 calls refused while the cuts brought it
+//! down).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -23,8 +24,9 @@ use super::{Lost, SharedPace};
 /// `KEYS[1]` the grants, `KEYS[2]` the state; `ARGV[1]` the floor (calls), `ARGV[2]` the
 /// growth a second, `ARGV[3]` the spread (calls are spaced at this times the allowance),
 /// `ARGV[4]` the keys' TTL (ms), `ARGV[5]` the margin (µs) by which a call may reach the
-/// service earlier or later than the others, relative to its grant. Answers `{count, 0}` for a grant (the calls of the last
-/// second, this one included), `{0, µs}` to ask again later.
+/// service earlier or later than the others, relative to its grant. Answers `{count, 0}`
+/// for a grant (the calls of the last second, this one included), `{0, µs}` to ask again
+/// later.
 ///
 /// Numbers go to Redis through `%.17g`: Lua's own conversion keeps 14 digits, and a time in
 /// µs has 16.
