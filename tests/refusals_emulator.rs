@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::process::Output;
 
 use assert_cmd::Command;
@@ -51,43 +52,58 @@ fn counter(stats: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}: {stats}"))
 }
 
+/// Rows past the 20 calls the account is allowed, few enough that a rerun's 20 (the
+/// emulator's count starts again once paid) finish them.
+const BILLED_ROWS: usize = 36;
+
+/// Runs [`BILLED_ROWS`] rows on an account that falls into arrears with `code` after 20
+/// calls, and checks what every billing stop does: exit 2, a message with the service's code
+/// and what to do, no more refused requests than the ones in flight, every row a line, and
+/// every row not done `not_attempted` or refused with `code`.
+async fn stopped_by_billing(
+    api: &str,
+    code: BillingStop,
+) -> (Running, Job, Vec<HashMap<String, String>>) {
+    let em = start(EmulatorConfig {
+        arrears_after: Some(20),
+        arrears_code: code,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut job = Job::new();
+    for i in 0..BILLED_ROWS {
+        let file = job.file(&format!("m/{i}.png"), &bytes(i as u64, 64));
+        job.row(&format!("r{i},qwen-vl-plus,{file},p{i}"));
+    }
+    let (exit, printed) = run(&job, &em, api).await;
+    let code = code.as_str();
+    assert_eq!(exit, 2, "{api}: {printed}");
+    assert!(
+        printed.contains(code) && printed.contains("top up"),
+        "{api}: {printed}"
+    );
+    let refused = counter(&stats(&em).await, "refused_arrears");
+    // The calls in flight when the first refusal came, and as many getPolicy or uploads;
+    // a billing 429 retried would be refused `--max-attempts` times each (4 × 6 here).
+    assert!(
+        refused <= 2 * CONCURRENCY,
+        "{api}: {refused} refused requests"
+    );
+    let rows = results(&job.output());
+    assert_eq!(rows.len(), BILLED_ROWS, "{api}");
+    assert!(
+        rows.iter()
+            .filter(|r| r["status"] != "ok")
+            .all(|r| r["error_code"] == "not_attempted" || r["error_code"] == code),
+        "{api}"
+    );
+    (em, job, rows)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arrears_stop_the_run_with_exit_2_and_a_rerun_after_paying_finishes() {
-    /// Past the 20 calls the account is allowed, few enough that the rerun's 20 (the
-    /// emulator's count starts again once paid) finish them.
-    const ROWS: usize = 36;
     for api in ["native", "compatible"] {
-        let em = start(EmulatorConfig {
-            arrears_after: Some(20),
-            ..EmulatorConfig::default()
-        })
-        .await;
-        let mut job = Job::new();
-        for i in 0..ROWS {
-            let file = job.file(&format!("m/{i}.png"), &bytes(i as u64, 64));
-            job.row(&format!("r{i},qwen-vl-plus,{file},p{i}"));
-        }
-        let (code, printed) = run(&job, &em, api).await;
-        assert_eq!(code, 2, "{api}: {printed}");
-        assert!(
-            printed.contains("Arrearage") && printed.contains("top up"),
-            "{printed}"
-        );
-        let refused = counter(&stats(&em).await, "refused_arrears");
-        // The calls in flight when the first refusal came, and as many getPolicy or uploads.
-        assert!(
-            refused <= 2 * CONCURRENCY,
-            "{api}: {refused} refused requests"
-        );
-        let rows = results(&job.output());
-        assert_eq!(rows.len(), ROWS);
-        assert!(
-            rows.iter()
-                .filter(|r| r["status"] != "ok")
-                .all(|r| r["error_code"] == "not_attempted" || r["error_code"] == "Arrearage"),
-            "{api}"
-        );
-
+        let (em, job, rows) = stopped_by_billing(api, BillingStop::Arrearage).await;
         let paid = reqwest::Client::new()
             .post(format!(
                 "{}/__emulator/arrears?account={ACCOUNT}&paid=true",
@@ -106,42 +122,12 @@ async fn arrears_stop_the_run_with_exit_2_and_a_rerun_after_paying_finishes() {
     }
 }
 
-/// A billing 429 (`PrepaidBillOverdue`) is no throttle: retried, each call in flight would
-/// be refused `--max-attempts` times (4 × 6 here); it stops the run as `Arrearage` does.
+/// A billing 429 (`PrepaidBillOverdue`) is no throttle: it stops the run, unretried, as
+/// `Arrearage` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billing_429_stops_the_run_without_a_retry() {
-    const ROWS: usize = 36;
     for api in ["native", "compatible"] {
-        let em = start(EmulatorConfig {
-            arrears_after: Some(20),
-            arrears_code: BillingStop::PrepaidBillOverdue,
-            ..EmulatorConfig::default()
-        })
-        .await;
-        let mut job = Job::new();
-        for i in 0..ROWS {
-            let file = job.file(&format!("m/{i}.png"), &bytes(i as u64, 64));
-            job.row(&format!("r{i},qwen-vl-plus,{file},p{i}"));
-        }
-        let (code, printed) = run(&job, &em, api).await;
-        assert_eq!(code, 2, "{api}: {printed}");
-        assert!(
-            printed.contains("PrepaidBillOverdue") && printed.contains("top up"),
-            "{api}: {printed}"
-        );
-        let refused = counter(&stats(&em).await, "refused_arrears");
-        assert!(
-            refused <= 2 * CONCURRENCY,
-            "{api}: {refused} refused requests"
-        );
-        let rows = results(&job.output());
-        assert_eq!(rows.len(), ROWS, "{api}");
-        assert!(
-            rows.iter().filter(|r| r["status"] != "ok").all(|r| {
-                r["error_code"] == "not_attempted" || r["error_code"] == "PrepaidBillOverdue"
-            }),
-            "{api}"
-        );
+        let (_, _, rows) = stopped_by_billing(api, BillingStop::PrepaidBillOverdue).await;
         assert!(
             rows.iter().any(|r| r["error_code"] == "not_attempted"),
             "{api}: the unreached rows are left for the next run"
